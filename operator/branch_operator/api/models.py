@@ -1,0 +1,285 @@
+"""The operator's API (group ``oms.dev``, version ``v1alpha1``), defined once.
+
+These pydantic models are the single source of truth: the CRD YAML under ``crds/`` is rendered from
+them (``branch-operator crds``), and the operator reads and writes objects through them. Field names
+are the Kubernetes camelCase names (via aliases); Python code uses snake_case.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "oms.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "oms"
+
+# Labels and annotations the operator owns.
+LABEL_BRANCH = f"{GROUP}/branch"  # on BranchLocks: the Kubernetes name of the Branch they lock
+LABEL_LOCK_TYPE = f"{GROUP}/lock-type"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "oms-branch-operator"
+
+# Bounds that keep status small and audit ids / label values well-formed.
+MAX_BRANCH_NAME = 200
+MAX_ERRORS = 50
+MAX_ERROR_LENGTH = 1024
+MAX_RECENT_EVENTS = 20
+BRANCH_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+
+
+class Phase(str, enum.Enum):
+    """Branch states, with the names OMS uses."""
+
+    ACTIVE = "ACTIVE"
+    LOCKED_FOR_WRITE = "LOCKED_FOR_WRITE"
+    READY = "READY"
+    ERROR = "ERROR"
+
+
+class LockType(str, enum.Enum):
+    INDEXING = "INDEXING"
+    WRITE = "WRITE"
+    MERGE = "MERGE"
+
+
+class IndexingResult(str, enum.Enum):
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+class MergeDecision(str, enum.Enum):
+    MERGED = "Merged"
+    BLOCKED = "Blocked"
+    DEFERRED = "Deferred"
+    WOULD_MERGE = "WouldMerge"
+    FAILED = "Failed"
+
+
+class BlockReason(str, enum.Enum):
+    VALIDATION_FAILED = "ValidationFailed"
+    CONFLICTS_DETECTED = "ConflictsDetected"
+    AUTO_MERGE_DISABLED = "AutoMergeDisabled"
+    NO_MATCHING_POLICY = "NoMatchingPolicy"
+    EXPIRED = "Expired"
+    LOCK_HELD = "LockHeld"
+
+
+class ConditionType(str, enum.Enum):
+    INDEXED = "Indexed"
+    VALIDATED = "Validated"
+    LOCKED = "Locked"
+    MERGEABLE = "Mergeable"
+
+
+class _Model(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields tolerated when reading objects."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def wire(self) -> dict[str, Any]:
+        """The object as the API server stores it (camelCase, no unset optionals)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Condition(_Model):
+    """The standard Kubernetes condition shape (metav1.Condition)."""
+
+    type: Annotated[str, Field(max_length=316, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")]
+    status: Literal["True", "False", "Unknown"]
+    observed_generation: Annotated[int | None, Field(ge=0)] = None
+    last_transition_time: datetime
+    reason: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
+    message: Annotated[str, Field(max_length=32768)] = ""
+
+
+# --------------------------------------------------------------------------------------------- Branch
+
+
+class BranchSpec(_Model):
+    branch_name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_BRANCH_NAME,
+            pattern=BRANCH_NAME_PATTERN,
+            description="The OMS branch name, e.g. feature/user-schema. Immutable.",
+        ),
+    ]
+    target_branch: Annotated[
+        str,
+        Field(max_length=MAX_BRANCH_NAME, pattern=BRANCH_NAME_PATTERN, description="Branch merged into."),
+    ] = "main"
+    auto_merge: Annotated[bool, Field(description="Allow the operator to merge this branch automatically.")] = True
+
+    # CEL rules rendered into the CRD (x-kubernetes-validations) for the spec object.
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {"rule": "self.branchName == oldSelf.branchName", "message": "spec.branchName is immutable"},
+    ]
+
+
+class ValidationStatus(_Model):
+    passed: bool
+    errors: Annotated[list[Annotated[str, Field(max_length=MAX_ERROR_LENGTH)]], Field(max_length=MAX_ERRORS)] = []
+
+
+class IndexingStatus(_Model):
+    indexing_id: Annotated[str | None, Field(max_length=253)] = None
+    event_id: Annotated[str | None, Field(max_length=253, description="CloudEvent id last applied")] = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_seconds: Annotated[float | None, Field(ge=0)] = None
+    records_indexed: Annotated[int | None, Field(ge=0)] = None
+    result: IndexingResult | None = None
+    validation: ValidationStatus | None = None
+
+
+class MergeStatus(_Model):
+    decision: MergeDecision | None = None
+    reasons: Annotated[list[BlockReason], Field(max_length=16)] = []
+    message: Annotated[str | None, Field(max_length=4096)] = None
+    policy: Annotated[str | None, Field(max_length=253)] = None
+    merged_at: datetime | None = None
+    target_branch: Annotated[str | None, Field(max_length=MAX_BRANCH_NAME)] = None
+    evaluated_at: datetime | None = None
+
+
+class Conflict(_Model):
+    """A merge conflict reported by OMS."""
+
+    path: Annotated[str, Field(max_length=1024)]
+    message: Annotated[str, Field(max_length=MAX_ERROR_LENGTH)] = ""
+
+
+class BranchStatus(_Model):
+    phase: Phase | None = None
+    phase_transition_time: datetime | None = None
+    observed_generation: Annotated[int | None, Field(ge=0)] = None
+    indexing: IndexingStatus | None = None
+    merge: MergeStatus | None = None
+    conflicts: Annotated[list[Conflict], Field(max_length=256)] = []
+    conditions: Annotated[list[Condition], Field(max_length=16)] = []
+    recent_event_ids: Annotated[
+        list[Annotated[str, Field(max_length=253)]],
+        Field(max_length=MAX_RECENT_EVENTS, description="CloudEvent ids recently applied (idempotency)"),
+    ] = []
+
+
+class Branch(_Model):
+    KIND: ClassVar[str] = "Branch"
+    PLURAL: ClassVar[str] = "branches"
+    SINGULAR: ClassVar[str] = "branch"
+    SHORT_NAMES: ClassVar[list[str]] = ["br"]
+    PRINTER_COLUMNS: ClassVar[list[dict[str, str]]] = [
+        {"name": "Branch", "type": "string", "jsonPath": ".spec.branchName"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Records", "type": "integer", "jsonPath": ".status.indexing.recordsIndexed"},
+        {"name": "Valid", "type": "boolean", "jsonPath": ".status.indexing.validation.passed"},
+        {"name": "Mergeable", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Mergeable\")].status"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+    spec: BranchSpec
+    status: BranchStatus = BranchStatus()
+
+
+# ----------------------------------------------------------------------------------------- BranchLock
+
+
+class BranchLockSpec(_Model):
+    branch: Annotated[
+        str,
+        Field(min_length=1, max_length=253, description="Kubernetes name of the locked Branch (same namespace)"),
+    ]
+    lock_type: LockType
+    holder: Annotated[str, Field(min_length=1, max_length=253)]
+    reason: Annotated[str, Field(max_length=1024)] = ""
+    indexing_id: Annotated[str | None, Field(max_length=253)] = None
+    ttl_seconds: Annotated[int | None, Field(ge=1, le=7 * 24 * 3600)] = None
+
+
+class BranchLockStatus(_Model):
+    acquired_at: datetime | None = None
+    renewed_at: datetime | None = None
+
+
+class BranchLock(_Model):
+    KIND: ClassVar[str] = "BranchLock"
+    PLURAL: ClassVar[str] = "branchlocks"
+    SINGULAR: ClassVar[str] = "branchlock"
+    SHORT_NAMES: ClassVar[list[str]] = ["brl"]
+    PRINTER_COLUMNS: ClassVar[list[dict[str, str]]] = [
+        {"name": "Branch", "type": "string", "jsonPath": ".spec.branch"},
+        {"name": "Type", "type": "string", "jsonPath": ".spec.lockType"},
+        {"name": "Holder", "type": "string", "jsonPath": ".spec.holder"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+    spec: BranchLockSpec
+    status: BranchLockStatus = BranchLockStatus()
+
+
+# ------------------------------------------------------------------------------------ AutoMergePolicy
+
+
+class LabelSelectorRequirement(_Model):
+    key: Annotated[str, Field(min_length=1, max_length=317)]
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[Annotated[str, Field(max_length=63)]] = []
+
+
+class LabelSelector(_Model):
+    match_labels: dict[str, str] = {}
+    match_expressions: list[LabelSelectorRequirement] = []
+
+
+class AutoMergePolicySpec(_Model):
+    enabled: bool = True
+    require_validation: Annotated[bool, Field(description="Block when indexing validation failed")] = True
+    block_on_conflicts: Annotated[bool, Field(description="Block when OMS reports conflicts")] = True
+    timeout_hours: Annotated[
+        float | None,
+        Field(gt=0, description="Auto-merge only within this many hours of indexing completion"),
+    ] = 24
+    branch_selector: LabelSelector | None = None
+    branch_name_patterns: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=MAX_BRANCH_NAME)]],
+        Field(description="Globs on spec.branchName, e.g. feature/*"),
+    ] = []
+    target_branches: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=MAX_BRANCH_NAME)]],
+        Field(description="Target branches this policy applies to; empty = any"),
+    ] = []
+    priority: Annotated[int, Field(ge=-1000, le=1000, description="Highest priority wins")] = 0
+    dry_run: Annotated[bool, Field(description="Record WouldMerge instead of merging")] = False
+
+
+class AutoMergePolicyStatus(_Model):
+    observed_generation: Annotated[int | None, Field(ge=0)] = None
+    matched_branches: Annotated[int | None, Field(ge=0)] = None
+    last_evaluation_time: datetime | None = None
+    conditions: Annotated[list[Condition], Field(max_length=16)] = []
+
+
+class AutoMergePolicy(_Model):
+    KIND: ClassVar[str] = "AutoMergePolicy"
+    PLURAL: ClassVar[str] = "automergepolicies"
+    SINGULAR: ClassVar[str] = "automergepolicy"
+    SHORT_NAMES: ClassVar[list[str]] = ["amp"]
+    PRINTER_COLUMNS: ClassVar[list[dict[str, str]]] = [
+        {"name": "Enabled", "type": "boolean", "jsonPath": ".spec.enabled"},
+        {"name": "Priority", "type": "integer", "jsonPath": ".spec.priority"},
+        {"name": "DryRun", "type": "boolean", "jsonPath": ".spec.dryRun"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+    spec: AutoMergePolicySpec
+    status: AutoMergePolicyStatus = AutoMergePolicyStatus()
+
+
+KINDS: tuple[type[Branch] | type[BranchLock] | type[AutoMergePolicy], ...] = (Branch, BranchLock, AutoMergePolicy)

@@ -1,0 +1,78 @@
+"""Operator configuration, read from the environment (``OMS_*``, plus ``NATS_URL``) and CLI flags.
+
+Every setting has a production-sensible default; the Helm chart sets these variables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OMS_", extra="ignore", populate_by_name=True)
+
+    # --- NATS connection
+    nats_url: str = Field(
+        "nats://localhost:4222", validation_alias=AliasChoices("NATS_URL", "OMS_NATS_URL", "nats_url")
+    )
+    nats_user: str | None = None
+    nats_password: str | None = Field(None, repr=False)
+    nats_token: str | None = Field(None, repr=False)
+    nats_creds_file: Path | None = None  # NATS decentralised-auth .creds file
+    nats_nkey_seed_file: Path | None = None
+    nats_tls_ca_file: Path | None = None
+    nats_tls_cert_file: Path | None = None
+    nats_tls_key_file: Path | None = None
+    nats_connect_timeout: float = 5.0
+
+    # --- JetStream: where Funnel events come from
+    stream: str = "FUNNEL_INDEXING"
+    stream_subjects: str = "funnel.indexing.>"
+    # false: the stream is managed elsewhere (e.g. by NACK); the operator only checks it exists.
+    manage_streams: bool = True
+    consumer_started: str = "funnel-indexing-started-consumer"
+    consumer_completed: str = "funnel-indexing-consumer"
+    consumer_failed: str = "funnel-indexing-failed-consumer"
+    subject_started: str = "funnel.indexing.started"
+    subject_completed: str = "funnel.indexing.completed"
+    subject_failed: str = "funnel.indexing.failed"
+    ack_wait_seconds: float = 30.0
+    max_deliver: int = 10
+    fetch_batch: int = 32
+    max_event_bytes: int = 256 * 1024
+
+    # --- JetStream: what the operator emits (each kept in its own stream so nothing is lost)
+    audit_stream: str = "OMS_AUDIT"
+    audit_subject: str = "oms.audit.branch"
+    branch_events_stream: str = "OMS_BRANCH_EVENTS"
+    merged_subject: str = "oms.branch.merged"
+    notifications_stream: str = "OMS_NOTIFICATIONS"
+    notifications_subject: str = "oms.notifications.branch"
+    dlq_stream: str = "FUNNEL_INDEXING_DLQ"
+    dlq_subject_prefix: str = "funnel.dlq"
+
+    # --- Kubernetes
+    default_namespace: str = Field(
+        "default",
+        validation_alias=AliasChoices("OMS_DEFAULT_NAMESPACE", "POD_NAMESPACE", "default_namespace"),
+    )
+    # Comma-separated namespaces to watch; empty = the whole cluster.
+    watch_namespaces: str = ""
+    operator_id: str = "oms-branch-operator"
+    reconcile_interval_seconds: float = 60.0
+    peering: str | None = None  # kopf peering name for HA; None = standalone
+
+    # --- Health / metrics
+    health_port: int = 8080
+
+    @field_validator("watch_namespaces")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return ",".join(p.strip() for p in v.split(",") if p.strip())
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [p for p in self.watch_namespaces.split(",") if p]

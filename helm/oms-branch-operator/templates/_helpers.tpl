@@ -1,0 +1,135 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{- define "oms-branch-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: <release>-<chart>, or just <release> when it already contains the chart name, so that
+`helm install oms-branch-operator ...` gives plain `oms-branch-operator` objects (as in manifests/base).
+*/}}
+{{- define "oms-branch-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "oms-branch-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "oms-branch-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "oms-branch-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "oms-branch-operator.labels" -}}
+helm.sh/chart: {{ include "oms-branch-operator.chart" . }}
+{{ include "oms-branch-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: oms-branch-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "oms-branch-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "oms-branch-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "oms-branch-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Peering is what makes several replicas safe: exactly one of them processes events. */}}
+{{- define "oms-branch-operator.peeringEnabled" -}}
+{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- end }}
+
+{{- define "oms-branch-operator.peeringName" -}}
+{{- default (include "oms-branch-operator.fullname" .) .Values.peering.name }}
+{{- end }}
+
+{{- define "oms-branch-operator.defaultNamespace" -}}
+{{- default .Release.Namespace .Values.defaultNamespace }}
+{{- end }}
+
+{{/*
+RBAC rules: a transcription of branch_operator.rbac.RULES. tests/chart/test_chart.py fails if the
+chart grants any more or any less than that module, so edit both together.
+*/}}
+{{- define "oms-branch-operator.rules" -}}
+- apiGroups: ["oms.dev"]
+  resources: ["branches"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["oms.dev"]
+  resources: ["branches/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["oms.dev"]
+  resources: ["branchlocks"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["oms.dev"]
+  resources: ["branchlocks/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["oms.dev"]
+  resources: ["automergepolicies"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["oms.dev"]
+  resources: ["automergepolicies/status"]
+  verbs: ["get", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+branch_operator.rbac.PEERING_RULES. A Role cannot grant a cluster-scoped resource, so namespaced
+mode (include with dict "cluster" false) leaves out clusterkopfpeerings; kopf then peers through a
+KopfPeering in each watched namespace.
+*/}}
+{{- define "oms-branch-operator.peeringRules" -}}
+{{- if .cluster }}
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+
+{{/* Cross-field checks that values.schema.json cannot express, failing early with a clear message. */}}
+{{- define "oms-branch-operator.validate" -}}
+{{- if eq .Values.rbac.scope "namespaced" }}
+{{- if not .Values.watchNamespaces }}
+{{- fail "rbac.scope=namespaced needs watchNamespaces: the operator has no rights outside them" }}
+{{- end }}
+{{- $default := include "oms-branch-operator.defaultNamespace" . }}
+{{- if not (has $default .Values.watchNamespaces) }}
+{{- fail (printf "rbac.scope=namespaced: the default namespace %q (defaultNamespace, else the release namespace) must be one of watchNamespaces %v, or events without a namespace would fail with 403" $default .Values.watchNamespaces) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.nats.auth.passwordSecret.name (not .Values.nats.auth.user) }}
+{{- fail "nats.auth.passwordSecret needs nats.auth.user" }}
+{{- end }}
+{{- if and .Values.nats.auth.credsSecret.name .Values.nats.auth.nkeySeedSecret.name }}
+{{- fail "set only one of nats.auth.credsSecret and nats.auth.nkeySeedSecret (a .creds file already holds the NKey seed)" }}
+{{- end }}
+{{- if and .Values.serviceMonitor.enabled (not .Values.service.enabled) }}
+{{- fail "serviceMonitor.enabled needs service.enabled: the ServiceMonitor scrapes through the Service" }}
+{{- end }}
+{{- end }}

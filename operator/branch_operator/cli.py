@@ -1,0 +1,164 @@
+"""`branch-operator`: run the operator, the embedded demo/dev environment, and helper commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .config import Settings
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Production entry point: kopf against the cluster of the in-cluster config or kubeconfig."""
+    import kopf
+
+    from . import handlers  # noqa: F401  (registers the kopf handlers)
+
+    overrides: dict[str, Any] = {}
+    if args.nats:
+        overrides["nats_url"] = args.nats
+    if args.namespace:
+        overrides["watch_namespaces"] = ",".join(args.namespace)
+    if args.peering:
+        overrides["peering"] = args.peering
+    settings = Settings(**overrides)
+    kopf.configure(verbose=args.log_level.upper() == "DEBUG")
+    kopf.run(
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces or (),
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        memo=kopf.Memo(config=settings, kubeconfig=args.kubeconfig),
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    logging.getLogger().setLevel(logging.WARNING if not args.verbose else logging.INFO)
+    ok = asyncio.run(run_demo())
+    return 0 if ok else 1
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from .embedded.env import EmbeddedEnv, OperatorHandle
+
+    async def main() -> None:
+        env = EmbeddedEnv(api_port=args.api_port, nats_port=args.nats_port)
+        await env.start()
+        operator = OperatorHandle(env.settings(), env.kubeconfig)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await operator.start()
+            print(f"api={env.api_url}", flush=True)
+            print(f"nats={env.nats_url}", flush=True)
+            print(f"kubeconfig={env.kubeconfig}", flush=True)
+            await stop.wait()
+        finally:
+            await operator.stop()
+            await env.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from .api.crdgen import check_crds, crds_yaml, write_crds
+
+    if args.check:
+        problems = check_crds(args.check)
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1 if problems else 0
+    if args.write:
+        for path in write_crds(args.write):
+            print(path)
+        return 0
+    sys.stdout.write(crds_yaml())
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from .publish import build_event, publish_event, subject_for
+
+    settings = Settings()
+    kind = args.kind
+    status = None
+    if kind == "completed" and args.status:
+        status = args.status
+    event = build_event(
+        kind, args.branch, indexing_id=args.indexing_id, records=args.records,
+        passed=not args.validation_failed, errors=args.error or (), status=status,
+        namespace=args.event_namespace, event_id=args.id,
+    )
+    nats_url = args.nats or settings.nats_url
+    seq = asyncio.run(publish_event(nats_url, subject_for(kind, settings), event, binary=args.binary))
+    print(f"published {event['type']} id={event['id']} seq={seq}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="branch-operator", description=__doc__)
+    p.add_argument("--log-level", default=os.environ.get("OMS_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator against a cluster (in-cluster config or kubeconfig)")
+    run.add_argument("--nats", help="NATS URL (default $NATS_URL)")
+    run.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable)")
+    run.add_argument("--peering", help="kopf peering name for running several replicas")
+    run.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, then $KUBECONFIG)")
+    run.set_defaults(fn=_cmd_run)
+
+    demo = sub.add_parser("demo", help="play the original design's three scenarios on the embedded default")
+    demo.add_argument("--verbose", "-v", action="store_true")
+    demo.set_defaults(fn=_cmd_demo)
+
+    dev = sub.add_parser("dev", help="embedded API server + NATS + operator, kept running")
+    dev.add_argument("--api-port", type=int, default=0, help="0 = any free port")
+    dev.add_argument("--nats-port", type=int, default=0, help="0 = any free port")
+    dev.set_defaults(fn=_cmd_dev)
+
+    crds = sub.add_parser("crds", help="print the CRDs rendered from the API models")
+    crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR")
+    crds.add_argument("--check", metavar="DIR", help="exit 1 if DIR differs from the models")
+    crds.set_defaults(fn=_cmd_crds)
+
+    pub = sub.add_parser("publish", help="publish a Funnel indexing event (for testing)")
+    pub.add_argument("kind", choices=["started", "completed", "failed"])
+    pub.add_argument("branch", help="OMS branch name, e.g. feature/user-schema")
+    pub.add_argument("--indexing-id", default="idx-manual")
+    pub.add_argument("--records", type=int, default=0)
+    pub.add_argument("--status", choices=["success", "failed"], help="for completed (default success)")
+    pub.add_argument("--validation-failed", action="store_true")
+    pub.add_argument("--error", action="append", help="a validation error (repeatable)")
+    pub.add_argument("--event-namespace", help="Kubernetes namespace of the Branch (data.namespace)")
+    pub.add_argument("--id", help="CloudEvent id (default: a new uuid)")
+    pub.add_argument("--binary", action="store_true", help="binary mode (ce-* headers) instead of structured")
+    pub.add_argument("--nats", help="NATS URL (default $NATS_URL)")
+    pub.set_defaults(fn=_cmd_publish)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

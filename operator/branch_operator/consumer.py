@@ -1,0 +1,211 @@
+"""Pulls Funnel events from the durable JetStream consumers and decides each message's fate.
+
+A message is acknowledged only after its Kubernetes writes succeeded. Anything that can never succeed
+(unparseable, wrong schema, oversized, ...) is copied to the dead-letter stream with the reason and
+terminated. Transient failures are nak'ed with an explicit, growing delay (a bare nak would redeliver
+at once) until the retry budget is spent, then dead-lettered too. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from .config import Settings
+from .domain.audit import AuditAction, AuditRecord
+from .emit import Emitter
+from .events import EventRejected, parse_message
+from .kube import Invalid, KubeError
+from .nats_io import NatsBus
+from .processor import EventProcessor, Result
+
+log = logging.getLogger(__name__)
+
+
+class Disposition(str, enum.Enum):
+    ACKED = "acked"
+    RETRY = "retry"
+    DEAD_LETTERED = "dead_lettered"
+
+
+def backoff_seconds(delivered: int, *, base: float = 0.5, cap: float = 30.0) -> float:
+    return float(min(cap, base * (2 ** max(0, delivered - 1))))
+
+
+class IndexingConsumer:
+    def __init__(
+        self, bus: NatsBus, processor: EventProcessor, emitter: Emitter, settings: Settings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.bus = bus
+        self.processor = processor
+        self.emitter = emitter
+        self.settings = settings
+        self.clock = clock
+        self.attached: dict[str, bool] = {}
+        self.results: list[Callable[[str, Result | None, Disposition], None]] = []
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.attached) and all(self.attached.values()) and self.bus.connected
+
+    async def run(self) -> None:
+        """Consume all three durable consumers until cancelled."""
+        tasks = [
+            asyncio.create_task(self._loop(kind, durable), name=f"consume-{kind}")
+            for kind, (durable, _subject) in self.bus.consumer_names().items()
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self, kind: str, durable: str) -> None:
+        self.attached[durable] = False
+        failures = 0
+        while True:
+            try:
+                sub = await self.bus.bind(durable)
+                epoch = self.bus.epoch
+                self.attached[durable] = True
+                failures = 0
+                log.info("consuming %s via durable consumer %s", kind, durable)
+                while self.bus.epoch == epoch:
+                    try:
+                        msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
+                    except nats.errors.TimeoutError:
+                        continue
+                    await asyncio.gather(*(self.handle_msg(m) for m in msgs))
+                # Reconnected: the old pull subscription may be dead (nats.py issue 504); bind again.
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            except asyncio.CancelledError:
+                self.attached[durable] = False
+                raise
+            except (nats.errors.Error, NotFoundError, OSError, TimeoutError) as exc:
+                self.attached[durable] = False
+                failures += 1
+                delay = backoff_seconds(failures, cap=10.0)
+                log.warning("consumer %s unavailable (%s); retrying in %.1fs", durable, exc, delay)
+                try:
+                    await asyncio.wait_for(self.bus.reconnected.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+                self.bus.reconnected.clear()
+                if self.settings.manage_streams and self.bus.connected:
+                    with contextlib.suppress(Exception):
+                        await self.bus.ensure_streams()
+                        await self.bus.ensure_consumers()
+
+    async def handle_msg(self, msg: Msg) -> Disposition:
+        delivered = _delivered(msg)
+        try:
+            event = parse_message(msg.subject, msg.data, msg.headers, max_bytes=self.settings.max_event_bytes)
+        except EventRejected as rejected:
+            return await self._dead_letter(msg, rejected.reason_code, str(rejected), delivered)
+
+        try:
+            result = await self.processor.handle(event)
+        except Invalid as exc:
+            # The API server refused what the event asks for (e.g. a value the CRD forbids): retrying won't help.
+            return await self._dead_letter(msg, "Rejected by API server", str(exc), delivered, event_id=event.id)
+        except (KubeError, nats.errors.Error, OSError, TimeoutError) as exc:
+            return await self._retry(msg, delivered, f"{type(exc).__name__}: {exc}", event.id)
+        except Exception as exc:  # a bug must not crash-loop the operator, nor lose the message
+            log.exception("processing event %s failed", event.id)
+            return await self._retry(msg, delivered, f"{type(exc).__name__}: {exc}", event.id)
+        await msg.ack()
+        self._notify(event.id, result, Disposition.ACKED)
+        return Disposition.ACKED
+
+    async def _retry(self, msg: Msg, delivered: int, reason: str, event_id: str) -> Disposition:
+        if delivered >= self.settings.max_deliver:
+            return await self._dead_letter(msg, "RetriesExhausted", reason, delivered, event_id=event_id)
+        delay = backoff_seconds(delivered)
+        log.warning("event %s: %s; redelivery %d in %.1fs", event_id, reason, delivered + 1, delay)
+        with contextlib.suppress(Exception):  # if the nak is lost, ack_wait redelivers anyway
+            await msg.nak(delay=delay)
+        self._notify(event_id, None, Disposition.RETRY)
+        return Disposition.RETRY
+
+    async def _dead_letter(
+        self, msg: Msg, code: str, message: str, delivered: int, *, event_id: str | None = None
+    ) -> Disposition:
+        seq = _stream_seq(msg)
+        headers = dict(msg.headers or {})
+        headers.pop("Nats-Msg-Id", None)
+        headers.update({
+            "Oms-Dlq-Reason-Code": code,
+            "Oms-Dlq-Reason": message[:1024],
+            "Oms-Dlq-Original-Subject": msg.subject,
+            "Oms-Dlq-Delivery-Count": str(delivered),
+            "Oms-Dlq-Stream-Seq": str(seq),
+            "Oms-Dlq-Rejected-At": self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        })
+        token = msg.subject.rsplit(".", 1)[-1] or "unknown"
+        try:
+            await self.bus.publish(
+                f"{self.settings.dlq_subject_prefix}.{token}", msg.data, headers=headers,
+                msg_id=f"dlq:{self.settings.stream}:{seq}",
+            )
+            branch_name = _guess_branch_name(msg.data)
+            await self.emitter.audit(AuditRecord.build(
+                AuditAction.EVENT_REJECTED, branch_name=branch_name, when=self.clock(),
+                seed=f"rejected|{self.settings.stream}|{seq}", actor=self.settings.operator_id,
+                correlation_id=event_id, reason=code,
+                details={"message": message[:1024], "subject": msg.subject, "stream_seq": seq,
+                         "delivered": delivered},
+            ))
+        except Exception as exc:
+            # Parking failed: keep the message in the input stream rather than lose it.
+            log.error("could not dead-letter message seq %s (%s); will retry", seq, exc)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=backoff_seconds(delivered))
+            return Disposition.RETRY
+        log.warning("dead-lettered message seq %s on %s: %s: %s", seq, msg.subject, code, message)
+        await msg.term()
+        self._notify(event_id, None, Disposition.DEAD_LETTERED)
+        return Disposition.DEAD_LETTERED
+
+    def _notify(self, event_id: str | None, result: Result | None, disposition: Disposition) -> None:
+        for cb in self.results:
+            cb(event_id or "", result, disposition)
+
+
+def _delivered(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered or 1)
+    except Exception:
+        return 1
+
+
+def _stream_seq(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:
+        return 0
+
+
+def _guess_branch_name(payload: bytes) -> str | None:
+    """For the audit record of a rejected message: the branch it was about, if that can be read at all."""
+    try:
+        doc: Any = json.loads(payload)
+    except Exception:
+        return None
+    if isinstance(doc, dict):
+        data = doc.get("data", doc)
+        if isinstance(data, dict) and isinstance(data.get("branch_name"), str):
+            return str(data["branch_name"])[:200]
+    return None

@@ -1,0 +1,224 @@
+"""kopf registrations: indices, watches that trigger merge reconciliation, and the operator lifecycle.
+
+Only ``on.event`` handlers and indices are used for Branches: they need no per-object state in
+annotations and no finalizers, so the operator adds nothing to objects it does not own, and every
+reaction is level-triggered on the object as it is now.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from .api.models import GROUP, VERSION, AutoMergePolicy, AutoMergePolicySpec, Branch, BranchLock, Phase
+from .config import Settings
+from .domain.policy import PolicyRef
+from .domain.states import rfc3339, set_condition
+from .kube import Conflict, KubeClient, KubeError, NotFound
+from .nats_io import NatsBus
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
+    # Resources are known up front (our CRDs); scanning would need cluster-wide list on CRDs and namespaces.
+    settings.scanning.disabled = True
+    # Our own Events come from the operator's client; kopf should only post its warnings and errors.
+    settings.posting.level = logging.WARNING
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    if config.peering:
+        settings.peering.name = config.peering
+        settings.peering.standalone = False
+        settings.peering.mandatory = True
+    else:
+        settings.peering.standalone = True
+
+
+@kopf.on.login()
+def login(memo: Any, logger: Any, settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """An explicit kubeconfig (``--kubeconfig``, the embedded server) or else kopf's usual in-cluster/kubeconfig."""
+    path = memo.get("kubeconfig") if memo is not None else None
+    if not path:
+        return kopf.login_via_client(logger=logger, settings=settings, **kwargs)
+    # The kubernetes client resolves $KUBECONFIG at import time, so the path must be passed explicitly.
+    from kubernetes import client as sync_client
+    from kubernetes import config as sync_config
+
+    cfg = sync_client.Configuration()
+    sync_config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+    return kopf.ConnectionInfo(
+        server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl, scheme=scheme, token=token,
+        username=cfg.username or None, password=cfg.password or None,
+        certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
+    )
+
+
+def _runtime(memo: Any) -> Runtime | None:
+    return getattr(memo, "runtime", None)
+
+
+# -------------------------------------------------------------------------------------- lifecycle
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    config: Settings = memo.get("config") or Settings()
+    configure_kopf(settings, config)
+    kube = await KubeClient.connect(memo.get("kubeconfig"))
+    runtime = Runtime(config, kube, NatsBus(config), **({"clock": memo["clock"]} if memo.get("clock") else {}))
+    runtime.lookup.branches_by_name = kwargs.get("branches_by_name")
+    runtime.lookup.ready_branches = kwargs.get("ready_branches")
+    runtime.lookup.policies_by_ns = kwargs.get("policies_by_ns")
+    # Fail start-up early (kopf retries the handler) if the API server or our RBAC is not usable.
+    watched: list[str | None] = list(config.namespaces) or [None]
+    for ns in watched:
+        await kube.list_branches(ns)
+    runtime.watching = True
+    memo.runtime = runtime
+    runtime.start()
+    if config.health_port:
+        from .health import HealthServer
+
+        memo.health = HealthServer(runtime, config.health_port)
+        await memo.health.start()
+    on_runtime = memo.get("on_runtime")
+    if on_runtime is not None:
+        on_runtime(runtime)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    runtime = _runtime(memo)
+    if runtime is not None:
+        await runtime.stop()
+    health = memo.get("health")
+    if health is not None:
+        await health.stop()
+
+
+@kopf.on.probe(id="ready")
+def probe_ready(memo: kopf.Memo, **_: Any) -> dict[str, bool]:
+    runtime = _runtime(memo)
+    return dict(runtime.readiness()) if runtime else {}
+
+
+# ----------------------------------------------------------------------------------------- indices
+
+
+@kopf.index(GROUP, VERSION, Branch.PLURAL)
+def branches_by_name(
+    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str], str]:
+    return {(namespace or "", str(spec.get("branchName", ""))): name}
+
+
+@kopf.index(GROUP, VERSION, Branch.PLURAL, field="status.phase", value=Phase.READY.value)
+def ready_branches(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
+    return {namespace or "": name}
+
+
+@kopf.index(GROUP, VERSION, AutoMergePolicy.PLURAL)
+def policies_by_ns(
+    namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
+) -> dict[str, PolicyRef] | None:
+    namespace = namespace or ""
+    try:
+        parsed = AutoMergePolicySpec.model_validate(copy.deepcopy(dict(spec)))
+    except ValueError as exc:
+        # An invalid policy is ignored as a whole, never half-applied.
+        log.warning("ignoring AutoMergePolicy %s/%s: %s", namespace, name, exc)
+        return None
+    return {namespace: PolicyRef(name=name, generation=int(meta.get("generation") or 0), spec=parsed)}
+
+
+# ---------------------------------------------------------------------------------------- watches
+
+
+@kopf.on.event(GROUP, VERSION, Branch.PLURAL)
+async def branch_changed(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    if runtime is None or type == "DELETED":
+        return
+    obj = copy.deepcopy(dict(body))
+    status = obj.get("status") or {}
+    if not status.get("phase"):
+        await _initialise(runtime.kube, obj)
+    elif status.get("phase") == Phase.READY.value:
+        await _reconcile(runtime, obj)
+
+
+@kopf.on.event(GROUP, VERSION, AutoMergePolicy.PLURAL)
+async def policy_changed(namespace: str | None, memo: Any, **_: Any) -> None:
+    """A policy applied, changed or deleted by GitOps: re-decide the READY branches it may affect."""
+    runtime = _runtime(memo)
+    if runtime is None:
+        return
+    for ns, name in runtime.lookup.ready():
+        if ns != namespace:
+            continue
+        try:
+            await _reconcile(runtime, await runtime.kube.get_branch(ns, name))
+        except NotFound:
+            continue
+
+
+@kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
+async def lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
+    """A lock taken or released can block or unblock a READY branch's merge."""
+    runtime = _runtime(memo)
+    if runtime is None:
+        return
+    branch = str(spec.get("branch", ""))
+    if namespace is None or (namespace, branch) not in set(runtime.lookup.ready()):
+        return
+    try:
+        await _reconcile(runtime, await runtime.kube.get_branch(namespace, branch))
+    except NotFound:
+        return
+
+
+async def _reconcile(runtime: Runtime, obj: dict[str, Any]) -> None:
+    try:
+        await runtime.reconciler.reconcile(obj)
+    except KubeError as exc:
+        # The periodic resync retries; an on.event handler has no retry of its own.
+        log.warning("merge reconciliation of %s failed: %s", obj["metadata"]["name"], exc)
+
+
+async def _initialise(kube: KubeClient, obj: dict[str, Any]) -> None:
+    """A new Branch starts ACTIVE, with its conditions known."""
+    meta = obj["metadata"]
+    now_dt = _now()
+    conditions: list[dict[str, Any]] = []
+    for ctype, reason in (("Indexed", "NotIndexed"), ("Validated", "NotIndexed"), ("Locked", "NoLock"),
+                          ("Mergeable", "NotReady")):
+        conditions = set_condition(conditions, ctype, "False" if ctype != "Validated" else "Unknown", reason,
+                                   "", now_dt, observed_generation=meta.get("generation"))
+    patch = {
+        "phase": Phase.ACTIVE.value,
+        "phaseTransitionTime": rfc3339(now_dt),
+        "observedGeneration": meta.get("generation"),
+        "conditions": conditions,
+    }
+    try:
+        await kube.patch_branch_status(meta["namespace"], meta["name"], patch,
+                                       resource_version=meta.get("resourceVersion"))
+    except (Conflict, NotFound):
+        return  # someone wrote first (e.g. a started event); that write initialised it
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,46 @@
+"""Publishing Funnel-style indexing events (for `branch-operator publish`, the demo, and tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import nats
+
+from .config import Settings
+from .events import encode_binary, encode_structured, make_event
+
+
+def build_event(
+    kind: str, branch_name: str, *, indexing_id: str, records: int = 0, passed: bool = True,
+    errors: Sequence[str] = (), status: str | None = None, namespace: str | None = None,
+    event_id: str | None = None, started_at: datetime | None = None, completed_at: datetime | None = None,
+) -> dict[str, Any]:
+    if kind == "completed" and status is None:
+        status = "success"
+    if kind == "failed" and status is None:
+        status = "failed"
+    return make_event(
+        kind, branch_name, indexing_id, status=status, records_indexed=records, passed=passed,
+        errors=tuple(errors), started_at=started_at, completed_at=completed_at, namespace=namespace,
+        event_id=event_id,
+    )
+
+
+def subject_for(kind: str, settings: Settings) -> str:
+    return {"started": settings.subject_started, "completed": settings.subject_completed,
+            "failed": settings.subject_failed}[kind]
+
+
+async def publish_event(
+    nats_url: str, subject: str, event: dict[str, Any], *, binary: bool = False, settings: Settings | None = None,
+) -> int:
+    """Publish one event into JetStream; returns the stream sequence."""
+    payload, headers = encode_binary(event) if binary else encode_structured(event)
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        ack = await nc.jetstream().publish(subject, payload, headers=headers or None, timeout=5.0)
+        return int(ack.seq)
+    finally:
+        await nc.drain()

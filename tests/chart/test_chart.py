@@ -1,0 +1,752 @@
+"""The Helm chart, kustomize base, GitOps examples, CRD copies and install docs, checked with the
+real ``helm`` and ``kubectl`` binaries (see conftest.py) and the Kubernetes OpenAPI schemas.
+
+What is validated how:
+* built-in kinds: ``kubernetes-validate`` (offline OpenAPI schemas, strict: unknown fields fail),
+  against the chart's minimum Kubernetes version and the newest one it knows;
+* our custom resources (and kopf's peering objects): the openAPIV3Schema of the CRDs we ship;
+  CEL rules (x-kubernetes-validations) are not evaluated here;
+* ServiceMonitor: a small JSON Schema of the fields the chart uses (no Prometheus Operator CRD
+  is available offline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from branch_operator import rbac
+from branch_operator.config import Settings
+
+from .conftest import (
+    BASE_DIR,
+    CHART_CRDS_DIR,
+    CHART_DIR,
+    DOCS_INSTALL,
+    GITOPS_DIR,
+    NAMESPACE,
+    RELEASE,
+    REPO_ROOT,
+    TOP_CRDS_DIR,
+    Obj,
+    Renderer,
+    Tools,
+    crd_validators,
+    iter_pod_specs,
+    load_docs,
+    run,
+)
+
+try:
+    import kubernetes_validate
+except ImportError:  # pragma: no cover - CI installs it
+    pytest.fail("kubernetes-validate is not installed; pip install kubernetes-validate", pytrace=False)
+
+CHART_META = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+# The oldest Kubernetes the chart declares, and the newest kubernetes-validate ships schemas for.
+K8S_VERSIONS = ("1.25", kubernetes_validate.latest_version())
+# Files in the chart's crds/ that are not generated from our models (kopf's peering CRDs).
+EXTRA_CRD_FILES = {"kopf.dev_peerings.yaml"}
+CLUSTER_SCOPED_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
+PEER_NAME = RELEASE  # fullname for release "oms-branch-operator"
+
+NAMESPACED = {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["team-a", "team-b"], "defaultNamespace": "team-a"}
+SCENARIOS: dict[str, Obj] = {
+    "defaults": {},
+    "namespaced": NAMESPACED,
+    "ha": {"replicaCount": 3},
+    "ha-namespaced": {**NAMESPACED, "replicaCount": 2},
+    "nats-tls-creds": {
+        "nats": {
+            "url": "tls://nats-0.nats:4222,tls://nats-1.nats:4222",
+            "auth": {
+                "user": "oms-operator",
+                "passwordSecret": {"name": "nats-user", "key": "password"},
+                "credsSecret": {"name": "nats-creds", "key": "operator.creds"},
+            },
+            "tls": {
+                "caSecret": {"name": "nats-ca", "key": "ca.crt"},
+                "clientCertSecret": {"name": "nats-client-tls", "certKey": "tls.crt", "keyKey": "tls.key"},
+            },
+        }
+    },
+    "nats-nkey-token": {
+        "nats": {
+            "auth": {
+                "tokenSecret": {"name": "nats-token", "key": "token"},
+                "nkeySeedSecret": {"name": "nats-nkey", "key": "seed.nk"},
+            }
+        }
+    },
+    "servicemonitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "networkpolicy": {
+        "networkPolicy": {
+            "enabled": True,
+            "apiServer": {"cidrs": ["10.0.0.1/32", "fd00::1/128"]},
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        }
+    },
+    "everything": {
+        "replicaCount": 2,
+        "image": {"digest": "sha256:" + "a" * 64, "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "watchNamespaces": ["oms-system", "team-b"],
+        "extraArgs": ["--verbose"],
+        "extraEnv": [{"name": "LOG_FORMAT", "value": "json"}],
+        "extraVolumes": [{"name": "extra", "emptyDir": {}}],
+        "extraVolumeMounts": [{"name": "extra", "mountPath": "/extra"}],
+        "podAnnotations": {"example.com/team": "oms"},
+        "podLabels": {"team": "oms"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}
+                    ]
+                }
+            }
+        },
+        "priorityClassName": "system-cluster-critical",
+        "serviceAccount": {"annotations": {"example.com/role": "oms"}},
+        "serviceMonitor": {"enabled": True},
+        "networkPolicy": {"enabled": True},
+        "samplePolicy": {"enabled": True},
+        "nats": {"stream": {"manage": False}, "delivery": {"maxEventBytes": 1048576, "ackWaitSeconds": 2.5}},
+    },
+}
+
+
+def _scenario_values(name: str) -> Obj:
+    return SCENARIOS[name]
+
+
+def _replicas(values: Obj) -> int:
+    return int(values.get("replicaCount", VALUES["replicaCount"]))
+
+
+def _deployment(objs: list[Obj]) -> Obj:
+    [deployment] = [o for o in objs if o["kind"] == "Deployment"]
+    return deployment
+
+
+def _container(objs: list[Obj]) -> Obj:
+    containers: list[Obj] = _deployment(objs)["spec"]["template"]["spec"]["containers"]
+    [container] = containers
+    return container
+
+
+def _env(objs: list[Obj]) -> dict[str, Obj]:
+    return {e["name"]: e for e in _container(objs)["env"]}
+
+
+def _kustomize(tools: Tools, path: Path) -> list[Obj]:
+    return load_docs(run(tools, tools.kubectl, "kustomize", str(path)).stdout)
+
+
+@pytest.fixture(scope="session")
+def base_objs(tools: Tools) -> list[Obj]:
+    return _kustomize(tools, BASE_DIR)
+
+
+@pytest.fixture(scope="session")
+def crd_schemas() -> dict[tuple[str, str], tuple[str, jsonschema.protocols.Validator]]:
+    return crd_validators(CHART_CRDS_DIR)
+
+
+# ------------------------------------------------------------------------------------------ helm lint
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["lint", "lint-strict"])
+def test_helm_lint_defaults(tools: Tools, strict: bool) -> None:
+    proc = run(tools, tools.helm, "lint", str(CHART_DIR), *(["--strict"] if strict else []))
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_helm_lint_strict_scenarios(tools: Tools, renderer: Renderer, scenario: str) -> None:
+    values_file = renderer.values_file(_scenario_values(scenario))
+    run(tools, tools.helm, "lint", "--strict", str(CHART_DIR), "--namespace", NAMESPACE, "--values", str(values_file))
+
+
+# ------------------------------------------------------------------------------ schema validation
+
+
+SERVICE_MONITOR_SCHEMA: Obj = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "metadata": {"type": "object", "required": ["name", "namespace"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchNames": {"type": "array", "items": {"type": "string"}}},
+                },
+                "selector": {
+                    "type": "object",
+                    "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["port"],
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "interval": {"type": "string", "pattern": "^(([0-9]+)(ms|s|m|h|d|w|y))+$"},
+                            "scrapeTimeout": {"type": "string", "pattern": "^(([0-9]+)(ms|s|m|h|d|w|y))+$"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def _validate_objects(
+    objs: list[Obj], crd_schemas: dict[tuple[str, str], tuple[str, jsonschema.protocols.Validator]]
+) -> None:
+    for obj in objs:
+        where = f"{obj['kind']}/{obj['metadata'].get('name')}"
+        key = (obj["apiVersion"], obj["kind"])
+        if key in crd_schemas:
+            scope, validator = crd_schemas[key]
+            errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
+            assert not errors, f"{where} does not match its CRD: {errors}"
+            assert ("namespace" in obj["metadata"]) == (scope == "Namespaced"), f"{where}: namespace vs {scope}"
+        elif obj["kind"] == "ServiceMonitor":
+            jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+        else:
+            for version in K8S_VERSIONS:
+                try:
+                    kubernetes_validate.validate(obj, version, strict=True)
+                except kubernetes_validate.ValidationError as e:
+                    pytest.fail(f"{where} is invalid for Kubernetes {version}: {e.message} at {list(e.path)}")
+                except kubernetes_validate.SchemaNotFoundError as e:
+                    pytest.fail(f"{where}: no schema to validate against: {e.message}")
+            namespaced = obj["kind"] not in CLUSTER_SCOPED_KINDS
+            # Explicit namespaces keep `helm template | kubectl apply` and GitOps tools from
+            # dropping namespaced objects into whatever namespace the kube context points at.
+            assert ("namespace" in obj["metadata"]) == namespaced, f"{where}: metadata.namespace"
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_rendered_objects_are_valid(renderer: Renderer, crd_schemas: Any, scenario: str) -> None:
+    objs = renderer.render(_scenario_values(scenario), include_crds=True)
+    kinds = {o["kind"] for o in objs}
+    assert {"Deployment", "ServiceAccount", "Service", "CustomResourceDefinition"} <= kinds
+    _validate_objects(objs, crd_schemas)
+
+
+def test_kustomize_base_objects_are_valid(base_objs: list[Obj], crd_schemas: Any) -> None:
+    _validate_objects(base_objs, crd_schemas)
+
+
+def test_crd_validation_catches_bad_custom_resources(crd_schemas: Any) -> None:
+    """The CR checks above are only worth something if they can fail."""
+    _, validator = crd_schemas[("oms.dev/v1alpha1", "AutoMergePolicy")]
+    good = {"apiVersion": "oms.dev/v1alpha1", "kind": "AutoMergePolicy", "metadata": {"name": "p"}, "spec": {}}
+    assert validator.is_valid(good)
+    assert not validator.is_valid({**good, "spec": {"priority": "high"}})
+    assert not validator.is_valid({**good, "spec": {"timeoutHours": 0}})
+    assert not validator.is_valid({**good, "spec": {"autoMerge": True}})
+
+
+# ------------------------------------------------------------------------------- values.schema.json
+
+
+BAD_VALUES: dict[str, tuple[Obj, str]] = {
+    "replicaCount-string": ({"replicaCount": "three"}, "replicaCount"),
+    "replicaCount-negative": ({"replicaCount": -1}, "replicaCount"),
+    "rbac-scope-enum": ({"rbac": {"scope": "global"}}, "scope"),
+    "unknown-top-level-key": ({"replicas": 2}, "replicas"),
+    "unknown-nested-key": ({"nats": {"tls": {"caSecret": {"nam": "x", "key": "ca.crt"}}}}, "nam"),
+    "inline-nats-password": ({"nats": {"auth": {"password": "hunter2"}}}, "password"),
+    "pull-policy-enum": ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+    "bad-port": ({"healthPort": 0}, "healthPort"),
+    "bad-namespace-name": ({"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
+    "bad-nats-url": ({"nats": {"url": "http://nats:4222"}}, "url"),
+    "bad-stream-name": ({"nats": {"stream": {"name": "FUNNEL.INDEXING"}}}, "name"),
+    "bad-probe-key": ({"livenessProbe": {"exec": {"command": ["true"]}}}, "exec"),
+    "namespaced-without-namespaces": ({"rbac": {"scope": "namespaced"}}, "watchNamespaces"),
+    # Cross-field checks done by the templates (`fail`), not the schema.
+    "namespaced-default-not-watched": (
+        {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["team-a"]},
+        "must be one of watchNamespaces",
+    ),
+    "password-without-user": ({"nats": {"auth": {"passwordSecret": {"name": "s", "key": "p"}}}}, "nats.auth.user"),
+    "creds-and-nkey": (
+        {"nats": {"auth": {"credsSecret": {"name": "a", "key": "c"}, "nkeySeedSecret": {"name": "b", "key": "s"}}}},
+        "only one of",
+    ),
+    "servicemonitor-without-service": (
+        {"serviceMonitor": {"enabled": True}, "service": {"enabled": False}},
+        "service.enabled",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_bad_values_are_rejected(renderer: Renderer, case: str) -> None:
+    values, fragment = BAD_VALUES[case]
+    proc = renderer.template_proc(values)
+    assert proc.returncode != 0, f"helm template accepted {values}"
+    assert fragment in proc.stderr, proc.stderr
+
+
+def test_set_string_replica_count_is_rejected(renderer: Renderer) -> None:
+    proc = renderer.template_proc(None, "--set", "replicaCount=three")
+    assert proc.returncode != 0
+    assert "replicaCount" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------- pod security
+
+
+def _assert_restricted(where: str, pod: Obj) -> None:
+    psc = pod.get("securityContext", {})
+    assert psc.get("runAsNonRoot") is True, f"{where}: pod runAsNonRoot"
+    assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{where}: pod seccompProfile"
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(flag), f"{where}: {flag}"
+    assert not any("hostPath" in v for v in pod.get("volumes", [])), f"{where}: hostPath volume"
+    tmp_volumes = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    for c in [*pod["containers"], *pod.get("initContainers", [])]:
+        sc = c.get("securityContext", {})
+        cw = f"{where} container {c['name']}"
+        assert sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, f"{cw}: runAsNonRoot"
+        assert sc.get("runAsUser", psc.get("runAsUser")) == 65532, f"{cw}: runAsUser"
+        assert sc.get("readOnlyRootFilesystem") is True, f"{cw}: readOnlyRootFilesystem"
+        assert sc.get("allowPrivilegeEscalation") is False, f"{cw}: allowPrivilegeEscalation"
+        assert sc.get("privileged", False) is False, f"{cw}: privileged"
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"{cw}: capabilities.drop"
+        assert not sc.get("capabilities", {}).get("add"), f"{cw}: capabilities.add"
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {}))
+        assert seccomp.get("type") == "RuntimeDefault", f"{cw}: seccompProfile"
+        tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+        assert len(tmp) == 1 and tmp[0]["name"] in tmp_volumes, f"{cw}: writable emptyDir at /tmp"
+        assert not tmp[0].get("readOnly"), f"{cw}: /tmp must be writable"
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_pod_templates_are_restricted(renderer: Renderer, scenario: str) -> None:
+    pods = list(iter_pod_specs(renderer.render(_scenario_values(scenario))))
+    assert pods
+    for where, pod in pods:
+        _assert_restricted(where, pod)
+
+
+def test_kustomize_base_pods_are_restricted(base_objs: list[Obj]) -> None:
+    pods = list(iter_pod_specs(base_objs))
+    assert pods
+    for where, pod in pods:
+        _assert_restricted(where, pod)
+
+
+# ----------------------------------------------------------------------------------------- RBAC
+
+
+Grant = tuple[str, str, str]
+
+
+def _grants(rules: tuple[rbac.Rule, ...]) -> set[Grant]:
+    return {(r.api_group, r.resource, verb) for r in rules for verb in r.verbs}
+
+
+def _rendered_grants(role: Obj) -> set[Grant]:
+    grants: set[Grant] = set()
+    for rule in role.get("rules", []):
+        where = f"{role['kind']}/{role['metadata']['name']}"
+        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), f"{where}: unexpected {rule}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert "*" not in (group, resource, verb), f"{where}: wildcard in {rule}"
+                    grants.add((group, resource, verb))
+    return grants
+
+
+def _cluster_scoped_resources() -> set[tuple[str, str]]:
+    scoped = set()
+    for path in CHART_CRDS_DIR.glob("*.yaml"):
+        for crd in load_docs(path.read_text()):
+            if crd["spec"]["scope"] == "Cluster":
+                scoped.add((crd["spec"]["group"], crd["spec"]["names"]["plural"]))
+    return scoped
+
+
+def _expected_grants(replicas: int, *, cluster: bool) -> set[Grant]:
+    expected = _grants(rbac.RULES) | (_grants(rbac.PEERING_RULES) if replicas > 1 else set())
+    if not cluster:
+        # A Role cannot grant a cluster-scoped resource; namespaced mode peers per namespace.
+        scoped = _cluster_scoped_resources()
+        expected = {g for g in expected if (g[0], g[1].split("/")[0]) not in scoped}
+    return expected
+
+
+def _assert_rbac(objs: list[Obj], values: Obj) -> None:
+    scope = values.get("rbac", {}).get("scope", VALUES["rbac"]["scope"])
+    replicas = _replicas(values)
+    by_kind: dict[str, list[Obj]] = {}
+    for o in objs:
+        by_kind.setdefault(o["kind"], []).append(o)
+    sa = _deployment(objs)["spec"]["template"]["spec"]["serviceAccountName"]
+    subject = {"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}
+
+    if scope == "cluster":
+        assert not by_kind.get("Role") and not by_kind.get("RoleBinding")
+        [role] = by_kind["ClusterRole"]
+        [binding] = by_kind["ClusterRoleBinding"]
+        assert _rendered_grants(role) == _expected_grants(replicas, cluster=True)
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": role["metadata"]["name"],
+        }
+        assert binding["subjects"] == [subject]
+    else:
+        assert not by_kind.get("ClusterRole") and not by_kind.get("ClusterRoleBinding")
+        roles = {r["metadata"]["namespace"]: r for r in by_kind["Role"]}
+        bindings = {b["metadata"]["namespace"]: b for b in by_kind["RoleBinding"]}
+        assert sorted(roles) == sorted(bindings) == sorted(values["watchNamespaces"])
+        for ns, role in roles.items():
+            assert _rendered_grants(role) == _expected_grants(replicas, cluster=False), ns
+            assert bindings[ns]["roleRef"]["name"] == role["metadata"]["name"]
+            assert bindings[ns]["roleRef"]["kind"] == "Role"
+            assert bindings[ns]["subjects"] == [subject]
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_rbac_grants_exactly_rbac_py(renderer: Renderer, scenario: str) -> None:
+    values = _scenario_values(scenario)
+    _assert_rbac(renderer.render(values), values)
+
+
+def test_kustomize_base_rbac_grants_exactly_rbac_py(base_objs: list[Obj]) -> None:
+    _assert_rbac(base_objs, {})
+
+
+def test_rbac_check_detects_extra_and_missing_grants(renderer: Renderer) -> None:
+    objs = renderer.render({})
+    [role] = [o for o in objs if o["kind"] == "ClusterRole"]
+    role["rules"].append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
+    with pytest.raises(AssertionError):
+        _assert_rbac(objs, {})
+    role["rules"] = role["rules"][1:-1]
+    with pytest.raises(AssertionError):
+        _assert_rbac(objs, {})
+
+
+# ---------------------------------------------------------------------------- HA / peering wiring
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_peering_follows_replica_count(renderer: Renderer, scenario: str) -> None:
+    values = _scenario_values(scenario)
+    objs = renderer.render(values)
+    env = _env(objs)
+    deployment = _deployment(objs)
+    watched = values.get("watchNamespaces", [])
+    peerings = [o for o in objs if o["apiVersion"] == "kopf.dev/v1"]
+    pdbs = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    assert deployment["spec"]["replicas"] == _replicas(values)
+    if _replicas(values) > 1:
+        assert env["OMS_PEERING"]["value"] == PEER_NAME
+        assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+        if watched:
+            assert {(p["kind"], p["metadata"]["namespace"]) for p in peerings} == {
+                ("KopfPeering", ns) for ns in watched
+            }
+        else:
+            assert [(p["kind"], "namespace" in p["metadata"]) for p in peerings] == [("ClusterKopfPeering", False)]
+        assert all(p["metadata"]["name"] == PEER_NAME for p in peerings)
+        [pdb] = pdbs
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    else:
+        assert "OMS_PEERING" not in env
+        # Two unpeered operators must never overlap during a rollout.
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        assert not peerings and not pdbs
+
+
+# --------------------------------------------------------------------------------- wiring checks
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_objects_are_wired_together(renderer: Renderer, scenario: str) -> None:
+    objs = renderer.render(_scenario_values(scenario))
+    deployment = _deployment(objs)
+    container = _container(objs)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert container["command"] == ["branch-operator"] and container["args"][0] == "run"
+
+    [port] = [p for p in container["ports"] if p["name"] == "http"]
+    assert _env(objs)["OMS_HEALTH_PORT"]["value"] == str(port["containerPort"])
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert set(mounts) <= set(volumes)
+    # Every *_FILE setting must point into a mounted volume.
+    for name, var in _env(objs).items():
+        if name.endswith("_FILE"):
+            assert any(var["value"].startswith(m["mountPath"] + "/") for m in mounts.values()), name
+
+    services = [o for o in objs if o["kind"] == "Service"]
+    for svc in services:
+        assert svc["spec"]["selector"].items() <= pod_labels.items()
+        assert all(p["targetPort"] == "http" for p in svc["spec"]["ports"])
+    for sm in (o for o in objs if o["kind"] == "ServiceMonitor"):
+        [svc] = services
+        assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+        assert {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]}
+        assert all(e["path"] == "/metrics" for e in sm["spec"]["endpoints"])
+    for np in (o for o in objs if o["kind"] == "NetworkPolicy"):
+        assert np["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+        assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        assert [p["port"] for r in np["spec"]["ingress"] for p in r["ports"]] == ["http"]
+        egress_ports = {p["port"] for r in np["spec"]["egress"] for p in r["ports"]}
+        assert {4222, 443, 6443, 53} <= egress_ports
+
+
+# ------------------------------------------------------------------------------ operator settings
+
+
+def _settings_env_names() -> dict[str, str]:
+    """Environment variable -> Settings field, as pydantic-settings resolves them."""
+    names: dict[str, str] = {}
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        choices = getattr(alias, "choices", None)
+        if choices:
+            names.update({c.upper(): field for c in choices if isinstance(c, str) and c.isupper()})
+        else:
+            names[f"OMS_{field.upper()}"] = field
+    return names
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_env_vars_are_operator_settings(renderer: Renderer, scenario: str) -> None:
+    known = _settings_env_names()
+    extra = {e["name"] for e in _scenario_values(scenario).get("extraEnv", [])}
+    for name in _env(renderer.render(_scenario_values(scenario))):
+        if name.startswith("OMS_") or name.startswith("NATS_") or name == "POD_NAMESPACE":
+            assert name in known, f"{name} is not a branch_operator.config.Settings field"
+        else:
+            assert name in extra | {"HOME"}, f"unexpected env var {name}"
+
+
+def test_chart_defaults_equal_operator_defaults(renderer: Renderer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """values.yaml mirrors Settings' defaults, so installing with defaults changes no behaviour."""
+    env = _env(renderer.render({}))
+    for name in list(_settings_env_names()):
+        monkeypatch.delenv(name, raising=False)
+    builtin = Settings().model_dump()
+    for name, var in env.items():
+        if "value" in var:
+            monkeypatch.setenv(name, var["value"])
+    from_chart = Settings().model_dump()
+    # The one intended difference: localhost means nothing inside a cluster.
+    assert from_chart.pop("nats_url") == VALUES["nats"]["url"]
+    builtin.pop("nats_url")
+    assert from_chart == builtin
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_rendered_env_parses_as_settings(renderer: Renderer, scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = _env(renderer.render(_scenario_values(scenario)))
+    for name in list(_settings_env_names()):
+        monkeypatch.delenv(name, raising=False)
+    for name, var in env.items():
+        if "value" in var:
+            monkeypatch.setenv(name, var["value"])
+    settings = Settings()
+    assert settings.namespaces == _scenario_values(scenario).get("watchNamespaces", [])
+
+
+# -------------------------------------------------------------------------------------- secrets
+
+
+SENSITIVE = re.compile(r"PASSWORD|TOKEN|SECRET|CREDS|SEED|KEY", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_no_secret_values_inline(renderer: Renderer, scenario: str) -> None:
+    objs = renderer.render(_scenario_values(scenario))
+    assert not [o for o in objs if o["kind"] == "Secret"], "the chart must only reference existing Secrets"
+    pod = _deployment(objs)["spec"]["template"]["spec"]
+    secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
+    container = _container(objs)
+    secret_mounts = [m for m in container["volumeMounts"] if m["name"] in secret_volumes]
+    assert all(m.get("readOnly") for m in secret_mounts)
+    for var in container["env"]:
+        if not SENSITIVE.search(var["name"]):
+            continue
+        if var["name"].endswith("_FILE"):
+            assert any(var["value"].startswith(m["mountPath"] + "/") for m in secret_mounts), var
+        else:
+            assert "value" not in var and "secretKeyRef" in var.get("valueFrom", {}), var
+
+
+# ---------------------------------------------------------------------------- CRD copies in sync
+
+
+def _yaml_files(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.yaml"))}
+
+
+@pytest.mark.parametrize("copy_dir", [CHART_CRDS_DIR, BASE_DIR / "crds"], ids=["chart", "kustomize-base"])
+def test_crd_copies_identical_to_top_level(copy_dir: Path) -> None:
+    top = _yaml_files(TOP_CRDS_DIR)
+    assert {"oms.dev_branches.yaml", "oms.dev_branchlocks.yaml", "oms.dev_automergepolicies.yaml"} <= set(top)
+    copies = _yaml_files(copy_dir)
+    stale = sorted(name for name in top if copies.get(name) != top[name])
+    assert not stale, (
+        f"{copy_dir.relative_to(REPO_ROOT)} differs from crds/ for {stale}; "
+        f"run: cp crds/*.yaml {CHART_CRDS_DIR.relative_to(REPO_ROOT)}/ && cp crds/*.yaml manifests/base/crds/"
+    )
+    assert set(copies) - set(top) == EXTRA_CRD_FILES
+
+
+def test_kopf_peering_crds_identical_in_chart_and_base() -> None:
+    for name in EXTRA_CRD_FILES:
+        assert (CHART_CRDS_DIR / name).read_bytes() == (BASE_DIR / "crds" / name).read_bytes()
+
+
+# ------------------------------------------------------------------------------- kustomize base
+
+
+def _normalised(obj: Obj) -> Obj:
+    # The only intended differences: Helm's own labels vs kustomize's managed-by.
+    labels = obj["metadata"].get("labels", {})
+    for key in ("helm.sh/chart", "app.kubernetes.io/managed-by"):
+        labels.pop(key, None)
+    return obj
+
+
+def test_kustomize_base_matches_chart_defaults(renderer: Renderer, base_objs: list[Obj]) -> None:
+    def key(o: Obj) -> tuple[str, str, str]:
+        return (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace", ""))
+
+    chart = {key(o): _normalised(o) for o in renderer.render({}, include_crds=True)}
+    base = {key(o): _normalised(o) for o in base_objs}
+    assert sorted(base) == sorted(chart)
+    for k in chart:
+        assert base[k] == chart[k], f"manifests/base differs from the chart's default {k}"
+
+
+# ------------------------------------------------------------------------------- GitOps examples
+
+
+def _argo_applications() -> list[Obj]:
+    return [
+        o
+        for p in sorted((GITOPS_DIR / "argocd").glob("*.yaml"))
+        for o in load_docs(p.read_text())
+        if o.get("kind") == "Application"
+    ]
+
+
+def test_gitops_folders_build(tools: Tools) -> None:
+    for folder in ("argocd", "flux", "policies"):
+        assert _kustomize(tools, GITOPS_DIR / folder), folder
+
+
+def test_gitops_policies_are_valid(tools: Tools, crd_schemas: Any) -> None:
+    policies = _kustomize(tools, GITOPS_DIR / "policies")
+    assert policies and {p["kind"] for p in policies} == {"AutoMergePolicy"}
+    _validate_objects(policies, crd_schemas)
+    assert len({p["metadata"]["name"] for p in policies}) == len(policies)
+
+
+def test_argocd_applications_point_at_this_repository(renderer: Renderer) -> None:
+    apps = _argo_applications()
+    paths = {app["spec"]["source"]["path"] for app in apps}
+    assert paths == {"helm/oms-branch-operator", "manifests/gitops/policies"}
+    for app in apps:
+        assert app["apiVersion"] == "argoproj.io/v1alpha1"
+        assert (REPO_ROOT / app["spec"]["source"]["path"]).is_dir()
+        helm = app["spec"]["source"].get("helm")
+        if helm:
+            proc = renderer.template_proc(helm.get("valuesObject", {}))
+            assert proc.returncode == 0, f"Argo CD values rejected by the chart:\n{proc.stderr}"
+
+
+def test_flux_helmrelease_matches_chart(tools: Tools, renderer: Renderer) -> None:
+    objs = _kustomize(tools, GITOPS_DIR / "flux")
+    [repo] = [o for o in objs if o["kind"] == "HelmRepository"]
+    [release] = [o for o in objs if o["kind"] == "HelmRelease"]
+    chart = release["spec"]["chart"]["spec"]
+    assert chart["chart"] == CHART_META["name"]
+    assert (chart["sourceRef"]["kind"], chart["sourceRef"]["name"]) == ("HelmRepository", repo["metadata"]["name"])
+    assert chart["sourceRef"]["namespace"] == repo["metadata"]["namespace"]
+    assert release["spec"]["install"]["crds"] == release["spec"]["upgrade"]["crds"] == "CreateReplace"
+    proc = renderer.template_proc(release["spec"].get("values", {}))
+    assert proc.returncode == 0, f"Flux values rejected by the chart:\n{proc.stderr}"
+
+
+# -------------------------------------------------------------------------------- docs & metadata
+
+
+def _leaf_paths(values: Obj, prefix: str = "") -> set[str]:
+    paths = set()
+    for k, v in values.items():
+        path = f"{prefix}{k}"
+        paths.add(path)
+        if isinstance(v, dict) and v:
+            paths |= _leaf_paths(v, f"{path}.")
+    return paths
+
+
+def _documented_keys() -> set[str]:
+    keys = set()
+    for line in DOCS_INSTALL.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.lstrip().startswith("|") else []
+        if cells and (m := re.fullmatch(r"`([A-Za-z0-9_.]+)`", cells[0])):
+            keys.add(m.group(1))
+    return keys
+
+
+def test_docs_table_covers_every_top_level_value() -> None:
+    documented = _documented_keys()
+    missing = sorted(k for k in VALUES if k not in documented)
+    assert not missing, f"docs/installation.md configuration table lacks {missing}"
+
+
+def test_docs_table_has_no_stale_keys() -> None:
+    stale = sorted(_documented_keys() - _leaf_paths(VALUES))
+    assert not stale, f"docs/installation.md documents keys values.yaml does not have: {stale}"
+
+
+def test_chart_app_version_matches_package() -> None:
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert str(CHART_META["appVersion"]) == pyproject["project"]["version"]
+
+
+def test_notes_explain_how_to_check(tools: Tools) -> None:
+    proc = run(tools, tools.helm, "install", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE, "--dry-run=client")
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    for expected in ("kubectl get branches", "logs deployment/oms-branch-operator", "/readyz", "rollout status"):
+        assert expected in notes

@@ -60,11 +60,12 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         await env.start()
         operator = OperatorHandle(env.settings(), env.kubeconfig)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         try:
             await operator.start()
+            # After kopf started: its own signal handlers would stop only the operator, not this command.
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
             print(f"api={env.api_url}", flush=True)
             print(f"nats={env.nats_url}", flush=True)
             print(f"kubeconfig={env.kubeconfig}", flush=True)

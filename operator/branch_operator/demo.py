@@ -119,10 +119,11 @@ async def run_demo(out: Print = print, timeout: float = 20.0) -> bool:
                 await kube.create_lock(ns, lock_body(branch, LockType.WRITE, key="schema-editor", holder="oms-editor",
                                                      reason="schema edit in progress"))
             for kind, event in sc.events:
+                out(f"  publish {subject_for(kind, settings)} ({event['data'].get('status') or 'started'}, "
+                    f"id {event['id']})")
                 await publish_event(settings.nats_url, subject_for(kind, settings), event)
                 if kind == "started":
                     await _wait(kube, ns, sc.name, _phase_is("LOCKED_FOR_WRITE"), timeout)
-                out(f"  published {kind} ({event['data'].get('status') or 'started'}, id {event['id']})")
 
             def done(o: dict[str, Any], sc: Scenario = sc) -> bool:
                 st = o.get("status") or {}

@@ -168,6 +168,10 @@ def _show(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _has_control(text: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
 
@@ -245,9 +249,7 @@ class ValidationResults(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     passed: StrictBool
-    errors: Annotated[
-        list[Annotated[str, Field(max_length=MAX_ERROR_LENGTH)]], Field(max_length=MAX_ERRORS)
-    ] = []
+    errors: Annotated[list[Annotated[str, Field(max_length=MAX_ERROR_LENGTH)]], Field(max_length=MAX_ERRORS)] = []
     errors_dropped: Annotated[int, Field(ge=0, description="Entries cut off beyond MAX_ERRORS")] = 0
 
     @model_validator(mode="before")
@@ -281,19 +283,13 @@ class FunnelIndexingData(BaseModel):
     started_at: UtcDatetime | None = None
     completed_at: UtcDatetime | None = None
     status: Literal["success", "failed"] | None = None
-    records_indexed: Annotated[
-        int, BeforeValidator(_null_is_zero), Field(ge=0, le=MAX_RECORDS, strict=True)
-    ] = 0
+    records_indexed: Annotated[int, BeforeValidator(_null_is_zero), Field(ge=0, le=MAX_RECORDS, strict=True)] = 0
     validation_results: ValidationResults | None = None
     namespace: Namespace | None = None
 
     @model_validator(mode="after")
     def _time_order(self) -> Self:
-        if (
-            self.started_at is not None
-            and self.completed_at is not None
-            and self.started_at > self.completed_at
-        ):
+        if self.started_at is not None and self.completed_at is not None and self.started_at > self.completed_at:
             raise PydanticCustomError(
                 "time_order",
                 "data.started_at ({started_at}) is after data.completed_at ({completed_at})",
@@ -353,9 +349,7 @@ class IndexingEvent(BaseModel):
             if d.completed_at is None:
                 raise _kind_rule("data.completed_at is required for failed events")
             if d.status not in (None, "failed"):
-                raise _kind_rule(
-                    f"data.status must be 'failed' (or absent) for failed events, got {d.status!r}"
-                )
+                raise _kind_rule(f"data.status must be 'failed' (or absent) for failed events, got {d.status!r}")
         return self
 
     @property
@@ -445,16 +439,12 @@ def _check_tree(value: Any, what: str) -> None:
             strings: Iterable[str] = (node,)
         elif isinstance(node, dict):
             if depth > MAX_JSON_DEPTH:
-                raise _reject(
-                    RejectReason.INVALID_JSON, f"{what} is nested deeper than {MAX_JSON_DEPTH} levels"
-                )
+                raise _reject(RejectReason.INVALID_JSON, f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
             strings = node.keys()
             stack.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, list):
             if depth > MAX_JSON_DEPTH:
-                raise _reject(
-                    RejectReason.INVALID_JSON, f"{what} is nested deeper than {MAX_JSON_DEPTH} levels"
-                )
+                raise _reject(RejectReason.INVALID_JSON, f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
             strings = ()
             stack.extend((v, depth + 1) for v in node)
         else:
@@ -479,9 +469,7 @@ def _load_json(raw: bytes, what: str) -> Any:
     except RecursionError:
         raise _reject(RejectReason.INVALID_JSON, f"{what} is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, duplicates, NaN, over-long integers
-        raise _reject(
-            RejectReason.INVALID_JSON, f"{what} is not valid JSON: {_show(str(exc), 200)}"
-        ) from None
+        raise _reject(RejectReason.INVALID_JSON, f"{what} is not valid JSON: {_clip(str(exc))}") from None
     _check_tree(value, what)
     return value
 
@@ -558,8 +546,7 @@ def _content_mode(headers: Mapping[str, str]) -> Mode:
             if media not in ("application/cloudevents", STRUCTURED_CONTENT_TYPE):
                 raise _reject(
                     RejectReason.INVALID_CLOUD_EVENT,
-                    f"content-type {_show(media)} is not supported; "
-                    f"use {STRUCTURED_CONTENT_TYPE} or binary mode",
+                    f"content-type {_show(media)} is not supported; use {STRUCTURED_CONTENT_TYPE} or binary mode",
                 )
             return "structured"
     if any(key.startswith(CE_HEADER_PREFIX) for key in headers):
@@ -687,9 +674,7 @@ def _envelope(attrs: Mapping[str, Any], ctx: _Context) -> _Envelope:
         dataschema=_optional_string(attrs, "dataschema"),
         ce_subject=_optional_string(attrs, "subject"),
         extensions={
-            k: v
-            for k, v in attrs.items()
-            if k not in _CORE_ATTRIBUTES and k not in _DATA_MEMBERS and v is not None
+            k: v for k, v in attrs.items() if k not in _CORE_ATTRIBUTES and k not in _DATA_MEMBERS and v is not None
         },
     )
 
@@ -736,9 +721,7 @@ def _parse(
     ctx: _Context,
 ) -> IndexingEvent:
     if len(payload) > max_bytes:
-        raise _reject(
-            RejectReason.TOO_LARGE, f"payload is {len(payload)} bytes, over the {max_bytes}-byte limit"
-        )
+        raise _reject(RejectReason.TOO_LARGE, f"payload is {len(payload)} bytes, over the {max_bytes}-byte limit")
     hdrs = _normalise_headers(headers)
     mode = _content_mode(hdrs)
 
@@ -761,9 +744,7 @@ def _parse(
                 continue
             name = key[len(CE_HEADER_PREFIX) :]
             if name in _DATA_MEMBERS or not name:
-                raise _reject(
-                    RejectReason.INVALID_CLOUD_EVENT, f"header {key} is not a CloudEvents attribute"
-                )
+                raise _reject(RejectReason.INVALID_CLOUD_EVENT, f"header {key} is not a CloudEvents attribute")
             binary_attrs[name] = _decode_header_value(key, raw)
         if "datacontenttype" not in binary_attrs and "content-type" in hdrs:
             binary_attrs["datacontenttype"] = hdrs["content-type"]
@@ -780,8 +761,7 @@ def _parse(
     if subject_kind != env.kind:
         raise _reject(
             RejectReason.SUBJECT_TYPE_MISMATCH,
-            f"attribute type {env.type} does not belong on subject {subject} "
-            f"(expected {EVENT_TYPES[subject_kind]})",
+            f"attribute type {env.type} does not belong on subject {subject} (expected {EVENT_TYPES[subject_kind]})",
         )
 
     if doc is not None:
@@ -878,11 +858,7 @@ def parse_message(
                 exc.branch_name = exc.branch_name or branch_name
             exc.indexing_id = exc.indexing_id or _sane_string(ctx.data.get("indexing_id"), MAX_INDEXING_ID)
             namespace = ctx.data.get("namespace")
-            if (
-                isinstance(namespace, str)
-                and len(namespace) <= 63
-                and re.fullmatch(DNS1123_LABEL_PATTERN, namespace)
-            ):
+            if isinstance(namespace, str) and len(namespace) <= 63 and re.fullmatch(DNS1123_LABEL_PATTERN, namespace):
                 exc.namespace = exc.namespace or namespace
         raise
 
@@ -1010,9 +986,7 @@ def make_cloudevent(
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(_jsonable(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
-        "utf-8"
-    )
+    return json.dumps(_jsonable(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def encode_structured(event: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +69,7 @@ class NatsBus:
         # die silently across a server restart).
         self.epoch = 0
         self.reconnected = asyncio.Event()
-        self.on_state_change: list[Callable[[bool], Awaitable[None] | None]] = []
+        self._closing = False
 
     # ------------------------------------------------------------------------------- connection
 
@@ -97,14 +96,15 @@ class NatsBus:
         return self._js
 
     async def close(self) -> None:
+        self._closing = True
         if self.nc is not None and not self.nc.is_closed:
-            try:
-                await self.nc.drain()
-            except Exception:  # draining a broken connection may fail; closing is what matters
-                await self.nc.close()
+            # Not drain(): it waits on pull subscriptions' queues that never empty. The consumers are
+            # stopped by now, so nothing is in flight; publishes were awaited with their acks.
+            await self.nc.close()
 
     async def _disconnected(self) -> None:
-        log.warning("NATS disconnected")
+        if not self._closing:
+            log.warning("NATS disconnected")
 
     async def _reconnected(self) -> None:
         self.epoch += 1

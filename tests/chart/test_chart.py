@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tarfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -743,6 +744,32 @@ def test_docs_table_has_no_stale_keys() -> None:
 def test_chart_app_version_matches_package() -> None:
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     assert str(CHART_META["appVersion"]) == pyproject["project"]["version"]
+
+
+def test_chart_packages_with_its_crds(tools: Tools, tmp_path: Path) -> None:
+    run(tools, tools.helm, "package", str(CHART_DIR), "--destination", str(tmp_path))
+    [package] = tmp_path.glob("*.tgz")
+    assert package.name == f"{CHART_META['name']}-{CHART_META['version']}.tgz"
+    with tarfile.open(package) as tgz:
+        packaged = {Path(n).name for n in tgz.getnames() if "/crds/" in n}
+    assert packaged == {p.name for p in CHART_CRDS_DIR.glob("*.yaml")}
+
+
+def test_dockerfile_builds_a_slim_non_root_image() -> None:
+    lines = []
+    for raw in (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines():
+        if raw.strip() and not raw.lstrip().startswith("#"):
+            lines.append(raw.strip())
+    stages = [i for i, line in enumerate(lines) if line.upper().startswith("FROM ")]
+    assert len(stages) == 2, "a build stage and a runtime stage"
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in lines[: stages[0]]
+    final = lines[stages[1] :]
+    assert final[0] == "FROM ${PYTHON_IMAGE}"
+    assert "pip wheel" in " ".join(lines[stages[0] : stages[1]])
+    runtime = " ".join(final)
+    assert "--no-index" in runtime and "apt-get" not in runtime and "gcc" not in runtime
+    assert [line for line in final if line.startswith("USER ")] == ["USER 65532:65532"]
+    assert final[-2:] == ['ENTRYPOINT ["branch-operator"]', 'CMD ["run"]']
 
 
 def test_notes_explain_how_to_check(tools: Tools) -> None:

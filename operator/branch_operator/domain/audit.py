@@ -155,9 +155,7 @@ def parse_audit_id(audit_id: str) -> AuditIdParts:
         raise ValueError(f"audit id must start with {AUDIT_ID_PREFIX!r}")
     parts = audit_id[len(AUDIT_ID_PREFIX) :].split(":")
     if len(parts) != 4:
-        raise ValueError(
-            f"audit id must have 4 parts after the prefix (slug:action:time:uuid), got {len(parts)}"
-        )
+        raise ValueError(f"audit id must have 4 parts after the prefix (slug:action:time:uuid), got {len(parts)}")
     slug, action, stamp, ident = parts
     if len(slug) > MAX_SLUG or _SLUG_RE.fullmatch(slug) is None:
         raise ValueError(f"audit id slug {slug[:80]!r} is not a valid branch slug")

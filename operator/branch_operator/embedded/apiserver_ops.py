@@ -212,8 +212,6 @@ class Cluster:
             meta["name"] = name
         self._validate_name(rt, name)
         key = (ns, str(name))
-        if key in store.objects:
-            raise already_exists(rt.plural, rt.group, key[1])
         for field in (
             "resourceVersion",
             "deletionTimestamp",
@@ -230,6 +228,9 @@ class Cluster:
         if rt.status_subresource:
             obj.pop("status", None)
         obj = self._admit(rt, obj, None)
+        # Validation comes first, as on the real server: an invalid duplicate is 422, not 409.
+        if key in store.objects:
+            raise already_exists(rt.plural, rt.group, key[1])
         if dry_run:
             return Stored(obj, self.rv)
         rv = self._next_rv()

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .apiserver_errors import cause
@@ -75,6 +75,9 @@ _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
 
+_CHECKED_FORMATS = frozenset({"date-time", "date", "uuid"})  # Others (int32, byte, ...) are not checked.
+
+
 def _valid_format(fmt: str, value: str) -> bool:
     if fmt == "date-time":
         if not _DATE_TIME_RE.match(value):
@@ -97,394 +100,398 @@ def _valid_format(fmt: str, value: str) -> bool:
     return True  # Other formats (int32, byte, ...) are not checked.
 
 
-_TYPE_CHECKS = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "boolean": lambda v: isinstance(v, bool),
-    "integer": lambda v: (
-        (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
-    ),
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+Validator = Callable[[Any, str, list[Cause]], None]
+Normalizer = Callable[[Any], Any]
+
+# Exact class checks: JSON-decoded data has no subclasses, and ``bool`` must not pass for ``integer``.
+_TYPE_OK: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: v.__class__ is dict,
+    "array": lambda v: v.__class__ is list,
+    "string": lambda v: v.__class__ is str,
+    "boolean": lambda v: v.__class__ is bool,
+    "integer": lambda v: v.__class__ is int or (v.__class__ is float and v.is_integer()),
+    "number": lambda v: v.__class__ is int or v.__class__ is float,
 }
 
 
+def _int_or_string(v: Any) -> bool:
+    return v.__class__ is int or v.__class__ is str
+
+
+def _invalid(path: str, value: Any, detail: str) -> Cause:
+    return cause("FieldValueInvalid", path, f"{path}: Invalid value: {_render(value)}: {detail}")
+
+
 class _Node:
-    """One compiled schema node. Attributes are ``None`` when the keyword is absent."""
+    """One compiled schema node.
+
+    Compilation turns the node into two closures that do only what its keywords ask for:
+    ``normalize`` (pruning and defaulting in one pass; None when the subtree has nothing to prune or
+    default) and ``validate`` (appends causes to a list).
+    """
 
     __slots__ = (
         "additional",
-        "all_of",
-        "any_of",
         "default",
-        "embedded",
-        "enum",
-        "enum_strings",
-        "exclusive_maximum",
-        "exclusive_minimum",
-        "format",
         "has_default",
-        "int_or_string",
         "items",
-        "list_map_keys",
-        "list_type",
-        "max_items",
-        "max_length",
-        "max_properties",
-        "maximum",
-        "min_items",
-        "min_length",
-        "min_properties",
-        "minimum",
-        "multiple_of",
-        "not_",
+        "keep_unknown",
+        "normalize",
         "nullable",
-        "one_of",
-        "pattern",
-        "preserve_unknown",
         "properties",
         "required",
         "rules",
-        "type",
+        "validate",
     )
 
     def __init__(self, schema: Any, where: str) -> None:
         if not isinstance(schema, dict):
             raise SchemaError(f"{where}: a schema must be an object")
-        self.type: str | None = schema.get("type")
-        if self.type is not None and self.type not in _TYPE_CHECKS:
-            raise SchemaError(f"{where}.type: unsupported type {self.type!r}")
+        type_: str | None = schema.get("type")
+        if type_ is not None and type_ not in _TYPE_OK:
+            raise SchemaError(f"{where}.type: unsupported type {type_!r}")
         self.nullable = bool(schema.get("nullable", False))
-        self.int_or_string = bool(schema.get("x-kubernetes-int-or-string", False))
-        self.preserve_unknown = bool(schema.get("x-kubernetes-preserve-unknown-fields", False))
-        self.embedded = bool(schema.get("x-kubernetes-embedded-resource", False))
         self.has_default = "default" in schema
         self.default = schema.get("default")
+        self.rules: list[dict[str, Any]] = list(schema.get("x-kubernetes-validations") or ())
 
         props = schema.get("properties")
         self.properties: dict[str, _Node] | None = (
-            {k: _Node(v, f"{where}.properties.{k}") for k, v in props.items()}
-            if isinstance(props, dict)
-            else None
+            {k: _Node(v, f"{where}.properties.{k}") for k, v in props.items()} if isinstance(props, dict) else None
         )
-        additional = schema.get("additionalProperties")
-        self.additional: _Node | None = None
-        if isinstance(additional, dict):
-            self.additional = _Node(additional, f"{where}.additionalProperties")
-        elif additional is True:
-            self.preserve_unknown = True
-        items = schema.get("items")
-        self.items: _Node | None = _Node(items, f"{where}.items") if isinstance(items, dict) else None
+        additional_doc = schema.get("additionalProperties")
+        additional = (
+            _Node(additional_doc, f"{where}.additionalProperties") if isinstance(additional_doc, dict) else None
+        )
+        preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields", False)) or additional_doc is True
+        items_doc = schema.get("items")
+        self.items: _Node | None = _Node(items_doc, f"{where}.items") if isinstance(items_doc, dict) else None
+        int_or_string = bool(schema.get("x-kubernetes-int-or-string", False))
+        embedded = bool(schema.get("x-kubernetes-embedded-resource", False))
+        self.additional = additional
+        self.keep_unknown = preserve or int_or_string or embedded or type_ is None
         self.required: tuple[str, ...] = tuple(schema.get("required") or ())
 
-        enum = schema.get("enum")
-        self.enum: list[Any] | None = list(enum) if isinstance(enum, list) else None
-        self.enum_strings: frozenset[str] | None = None
-        if self.enum is not None and all(isinstance(e, str) for e in self.enum):
-            self.enum_strings = frozenset(self.enum)
-        pattern = schema.get("pattern")
-        try:
-            self.pattern: re.Pattern[str] | None = re.compile(pattern) if pattern is not None else None
-        except re.error as e:
-            raise SchemaError(f"{where}.pattern: invalid regular expression {pattern!r}: {e}") from e
-        self.format: str | None = schema.get("format")
-        self.minimum: float | None = schema.get("minimum")
-        self.maximum: float | None = schema.get("maximum")
-        self.exclusive_minimum = bool(schema.get("exclusiveMinimum", False))
-        self.exclusive_maximum = bool(schema.get("exclusiveMaximum", False))
-        self.multiple_of: float | None = schema.get("multipleOf")
-        self.min_length: int | None = schema.get("minLength")
-        self.max_length: int | None = schema.get("maxLength")
-        self.min_items: int | None = schema.get("minItems")
-        self.max_items: int | None = schema.get("maxItems")
-        self.min_properties: int | None = schema.get("minProperties")
-        self.max_properties: int | None = schema.get("maxProperties")
-        self.list_type: str | None = schema.get("x-kubernetes-list-type")
-        self.list_map_keys: tuple[str, ...] = tuple(schema.get("x-kubernetes-list-map-keys") or ())
+        self.normalize = self._compile_normalize(type_, additional, self.keep_unknown, embedded)
+        self.validate = self._compile_validate(schema, where, type_, additional, int_or_string)
 
-        def _many(key: str) -> list[_Node] | None:
-            subs = schema.get(key)
-            return (
-                [_Node(s, f"{where}.{key}[{i}]") for i, s in enumerate(subs)]
-                if isinstance(subs, list)
-                else None
-            )
+    # ---------------------------------------------------------------------------- pruning, defaulting
 
-        self.all_of = _many("allOf")
-        self.any_of = _many("anyOf")
-        self.one_of = _many("oneOf")
-        self.not_: _Node | None = (
-            _Node(schema["not"], f"{where}.not") if isinstance(schema.get("not"), dict) else None
-        )
-        self.rules: list[dict[str, Any]] = list(schema.get("x-kubernetes-validations") or ())
+    def default_value(self) -> Any:
+        value = _json_copy(self.default)
+        return self.normalize(value) if self.normalize is not None else value
 
-    # ------------------------------------------------------------------------------------- pruning
+    def _compile_normalize(
+        self, type_: str | None, additional: _Node | None, keep_unknown: bool, embedded: bool
+    ) -> Normalizer | None:
+        if embedded:
+            return None
+        properties = self.properties or {}
+        if self.items is not None and self.items.normalize is not None:
+            normalize_item = self.items.normalize
 
-    def prune(self, value: Any) -> Any:
-        if isinstance(value, dict):
-            if self.embedded:
-                return value
-            properties, additional = self.properties, self.additional
-            if properties is None and additional is None:
-                # A structural object with no declared fields keeps nothing, unless told to preserve.
-                return (
-                    value
-                    if (self.preserve_unknown or self.int_or_string or self.type is None)
-                    else ({} if value else value)
-                )
-            changed = False
-            out: dict[str, Any] = {}
-            for key, item in value.items():
-                child = properties.get(key) if properties is not None else None
-                if child is None:
-                    child = additional
-                if child is None:
-                    if self.preserve_unknown:
-                        out[key] = item
-                    else:
-                        changed = True
-                    continue
-                if item is None and not child.nullable:
-                    # Non-nullable nulls are dropped before defaulting, as the real server does.
-                    changed = True
-                    continue
-                new = child.prune(item)
-                changed = changed or new is not item
-                out[key] = new
-            return out if changed else value
-        if isinstance(value, list) and self.items is not None:
-            items_node = self.items
-            new_items = [items_node.prune(v) for v in value]
-            if any(n is not o for n, o in zip(new_items, value, strict=True)):
-                return new_items
-        return value
-
-    # ------------------------------------------------------------------------------------ defaulting
-
-    def apply_defaults(self, value: Any) -> Any:
-        if isinstance(value, dict):
-            out: dict[str, Any] | None = None
-            if self.properties is not None:
-                for key, child in self.properties.items():
-                    if key in value:
-                        old = value[key]
-                        new = child.apply_defaults(old)
-                    elif child.has_default:
-                        old = None
-                        new = child.apply_defaults(_json_copy(child.default))
-                    else:
-                        continue
-                    if new is not old or key not in value:
-                        if out is None:
-                            out = dict(value)
-                        out[key] = new
-            if self.additional is not None:
-                additional = self.additional
-                for key, old in value.items():
-                    if self.properties is not None and key in self.properties:
-                        continue
-                    new = additional.apply_defaults(old)
+            def normalize_list(value: Any) -> Any:
+                if value.__class__ is not list:
+                    return value
+                new_items = [normalize_item(v) for v in value]
+                for new, old in zip(new_items, value, strict=True):
                     if new is not old:
+                        return new_items
+                return value
+
+            return normalize_list
+        if self.properties is None and additional is None:
+            if keep_unknown:
+                return None
+
+            def prune_all(value: Any) -> Any:
+                # A structural object with no declared fields keeps nothing.
+                return {} if value.__class__ is dict and value else value
+
+            return prune_all
+
+        defaults = [(k, c) for k, c in properties.items() if c.has_default]
+
+        def normalize_object(value: Any) -> Any:
+            if value.__class__ is not dict:
+                return value
+            out: dict[str, Any] | None = None
+            for key, item in value.items():
+                child = properties.get(key, additional)
+                if child is None:
+                    if not keep_unknown:
+                        if out is None:
+                            out = dict(value)
+                        del out[key]
+                    continue
+                if item is None:
+                    if not child.nullable:
+                        # Non-nullable nulls are dropped before defaulting, as the real server does.
+                        if out is None:
+                            out = dict(value)
+                        del out[key]
+                    continue
+                normalize = child.normalize
+                if normalize is not None:
+                    new = normalize(item)
+                    if new is not item:
                         if out is None:
                             out = dict(value)
                         out[key] = new
-            return out if out is not None else value
-        if isinstance(value, list) and self.items is not None:
-            items_node = self.items
-            new_items = [items_node.apply_defaults(v) for v in value]
-            if any(n is not o for n, o in zip(new_items, value, strict=True)):
-                return new_items
-        return value
+            for key, child in defaults:
+                if key not in (value if out is None else out):
+                    if out is None:
+                        out = dict(value)
+                    out[key] = child.default_value()
+            return value if out is None else out
+
+        return normalize_object
 
     # ------------------------------------------------------------------------------------ validation
 
-    def validate(self, value: Any, path: str, errs: list[Cause]) -> None:
-        if value is None:
-            if not self.nullable and self.type is not None:
-                errs.append(
-                    cause(
-                        "FieldValueTypeInvalid",
-                        path,
-                        f'{path}: Invalid value: "null": {path} in body must be of type {self.type}: "null"',
+    def _compile_validate(
+        self, schema: dict[str, Any], where: str, type_: str | None, additional: _Node | None, int_or_string: bool
+    ) -> Validator:
+        checks: list[Validator] = []
+        enum = schema.get("enum")
+        if isinstance(enum, list):
+            checks.append(_enum_check(enum))
+        string_check = _string_check(schema, where, guard=type_ != "string")
+        if string_check is not None:
+            checks.append(string_check)
+        number_check = _number_check(schema, guard=type_ not in ("integer", "number"))
+        if number_check is not None:
+            checks.append(number_check)
+        if self.items is not None or any(k in schema for k in ("minItems", "maxItems", "x-kubernetes-list-type")):
+            checks.append(_array_check(schema, self.items, guard=type_ != "array"))
+        if self.properties is not None or additional is not None or any(
+            k in schema for k in ("required", "minProperties", "maxProperties")
+        ):
+            checks.append(_object_check(schema, self.properties, additional, guard=type_ != "object"))
+        checks.extend(_combinator_checks(schema, where))
+
+        type_ok = _int_or_string if int_or_string else (_TYPE_OK[type_] if type_ is not None else None)
+        type_name = "integer-or-string" if int_or_string else type_
+        nullable = self.nullable
+
+        def validate(value: Any, path: str, errs: list[Cause]) -> None:
+            if value is None:
+                if not nullable and type_name is not None:
+                    errs.append(
+                        cause(
+                            "FieldValueTypeInvalid",
+                            path,
+                            f'{path}: Invalid value: "null": {path} in body must be of type {type_name}: "null"',
+                        )
                     )
-                )
-            return
-        if self.int_or_string:
-            if not (isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))):
+                return
+            if type_ok is not None and not type_ok(value):
                 t = json_type(value)
                 errs.append(
                     cause(
                         "FieldValueTypeInvalid",
                         path,
-                        f'{path}: Invalid value: "{t}": {path} in body must be of type integer-or-string: "{t}"',
+                        f'{path}: Invalid value: "{t}": {path} in body must be of type {type_name}: "{t}"',
                     )
                 )
                 return
-        elif self.type is not None and not _TYPE_CHECKS[self.type](value):
-            t = json_type(value)
-            errs.append(
-                cause(
-                    "FieldValueTypeInvalid",
-                    path,
-                    f'{path}: Invalid value: "{t}": {path} in body must be of type {self.type}: "{t}"',
-                )
-            )
-            return
+            for check in checks:
+                check(value, path, errs)
 
-        if self.enum is not None:
-            if self.enum_strings is not None:
-                ok = isinstance(value, str) and value in self.enum_strings
-            else:
-                ok = any(json_equal(value, e) for e in self.enum)
-            if not ok:
-                supported = ", ".join(json.dumps(e) for e in self.enum)
-                errs.append(
-                    cause(
-                        "FieldValueNotSupported",
-                        path,
-                        f"{path}: Unsupported value: {_render(value)}: supported values: {supported}",
-                    )
-                )
-
-        if isinstance(value, str):
-            self._validate_string(value, path, errs)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            self._validate_number(value, path, errs)
-        elif isinstance(value, list):
-            self._validate_array(value, path, errs)
-        elif isinstance(value, dict):
-            self._validate_object(value, path, errs)
-
-        if self.all_of is not None:
-            for sub in self.all_of:
-                sub.validate(value, path, errs)
-        if self.any_of is not None and not any(sub.accepts(value, path) for sub in self.any_of):
-            errs.append(self._invalid(path, value, f"{path} in body must match at least one schema in anyOf"))
-        if self.one_of is not None and sum(1 for sub in self.one_of if sub.accepts(value, path)) != 1:
-            errs.append(self._invalid(path, value, f"{path} in body must match exactly one schema in oneOf"))
-        if self.not_ is not None and self.not_.accepts(value, path):
-            errs.append(self._invalid(path, value, f"{path} in body must not match the schema in not"))
+        return validate
 
     def accepts(self, value: Any, path: str) -> bool:
         errs: list[Cause] = []
         self.validate(value, path, errs)
         return not errs
 
-    @staticmethod
-    def _invalid(path: str, value: Any, detail: str) -> Cause:
-        return cause("FieldValueInvalid", path, f"{path}: Invalid value: {_render(value)}: {detail}")
 
-    def _validate_string(self, value: str, path: str, errs: list[Cause]) -> None:
-        if self.max_length is not None and len(value) > self.max_length:
+def _enum_check(enum: list[Any]) -> Validator:
+    strings = frozenset(e for e in enum if isinstance(e, str)) if all(isinstance(e, str) for e in enum) else None
+    supported = ", ".join(json.dumps(e) for e in enum)
+
+    def check(value: Any, path: str, errs: list[Cause]) -> None:
+        ok = (value.__class__ is str and value in strings) if strings is not None else any(
+            json_equal(value, e) for e in enum
+        )
+        if not ok:
             errs.append(
                 cause(
-                    "FieldValueTooLong", path, f"{path}: Too long: may not be longer than {self.max_length}"
-                )
-            )
-        if self.min_length is not None and len(value) < self.min_length:
-            errs.append(
-                self._invalid(path, value, f"{path} in body should be at least {self.min_length} chars long")
-            )
-        if self.pattern is not None and not self.pattern.search(value):
-            errs.append(self._invalid(path, value, f"{path} in body should match '{self.pattern.pattern}'"))
-        if self.format is not None and not _valid_format(self.format, value):
-            errs.append(
-                self._invalid(
-                    path, value, f"{path} in body must be of type {self.format}: {json.dumps(value)}"
-                )
-            )
-
-    def _validate_number(self, value: float, path: str, errs: list[Cause]) -> None:
-        if self.minimum is not None:
-            if self.exclusive_minimum and value <= self.minimum:
-                errs.append(
-                    self._invalid(path, value, f"{path} in body should be greater than {self.minimum}")
-                )
-            elif value < self.minimum:
-                errs.append(
-                    self._invalid(
-                        path, value, f"{path} in body should be greater than or equal to {self.minimum}"
-                    )
-                )
-        if self.maximum is not None:
-            if self.exclusive_maximum and value >= self.maximum:
-                errs.append(self._invalid(path, value, f"{path} in body should be less than {self.maximum}"))
-            elif value > self.maximum:
-                errs.append(
-                    self._invalid(
-                        path, value, f"{path} in body should be less than or equal to {self.maximum}"
-                    )
-                )
-        if self.multiple_of:
-            quotient = value / self.multiple_of
-            if not math.isclose(quotient, round(quotient)):
-                errs.append(
-                    self._invalid(path, value, f"{path} in body should be a multiple of {self.multiple_of}")
-                )
-
-    def _validate_array(self, value: list[Any], path: str, errs: list[Cause]) -> None:
-        if self.min_items is not None and len(value) < self.min_items:
-            errs.append(
-                self._invalid(path, value, f"{path} in body should have at least {self.min_items} items")
-            )
-        if self.max_items is not None and len(value) > self.max_items:
-            errs.append(
-                cause(
-                    "FieldValueTooMany",
+                    "FieldValueNotSupported",
                     path,
-                    f"{path}: Too many: {len(value)}: must have at most {self.max_items} items",
+                    f"{path}: Unsupported value: {_render(value)}: supported values: {supported}",
                 )
             )
-        if self.items is not None:
-            items_node = self.items
+
+    return check
+
+
+def _string_check(schema: dict[str, Any], where: str, *, guard: bool) -> Validator | None:
+    max_length: int | None = schema.get("maxLength")
+    min_length: int | None = schema.get("minLength")
+    pattern_text: str | None = schema.get("pattern")
+    fmt: str | None = schema.get("format")
+    if fmt not in _CHECKED_FORMATS:
+        fmt = None
+    if max_length is None and min_length is None and pattern_text is None and fmt is None:
+        return None
+    try:
+        pattern = re.compile(pattern_text) if pattern_text is not None else None
+    except re.error as e:
+        raise SchemaError(f"{where}.pattern: invalid regular expression {pattern_text!r}: {e}") from e
+
+    def check(value: Any, path: str, errs: list[Cause]) -> None:
+        if guard and value.__class__ is not str:
+            return
+        if max_length is not None and len(value) > max_length:
+            errs.append(cause("FieldValueTooLong", path, f"{path}: Too long: may not be longer than {max_length}"))
+        if min_length is not None and len(value) < min_length:
+            errs.append(_invalid(path, value, f"{path} in body should be at least {min_length} chars long"))
+        if pattern is not None and not pattern.search(value):
+            errs.append(_invalid(path, value, f"{path} in body should match '{pattern.pattern}'"))
+        if fmt is not None and not _valid_format(fmt, value):
+            errs.append(_invalid(path, value, f"{path} in body must be of type {fmt}: {json.dumps(value)}"))
+
+    return check
+
+
+def _number_check(schema: dict[str, Any], *, guard: bool) -> Validator | None:
+    minimum: float | None = schema.get("minimum")
+    maximum: float | None = schema.get("maximum")
+    exclusive_minimum = bool(schema.get("exclusiveMinimum", False))
+    exclusive_maximum = bool(schema.get("exclusiveMaximum", False))
+    multiple_of: float | None = schema.get("multipleOf")
+    if minimum is None and maximum is None and not multiple_of:
+        return None
+
+    def check(value: Any, path: str, errs: list[Cause]) -> None:
+        if guard and value.__class__ not in (int, float):
+            return
+        if minimum is not None:
+            if exclusive_minimum and value <= minimum:
+                errs.append(_invalid(path, value, f"{path} in body should be greater than {minimum}"))
+            elif value < minimum:
+                errs.append(_invalid(path, value, f"{path} in body should be greater than or equal to {minimum}"))
+        if maximum is not None:
+            if exclusive_maximum and value >= maximum:
+                errs.append(_invalid(path, value, f"{path} in body should be less than {maximum}"))
+            elif value > maximum:
+                errs.append(_invalid(path, value, f"{path} in body should be less than or equal to {maximum}"))
+        if multiple_of:
+            quotient = value / multiple_of
+            if not math.isclose(quotient, round(quotient)):
+                errs.append(_invalid(path, value, f"{path} in body should be a multiple of {multiple_of}"))
+
+    return check
+
+
+def _array_check(schema: dict[str, Any], items: _Node | None, *, guard: bool) -> Validator:
+    min_items: int | None = schema.get("minItems")
+    max_items: int | None = schema.get("maxItems")
+    list_type: str | None = schema.get("x-kubernetes-list-type")
+    map_keys: tuple[str, ...] = tuple(schema.get("x-kubernetes-list-map-keys") or ())
+    validate_item = items.validate if items is not None else None
+
+    def check(value: Any, path: str, errs: list[Cause]) -> None:
+        if guard and value.__class__ is not list:
+            return
+        if min_items is not None and len(value) < min_items:
+            errs.append(_invalid(path, value, f"{path} in body should have at least {min_items} items"))
+        if max_items is not None and len(value) > max_items:
+            errs.append(
+                cause("FieldValueTooMany", path, f"{path}: Too many: {len(value)}: must have at most {max_items} items")
+            )
+        if validate_item is not None:
             for i, item in enumerate(value):
-                items_node.validate(item, f"{path}[{i}]", errs)
-        if self.list_type in ("set", "map"):
+                validate_item(item, f"{path}[{i}]", errs)
+        if list_type in ("set", "map"):
             seen: list[Any] = []
             for i, item in enumerate(value):
-                key = (
-                    [item.get(k) for k in self.list_map_keys]
-                    if self.list_type == "map" and isinstance(item, dict)
-                    else item
-                )
+                key = [item.get(k) for k in map_keys] if list_type == "map" and isinstance(item, dict) else item
                 if any(json_equal(key, s) for s in seen):
                     errs.append(
-                        cause(
-                            "FieldValueDuplicate",
-                            f"{path}[{i}]",
-                            f"{path}[{i}]: Duplicate value: {_render(key)}",
-                        )
+                        cause("FieldValueDuplicate", f"{path}[{i}]", f"{path}[{i}]: Duplicate value: {_render(key)}")
                     )
                 seen.append(key)
 
-    def _validate_object(self, value: dict[str, Any], path: str, errs: list[Cause]) -> None:
-        for key in self.required:
+    return check
+
+
+def _object_check(
+    schema: dict[str, Any], properties: dict[str, _Node] | None, additional: _Node | None, *, guard: bool
+) -> Validator:
+    required: tuple[str, ...] = tuple(schema.get("required") or ())
+    min_properties: int | None = schema.get("minProperties")
+    max_properties: int | None = schema.get("maxProperties")
+    validators = {k: c.validate for k, c in (properties or {}).items()}
+    validate_additional = additional.validate if additional is not None else None
+    has_children = bool(validators) or validate_additional is not None
+
+    def check(value: Any, path: str, errs: list[Cause]) -> None:
+        if guard and value.__class__ is not dict:
+            return
+        for key in required:
             if key not in value:
                 field = _join(path, key)
                 errs.append(cause("FieldValueRequired", field, f"{field}: Required value"))
-        if self.min_properties is not None and len(value) < self.min_properties:
-            errs.append(
-                self._invalid(
-                    path, value, f"{path} in body should have at least {self.min_properties} properties"
-                )
-            )
-        if self.max_properties is not None and len(value) > self.max_properties:
+        if min_properties is not None and len(value) < min_properties:
+            errs.append(_invalid(path, value, f"{path} in body should have at least {min_properties} properties"))
+        if max_properties is not None and len(value) > max_properties:
             errs.append(
                 cause(
                     "FieldValueTooMany",
                     path,
-                    f"{path}: Too many: {len(value)}: must have at most {self.max_properties} items",
+                    f"{path}: Too many: {len(value)}: must have at most {max_properties} items",
                 )
             )
-        properties, additional = self.properties, self.additional
-        if properties is None and additional is None:
-            return
-        for key, item in value.items():
-            child = properties.get(key) if properties is not None else None
-            if child is None:
-                child = additional
-            if child is not None:
-                child.validate(item, _join(path, key), errs)
+        if has_children:
+            prefix = f"{path}." if path else ""
+            for key, item in value.items():
+                validate = validators.get(key, validate_additional)
+                if validate is not None:
+                    validate(item, prefix + key, errs)
+
+    return check
+
+
+def _combinator_checks(schema: dict[str, Any], where: str) -> list[Validator]:
+    """allOf/anyOf/oneOf/not: value validations only (structural schemas keep types out of them)."""
+    checks: list[Validator] = []
+
+    def many(key: str) -> list[_Node]:
+        subs = schema.get(key)
+        return [_Node(s, f"{where}.{key}[{i}]") for i, s in enumerate(subs)] if isinstance(subs, list) else []
+
+    if all_of := many("allOf"):
+
+        def check_all(value: Any, path: str, errs: list[Cause]) -> None:
+            for sub in all_of:
+                sub.validate(value, path, errs)
+
+        checks.append(check_all)
+    if any_of := many("anyOf"):
+
+        def check_any(value: Any, path: str, errs: list[Cause]) -> None:
+            if not any(sub.accepts(value, path) for sub in any_of):
+                errs.append(_invalid(path, value, f"{path} in body must match at least one schema in anyOf"))
+
+        checks.append(check_any)
+    if one_of := many("oneOf"):
+
+        def check_one(value: Any, path: str, errs: list[Cause]) -> None:
+            if sum(1 for sub in one_of if sub.accepts(value, path)) != 1:
+                errs.append(_invalid(path, value, f"{path} in body must match exactly one schema in oneOf"))
+
+        checks.append(check_one)
+    if isinstance(schema.get("not"), dict):
+        not_ = _Node(schema["not"], f"{where}.not")
+
+        def check_not(value: Any, path: str, errs: list[Cause]) -> None:
+            if not_.accepts(value, path):
+                errs.append(_invalid(path, value, f"{path} in body must not match the schema in not"))
+
+        checks.append(check_not)
+    return checks
 
 
 # ---------------------------------------------------------------------------------------------- CEL
@@ -580,7 +587,7 @@ class CompiledSchema:
                 continue
             child = properties.get(key, root.additional)
             if child is None:
-                if not root.preserve_unknown:
+                if not root.keep_unknown:
                     out = dict(obj) if out is None else out
                     del out[key]
                 continue
@@ -588,14 +595,15 @@ class CompiledSchema:
                 out = dict(obj) if out is None else out
                 del out[key]
                 continue
-            new = child.apply_defaults(child.prune(value))
-            if new is not value:
-                out = dict(obj) if out is None else out
-                out[key] = new
+            if child.normalize is not None:
+                new = child.normalize(value)
+                if new is not value:
+                    out = dict(obj) if out is None else out
+                    out[key] = new
         for key, child in properties.items():
-            if child.has_default and key not in obj and key not in ROOT_EXEMPT:
+            if child.has_default and key not in ROOT_EXEMPT and key not in (obj if out is None else out):
                 out = dict(obj) if out is None else out
-                out[key] = child.apply_defaults(_json_copy(child.default))
+                out[key] = child.default_value()
         result = out if out is not None else obj
 
         errs: list[Cause] = []

@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -114,7 +112,8 @@ class IndexingConsumer:
         try:
             event = parse_message(msg.subject, msg.data, msg.headers, max_bytes=self.settings.max_event_bytes)
         except EventRejected as rejected:
-            return await self._dead_letter(msg, rejected.reason_code, str(rejected), delivered)
+            return await self._dead_letter(msg, rejected.reason_code, str(rejected), delivered,
+                                           event_id=rejected.event_id, branch_name=rejected.branch_name)
 
         try:
             result = await self.processor.handle(event)
@@ -141,7 +140,8 @@ class IndexingConsumer:
         return Disposition.RETRY
 
     async def _dead_letter(
-        self, msg: Msg, code: str, message: str, delivered: int, *, event_id: str | None = None
+        self, msg: Msg, code: str, message: str, delivered: int, *, event_id: str | None = None,
+        branch_name: str | None = None,
     ) -> Disposition:
         seq = _stream_seq(msg)
         headers = dict(msg.headers or {})
@@ -160,9 +160,9 @@ class IndexingConsumer:
                 f"{self.settings.dlq_subject_prefix}.{token}", msg.data, headers=headers,
                 msg_id=f"dlq:{self.settings.stream}:{seq}",
             )
-            branch_name = _guess_branch_name(msg.data)
+            # The stream's timestamp, not the clock: a re-run after a crash yields the same audit id.
             await self.emitter.audit(AuditRecord.build(
-                AuditAction.EVENT_REJECTED, branch_name=branch_name, when=self.clock(),
+                AuditAction.EVENT_REJECTED, branch_name=branch_name, when=_stored_at(msg) or self.clock(),
                 seed=f"rejected|{self.settings.stream}|{seq}", actor=self.settings.operator_id,
                 correlation_id=event_id, reason=code,
                 details={"message": message[:1024], "subject": msg.subject, "stream_seq": seq,
@@ -198,14 +198,9 @@ def _stream_seq(msg: Msg) -> int:
         return 0
 
 
-def _guess_branch_name(payload: bytes) -> str | None:
-    """For the audit record of a rejected message: the branch it was about, if that can be read at all."""
+def _stored_at(msg: Msg) -> datetime | None:
     try:
-        doc: Any = json.loads(payload)
+        ts = msg.metadata.timestamp
     except Exception:
         return None
-    if isinstance(doc, dict):
-        data = doc.get("data", doc)
-        if isinstance(data, dict) and isinstance(data.get("branch_name"), str):
-            return str(data["branch_name"])[:200]
-    return None
+    return ts if isinstance(ts, datetime) else None

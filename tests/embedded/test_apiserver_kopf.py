@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
+import threading
 from typing import Any
 
 import kopf
@@ -57,14 +57,21 @@ async def test_kopf_handles_each_object_once_patches_status_and_posts_events(ser
     settings.posting.level = logging.INFO
     settings.networking.request_timeout = 10
 
-    stop_flag = asyncio.Event()
-    ready_flag = asyncio.Event()
-    operator = asyncio.create_task(
-        kopf.operator(
-            registry=registry, settings=settings, namespaces=["default"], standalone=True,
-            stop_flag=stop_flag, ready_flag=ready_flag,
-        )
+    # kopf runs on its own thread and loop, as kopf.testing.KopfRunner does: on exit, kopf waits for every
+    # task its loop gained meanwhile, which would include this server's keep-alive connection handlers.
+    stop_flag = threading.Event()
+    ready_flag = threading.Event()
+    operator = threading.Thread(
+        target=asyncio.run,
+        args=(
+            kopf.operator(
+                registry=registry, settings=settings, namespaces=["default"], standalone=True,
+                stop_flag=stop_flag, ready_flag=ready_flag,
+            ),
+        ),
+        daemon=True,
     )  # fmt: skip
+    operator.start()
     try:
         await wait_for(ready_flag.is_set, 10, "kopf to start")
         await wait_for(lambda: _phase(server, "before") == "READY", 10, "status of the pre-existing branch")
@@ -89,6 +96,5 @@ async def test_kopf_handles_each_object_once_patches_status_and_posts_events(ser
         assert status_patches and all(r.status == 200 for r in status_patches)
     finally:
         stop_flag.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(operator, 10)
-        import asyncio as _a; print("stopped", [t.get_coro().__qualname__ for t in _a.all_tasks()])
+        await asyncio.to_thread(operator.join, 10)
+        assert not operator.is_alive()

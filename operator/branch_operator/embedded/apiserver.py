@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 _JSON = "application/json"
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _TRUE = frozenset({"true", "1", "True"})
+_YAML_TYPES = frozenset({APPLY_PATCH, "application/yaml"})
+# An absent Content-Type shows up as application/octet-stream; clients that omit it send JSON.
+_BODY_TYPES = frozenset({_JSON, "application/octet-stream", *_YAML_TYPES, *PATCH_TYPES})
 VERSION_INFO = {
     "major": "1",
     "minor": "33",
@@ -385,7 +388,7 @@ class EmbeddedApiServer:
         if method == "POST":
             if name is not None or (rt.namespaced and namespace is None):
                 raise ApiError(405, f"POST is not supported on {path}")
-            stored = cluster.create(rt, namespace, _parse(raw_body, _JSON), dry_run=dry_run)
+            stored = cluster.create(rt, namespace, _parse(raw_body, request.content_type), dry_run=dry_run)
             return self._ok(stored.raw, status=201)
         if name is None:
             raise ApiError(405, f"{method} is not supported on collections")
@@ -399,14 +402,16 @@ class EmbeddedApiServer:
             )
             return self._ok(stored.raw)
         if method == "PUT":
-            body = _parse(raw_body, _JSON)
+            body = _parse(raw_body, request.content_type)
             return self._ok(
                 cluster.replace(rt, namespace, name, body, subresource=subresource, dry_run=dry_run).raw
             )
         if method == "DELETE":
             if subresource is not None:
                 raise ApiError(405, "DELETE is not supported on subresources")
-            options = _parse(raw_body, _JSON) if raw_body else None
+            # DeleteOptions are optional: a body in an undecodable format is ignored rather than refused.
+            decodable = raw_body and request.content_type in _BODY_TYPES
+            options = _parse(raw_body, request.content_type) if decodable else None
             return self._ok(cluster.delete(rt, namespace, name, options, dry_run=dry_run).raw)
         raise ApiError(405, f"the method {method} is not supported")
 
@@ -514,8 +519,15 @@ def _int_param(query: MultiMapping[str], name: str) -> int:
 def _parse(raw: bytes | None, content_type: str) -> Any:
     if not raw:
         raise bad_request("the request needs a body")
+    if content_type not in _BODY_TYPES:
+        # Protobuf/CBOR (kubectl's typed commands) cannot be decoded without the Go type schemas.
+        raise ApiError(
+            415,
+            f"the body of the request was in an unknown format ({content_type}) - "
+            "accepted media types include: application/json, application/yaml",
+        )
     try:
-        if content_type == APPLY_PATCH:
+        if content_type in _YAML_TYPES:
             return yaml.safe_load(raw)
         return json.loads(raw)
     except (ValueError, yaml.YAMLError) as e:

@@ -63,7 +63,8 @@ class EmbeddedEnv:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def settings(self, **overrides: Any) -> Settings:
-        values: dict[str, Any] = {"nats_url": self.nats_url, "reconcile_interval_seconds": 30.0}
+        # No fixed health port: several embedded environments may run on one machine.
+        values: dict[str, Any] = {"nats_url": self.nats_url, "reconcile_interval_seconds": 30.0, "health_port": 0}
         values.update(overrides)
         return Settings(**values)
 

@@ -65,7 +65,10 @@ CRD: dict[str, Any] = {
                             "status": {
                                 "type": "object",
                                 "properties": {
-                                    "phase": {"type": "string", "enum": ["ACTIVE", "LOCKED_FOR_WRITE", "READY", "ERROR"]},
+                                    "phase": {
+                                        "type": "string",
+                                        "enum": ["ACTIVE", "LOCKED_FOR_WRITE", "READY", "ERROR"],
+                                    },
                                     "observedGeneration": {"type": "integer", "minimum": 0},
                                     "counter": {"type": "integer", "minimum": 0},
                                     "sentAt": {"type": "number"},
@@ -80,7 +83,10 @@ CRD: dict[str, Any] = {
                                                 "type": {"type": "string", "maxLength": 316},
                                                 "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
                                                 "lastTransitionTime": {"type": "string", "format": "date-time"},
-                                                "reason": {"type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"},
+                                                "reason": {
+                                                    "type": "string",
+                                                    "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+                                                },
                                                 "message": {"type": "string", "maxLength": 32768},
                                             },
                                         },
@@ -159,7 +165,9 @@ class Http:
         reader, writer = await asyncio.open_connection(host, port)
         return cls(reader, writer)
 
-    async def request(self, method: str, path: str, body: bytes = b"", content_type: str = "application/json") -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
+    ) -> tuple[int, bytes]:
         head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\n"
         if body:
             head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
@@ -227,7 +235,9 @@ async def load(name: str, host: str, port: int, pid: int, total: int, make: Any,
 _SENT_AT = re.compile(rb'"sentAt":([0-9.e+-]+)')
 
 
-async def watch_phase(host: str, port: int, watchers: int, paced_rate: int, paced_seconds: float, burst: int) -> dict[str, Any]:
+async def watch_phase(
+    host: str, port: int, watchers: int, paced_rate: int, paced_seconds: float, burst: int
+) -> dict[str, Any]:
     setup = await Http.connect(host, port)
     _, raw = await setup.request("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}")
     since = json.loads(raw)["metadata"]["resourceVersion"]
@@ -267,8 +277,8 @@ async def watch_phase(host: str, port: int, watchers: int, paced_rate: int, pace
     consumers = [asyncio.create_task(consume(i, r)) for i, (r, _) in enumerate(streams)]
     writer_conns = [await Http.connect(host, port) for _ in range(4)]
 
-    async def wait_delivered(expected: int, timeout: float) -> bool:
-        deadline = time.perf_counter() + timeout
+    async def wait_delivered(expected: int, within: float) -> bool:
+        deadline = time.perf_counter() + within
         while time.perf_counter() < deadline:
             if min(received) >= expected:
                 return True
@@ -285,7 +295,9 @@ async def watch_phase(host: str, port: int, watchers: int, paced_rate: int, pace
         if delay > 0:
             await asyncio.sleep(delay)
         sent += 1
-        await writer_conns[0].request("PATCH", object_path(sent % OBJECTS, True), status_patch(sent), "application/merge-patch+json")
+        await writer_conns[0].request(
+            "PATCH", object_path(sent % OBJECTS, True), status_patch(sent), "application/merge-patch+json"
+        )
     all_paced = await wait_delivered(sent, 30)
     paced_elapsed = time.perf_counter() - start
     paced_max_lag = max_lag
@@ -301,19 +313,21 @@ async def watch_phase(host: str, port: int, watchers: int, paced_rate: int, pace
         nonlocal sent
         while sent < burst_base + burst:
             sent += 1
-            await conn.request("PATCH", object_path(sent % OBJECTS, True), status_patch(sent), "application/merge-patch+json")
+            await conn.request(
+                "PATCH", object_path(sent % OBJECTS, True), status_patch(sent), "application/merge-patch+json"
+            )
 
     await asyncio.gather(*(burst_writer(c) for c in writer_conns))
     all_burst = await wait_delivered(sent, 60)
     burst_elapsed = time.perf_counter() - start
     burst_p99 = statistics.quantiles(lags, n=100)[98] if len(lags) > 100 else max(lags, default=0.0)
 
-    for c in consumers:
-        c.cancel()
+    for task in consumers:
+        task.cancel()
     for _, w in streams:
         w.close()
-    for c in writer_conns:
-        c.close()
+    for conn in writer_conns:
+        conn.close()
     setup.close()
     return {
         "watchers": watchers,
@@ -340,11 +354,20 @@ async def watch_phase(host: str, port: int, watchers: int, paced_rate: int, pace
 
 async def setup_objects(host: str, port: int) -> None:
     conn = await Http.connect(host, port)
-    status, body = await conn.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json.dumps(CRD).encode())
+    status, body = await conn.request(
+        "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json.dumps(CRD).encode()
+    )
     assert status == 201, body
     for i in range(OBJECTS):
-        obj = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Widget", "metadata": {"name": f"w{i}"}, "spec": {"branchName": f"feature/w{i}"}}
-        status, body = await conn.request("POST", f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}", json.dumps(obj).encode())
+        obj = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Widget",
+            "metadata": {"name": f"w{i}"},
+            "spec": {"branchName": f"feature/w{i}"},
+        }
+        status, body = await conn.request(
+            "POST", f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}", json.dumps(obj).encode()
+        )
         assert status == 201, body
     conn.close()
 
@@ -362,7 +385,12 @@ async def run(args: argparse.Namespace, host: str, port: int, pid: int) -> dict[
         "GET", host, port, pid, total, lambda n: ("GET", object_path(n % OBJECTS), b"", "", 200), marks
     )
     watch = await watch_phase(
-        host, port, watchers=args.watchers, paced_rate=args.watch_rate, paced_seconds=args.watch_seconds, burst=args.burst
+        host,
+        port,
+        watchers=args.watchers,
+        paced_rate=args.watch_rate,
+        paced_seconds=args.watch_seconds,
+        burst=args.burst,
     )
     return {"patch": patch_result, "get": get_result, "watch": watch, "rss_end_kib": rss_kib(pid)}
 
@@ -415,10 +443,11 @@ def main() -> None:
         print(f"\n{r.name}: {r.total} requests in {r.elapsed:.1f}s = {r.total / r.elapsed:,.0f}/s, errors: {r.errors}")
         print(f"  {'requests':>17} | {'rate/s':>8} | {'server RSS MiB':>14}")
         for w in windows:
-            print(f"  {w['from']:>7,}–{w['to']:>8,} | {w['rate']:>8,.0f} | {w['rss_kib'] / 1024:>14.1f}")
+            print(f"  {w['from']:>7,}-{w['to']:>8,} | {w['rate']:>8,.0f} | {w['rss_kib'] / 1024:>14.1f}")
     watch = results["watch"]
     print(f"\nwatch fan-out to {watch['watchers']} watchers:")
-    print(f"  {'phase':>6} | {'writes/s':>8} | {'deliveries/s':>12} | {'all delivered':>13} | {'p99 lag ms':>10} | {'max lag ms':>10}")
+    header = ("phase", 6), ("writes/s", 8), ("deliveries/s", 12), ("all delivered", 13), ("p99 lag ms", 10)
+    print("  " + " | ".join(f"{name:>{width}}" for name, width in (*header, ("max lag ms", 10))))
     for phase in ("paced", "burst"):
         p = watch[phase]
         print(

@@ -18,9 +18,12 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from . import __version__
 from .api.models import GROUP, LABEL_BRANCH, VERSION, AutoMergePolicy, Branch, BranchLock
 
 log = logging.getLogger(__name__)
+
+USER_AGENT = f"oms-branch-operator/{__version__}"
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -89,6 +92,8 @@ class KubeClient:
 
     def __init__(self, api: k8s.ApiClient, *, component: str = "oms-branch-operator", instance: str = "") -> None:
         self.api = api
+        # Lets audit logs and tests tell the operator's own calls from kopf's and from people's.
+        api.user_agent = USER_AGENT
         self.custom = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
         self.component = component

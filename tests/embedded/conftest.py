@@ -149,10 +149,10 @@ class Api:
         return data
 
 
-async def wait_for(predicate: Callable[[], Any | Awaitable[Any]], timeout: float = 5.0, what: str = "condition") -> Any:
+async def wait_for(predicate: Callable[[], Any | Awaitable[Any]], within: float = 5.0, what: str = "condition") -> Any:
     """Poll ``predicate`` (sync or async) until it returns something truthy; fail at the deadline."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         result = predicate()
         if asyncio.iscoroutine(result):
@@ -160,7 +160,7 @@ async def wait_for(predicate: Callable[[], Any | Awaitable[Any]], timeout: float
         if result:
             return result
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.01)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import kubernetes
 import pytest
@@ -28,10 +29,10 @@ async def k8s(server: EmbeddedApiServer, tmp_path: pathlib.Path) -> AsyncIterato
 
 async def test_kubeconfig_points_at_the_server(server: EmbeddedApiServer, tmp_path: pathlib.Path) -> None:
     path = server.write_kubeconfig(tmp_path / "nested" / "kubeconfig", namespace="team")
-    contexts, active = kubernetes.config.list_kube_config_contexts(str(path))
+    _, active = kubernetes.config.list_kube_config_contexts(str(path))  # type: ignore[no-untyped-call]
     assert active["context"]["namespace"] == "team"
     loaded = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(config_file=str(path), client_configuration=loaded)
+    kubernetes.config.load_kube_config(config_file=str(path), client_configuration=loaded)  # type: ignore[no-untyped-call]
     assert loaded.host == server.url
     assert loaded.api_key == {"BearerToken": "Bearer embedded-dummy-token"}
 
@@ -40,9 +41,10 @@ async def test_sync_client_reads_namespaces(server: EmbeddedApiServer, tmp_path:
     path = server.write_kubeconfig(tmp_path / "kubeconfig")
 
     def list_namespaces() -> list[str]:
-        api_client = kubernetes.config.new_client_from_config(config_file=str(path))
+        api_client = kubernetes.config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
         try:
-            return [ns.metadata.name for ns in kubernetes.client.CoreV1Api(api_client).list_namespace().items]
+            namespaces = kubernetes.client.CoreV1Api(api_client).list_namespace().items
+            return [str(ns.metadata.name) for ns in namespaces if ns.metadata is not None]
         finally:
             api_client.close()
 
@@ -71,10 +73,10 @@ async def test_custom_objects_and_status(branches: Api, k8s: client.ApiClient) -
     custom = client.CustomObjectsApi(k8s)
     created = await custom.create_namespaced_custom_object(GROUP, VERSION, "default", "branches", branch("feat"))
     assert created["spec"]["targetBranch"] == "main"
-    # The generated client labels dict bodies json-patch unless told otherwise (so does the real server reject them).
-    merge = "application/merge-patch+json"
+    # The generated client labels dict bodies as json-patch unless told otherwise.
+    merge: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
     patched = await custom.patch_namespaced_custom_object_status(
-        GROUP, VERSION, "default", "branches", "feat", {"status": {"phase": "READY"}}, _content_type=merge
+        GROUP, VERSION, "default", "branches", "feat", {"status": {"phase": "READY"}}, **merge
     )
     assert patched["status"] == {"phase": "READY"}
     json_patched = await custom.patch_namespaced_custom_object(
@@ -83,7 +85,7 @@ async def test_custom_objects_and_status(branches: Api, k8s: client.ApiClient) -
     assert json_patched["metadata"]["labels"] == {"x": "y"}
     with pytest.raises(ApiException) as exc:
         await custom.patch_namespaced_custom_object(
-            GROUP, VERSION, "default", "branches", "feat", {"spec": {"branchName": "z"}}, _content_type=merge
+            GROUP, VERSION, "default", "branches", "feat", {"spec": {"branchName": "z"}}, **merge
         )
     assert exc.value.status == 422
     listed = await custom.list_cluster_custom_object(GROUP, VERSION, "branches")
@@ -92,7 +94,7 @@ async def test_custom_objects_and_status(branches: Api, k8s: client.ApiClient) -
 
 async def test_crd_through_the_apiextensions_client(k8s: client.ApiClient) -> None:
     ext = client.ApiextensionsV1Api(k8s)
-    created = await ext.create_custom_resource_definition(crd(plural="widgets", kind="Widget", short_names=[]))
+    created = await ext.create_custom_resource_definition(crd(plural="widgets", kind="Widget", short_names=[]))  # type: ignore[arg-type]
     assert {c.type for c in created.status.conditions} == {"Established", "NamesAccepted"}
     resources = await client.CustomObjectsApi(k8s).get_api_resources(GROUP, VERSION)
     assert [r.name for r in resources.resources] == ["widgets", "widgets/status"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 from branch_operator.embedded.apiserver import EmbeddedApiServer
 
@@ -12,7 +13,7 @@ from .conftest import BRANCHES, JSON_PATCH, MERGE, STRATEGIC, Api, branch
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
 
 
-def _cm(name: str, **data: str) -> dict:
+def _cm(name: str, **data: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
 
 
@@ -146,9 +147,9 @@ async def test_put_replaces_and_keeps_system_metadata(api: Api) -> None:
     assert replaced["metadata"]["creationTimestamp"] == created["metadata"]["creationTimestamp"]
     assert int(replaced["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
     status, body = await api.put(f"{CONFIGMAPS}/c", {"metadata": {"name": "other"}})
-    assert status == 400
+    assert status == 400 and body["reason"] == "BadRequest"
     status, body = await api.put(f"{CONFIGMAPS}/missing", {"metadata": {"name": "missing"}})
-    assert status == 404
+    assert status == 404 and body["reason"] == "NotFound"
 
 
 async def test_put_custom_resource_needs_current_resource_version(branches: Api) -> None:
@@ -286,7 +287,9 @@ async def test_dry_run_changes_nothing(api: Api, server: EmbeddedApiServer) -> N
 
 
 async def test_secret_string_data_is_folded_into_data(api: Api) -> None:
-    created = await api.ok("POST", "/api/v1/namespaces/default/secrets", {"metadata": {"name": "s"}, "stringData": {"k": "v"}})
+    created = await api.ok(
+        "POST", "/api/v1/namespaces/default/secrets", {"metadata": {"name": "s"}, "stringData": {"k": "v"}}
+    )
     assert created["data"] == {"k": "dg=="} and "stringData" not in created
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from branch_operator.embedded.apiserver import EmbeddedApiServer
 
 from .conftest import BRANCHES, CRDS, Api, crd
 
 
-def _resources(doc: dict) -> dict[str, dict]:
+def _resources(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in doc["resources"]}
 
 

@@ -28,7 +28,9 @@ def _phase(server: EmbeddedApiServer, name: str) -> Any:
     return obj and obj.get("status", {}).get("phase")
 
 
-async def test_kopf_handles_each_object_once_patches_status_and_posts_events(server: EmbeddedApiServer, api: Api) -> None:
+async def test_kopf_handles_each_object_once_patches_status_and_posts_events(
+    server: EmbeddedApiServer, api: Api
+) -> None:
     # Resources must exist before kopf's initial scan: scanning (CRD/namespace watching) is disabled.
     server.create_object("apiextensions.k8s.io", "v1", "customresourcedefinitions", crd(schema=_SCHEMA))
     server.create_object(GROUP, VERSION, "branches", branch("before"), namespace="default")
@@ -48,7 +50,7 @@ async def test_kopf_handles_each_object_once_patches_status_and_posts_events(ser
         kopf.info(body, reason="BranchCreated", message=f"handled {name}")
 
     @kopf.on.event(GROUP, VERSION, "branches", registry=registry)
-    def seen(name: str, type: str | None, **_: Any) -> None:  # noqa: A002  (kopf's kwarg name)
+    def seen(name: str, type: str | None, **_: Any) -> None:
         events[name].append(type)
 
     settings = kopf.OperatorSettings()
@@ -91,7 +93,9 @@ async def test_kopf_handles_each_object_once_patches_status_and_posts_events(ser
 
         posted = server.list_objects("", "v1", "events", "default", field_selector="reason=BranchCreated")
         assert sorted(e["involvedObject"]["name"] for e in posted) == ["after", "before"]
-        assert all(e["metadata"]["name"].startswith("kopf-event-") and e["message"].startswith("handled ") for e in posted)
+        assert all(
+            e["metadata"]["name"].startswith("kopf-event-") and e["message"].startswith("handled ") for e in posted
+        )
         status_patches = [r for r in server.requests if r.method == "PATCH" and r.path.endswith("/status")]
         assert status_patches and all(r.status == 200 for r in status_patches)
     finally:

@@ -57,7 +57,9 @@ async def test_numeric_bounds(branches: Api) -> None:
     assert "should be greater than 0" in causes["spec.ratio"]
     causes = await _invalid(branches, {"priority": -11})
     assert "should be greater than or equal to -10" in causes["spec.priority"]
-    assert (await branches.post(BRANCHES, {**branch("a"), "spec": {"branchName": "a", "priority": 10, "ratio": 0.5}}))[0] == 201
+    assert (await branches.post(BRANCHES, {**branch("a"), "spec": {"branchName": "a", "priority": 10, "ratio": 0.5}}))[
+        0
+    ] == 201
 
 
 async def test_string_and_array_lengths(branches: Api) -> None:
@@ -78,12 +80,16 @@ async def test_date_time_format(branches: Api) -> None:
     assert "must be of type date-time" in causes["spec.deadline"]
     await _invalid(branches, {"deadline": "2025-13-01T00:00:00Z"})
     for ok in ("2025-01-01T00:00:00Z", "2025-01-01T00:00:00.123+02:00"):
-        status, _ = await branches.post(BRANCHES, {**branch(f"d{len(ok)}"), "spec": {"branchName": "a", "deadline": ok}})
+        status, _ = await branches.post(
+            BRANCHES, {**branch(f"d{len(ok)}"), "spec": {"branchName": "a", "deadline": ok}}
+        )
         assert status == 201
 
 
 async def test_nullable_and_int_or_string(branches: Api) -> None:
-    created = await branches.ok("POST", BRANCHES, {**branch("a"), "spec": {"branchName": "a", "note": None, "port": "http"}})
+    created = await branches.ok(
+        "POST", BRANCHES, {**branch("a"), "spec": {"branchName": "a", "note": None, "port": "http"}}
+    )
     assert created["spec"]["note"] is None and created["spec"]["port"] == "http"
     # Non-nullable nulls are dropped (and then defaulted), not rejected.
     created = await branches.ok("POST", BRANCHES, {**branch("b"), "spec": {"branchName": "b", "targetBranch": None}})
@@ -93,7 +99,9 @@ async def test_nullable_and_int_or_string(branches: Api) -> None:
 
 
 async def test_defaults_apply_to_missing_fields_and_present_nested_objects(branches: Api) -> None:
-    created = await branches.ok("POST", BRANCHES, {**branch("a"), "spec": {"branchName": "a", "options": {"backoff": {}}}})
+    created = await branches.ok(
+        "POST", BRANCHES, {**branch("a"), "spec": {"branchName": "a", "options": {"backoff": {}}}}
+    )
     assert created["spec"]["targetBranch"] == "main" and created["spec"]["autoMerge"] is True
     assert created["spec"]["options"] == {"retries": 3, "backoff": {"seconds": 5}}
     created = await branches.ok("POST", BRANCHES, branch("b"))
@@ -119,7 +127,11 @@ async def test_cel_transition_rule_makes_field_immutable(branches: Api) -> None:
     status, body = await branches.patch(f"{BRANCHES}/a", {"spec": {"branchName": "b"}})
     assert status == 422
     assert body["details"]["causes"] == [
-        {"reason": "FieldValueInvalid", "message": 'spec: Invalid value: "object": spec.branchName is immutable', "field": "spec"}
+        {
+            "reason": "FieldValueInvalid",
+            "message": 'spec: Invalid value: "object": spec.branchName is immutable',
+            "field": "spec",
+        }
     ]
     assert (await branches.patch(f"{BRANCHES}/a", {"spec": {"autoMerge": False}}))[0] == 200
 
@@ -147,7 +159,10 @@ async def test_cel_whole_object_immutability(api: Api) -> None:
 def test_unsupported_cel_rules_are_skipped_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
     rule = "self.size() > 2 && self.startsWith('x')"
     apiserver_schema._warned_rules.discard(rule)
-    schema = {"type": "object", "properties": {"spec": {"type": "string", "x-kubernetes-validations": [{"rule": rule}]}}}
+    schema = {
+        "type": "object",
+        "properties": {"spec": {"type": "string", "x-kubernetes-validations": [{"rule": rule}]}},
+    }
     with caplog.at_level(logging.WARNING, logger=apiserver_schema.__name__):
         compiled = CompiledSchema(schema)
         CompiledSchema(schema)
@@ -159,7 +174,10 @@ def test_unsupported_cel_rules_are_skipped_with_one_warning(caplog: pytest.LogCa
 
 
 def test_admission_skips_unchanged_sections_and_does_not_mutate() -> None:
-    schema = {"type": "object", "properties": {"spec": {"type": "object", "properties": {"a": {"type": "integer", "default": 1}}}}}
+    schema = {
+        "type": "object",
+        "properties": {"spec": {"type": "object", "properties": {"a": {"type": "integer", "default": 1}}}},
+    }
     compiled = CompiledSchema(schema)
     spec: dict[str, Any] = {}
     new, errs = compiled.admit({"spec": spec}, None)
@@ -185,7 +203,10 @@ def test_combinators_and_list_types() -> None:
                         "type": "array",
                         "x-kubernetes-list-type": "map",
                         "x-kubernetes-list-map-keys": ["name"],
-                        "items": {"type": "object", "properties": {"name": {"type": "string"}, "v": {"type": "integer"}}},
+                        "items": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}, "v": {"type": "integer"}},
+                        },
                     },
                 },
             }
@@ -194,5 +215,7 @@ def test_combinators_and_list_types() -> None:
     compiled = CompiledSchema(schema)
     _, errs = compiled.admit({"spec": {"any": "apple", "set": ["x", "y"], "map": [{"name": "a"}, {"name": "b"}]}}, None)
     assert errs == []
-    _, errs = compiled.admit({"spec": {"any": "cherry", "set": ["x", "x"], "map": [{"name": "a", "v": 1}, {"name": "a"}]}}, None)
+    _, errs = compiled.admit(
+        {"spec": {"any": "cherry", "set": ["x", "x"], "map": [{"name": "a", "v": 1}, {"name": "a"}]}}, None
+    )
     assert {e["field"] for e in errs} == {"spec.any", "spec.set[1]", "spec.map[1]"}

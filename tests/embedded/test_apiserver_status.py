@@ -23,7 +23,11 @@ async def test_main_resource_writes_ignore_status(branches: Api) -> None:
 
 async def test_status_writes_change_only_status(branches: Api) -> None:
     created = await branches.ok("POST", BRANCHES, branch("a"))
-    patch = {"metadata": {"labels": {"x": "1"}, "annotations": {"y": "2"}}, "spec": {"autoMerge": False}, "status": {"phase": "READY"}}
+    patch = {
+        "metadata": {"labels": {"x": "1"}, "annotations": {"y": "2"}},
+        "spec": {"autoMerge": False},
+        "status": {"phase": "READY"},
+    }
     patched = await branches.ok("PATCH", f"{BRANCHES}/a/status", patch)
     assert patched["status"] == {"phase": "READY"}
     assert patched["spec"] == created["spec"]
@@ -31,7 +35,9 @@ async def test_status_writes_change_only_status(branches: Api) -> None:
     assert patched["metadata"]["generation"] == 1
 
     replaced = await branches.ok(
-        "PUT", f"{BRANCHES}/a/status", {**patched, "spec": {"branchName": "a", "autoMerge": False}, "status": {"phase": "ERROR"}}
+        "PUT",
+        f"{BRANCHES}/a/status",
+        {**patched, "spec": {"branchName": "a", "autoMerge": False}, "status": {"phase": "ERROR"}},
     )
     assert replaced["status"] == {"phase": "ERROR"} and replaced["spec"]["autoMerge"] is True
 

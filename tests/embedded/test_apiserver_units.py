@@ -55,9 +55,9 @@ def test_json_patch_rfc6902_examples() -> None:
         [{"op": "move", "from": "/foo/waldo", "path": "/qux/thud"}],
     )
     assert moved == {"foo": {"bar": "baz"}, "qux": {"corge": "grault", "thud": "fred"}}
-    assert json_patch({"foo": ["all", "grass", "cows", "eat"]}, [{"op": "move", "from": "/foo/1", "path": "/foo/3"}]) == {
-        "foo": ["all", "cows", "eat", "grass"]
-    }
+    assert json_patch(
+        {"foo": ["all", "grass", "cows", "eat"]}, [{"op": "move", "from": "/foo/1", "path": "/foo/3"}]
+    ) == {"foo": ["all", "cows", "eat", "grass"]}
     assert json_patch({"/": 9, "~1": 10}, [{"op": "test", "path": "/~01", "value": 10}]) == {"/": 9, "~1": 10}
     assert json_patch({"foo": 1}, [{"op": "replace", "path": "", "value": {"bar": 2}}]) == {"bar": 2}
     with pytest.raises(PatchError):
@@ -75,7 +75,9 @@ def test_json_patch_rfc6902_examples() -> None:
 
 def test_json_patch_copy_does_not_alias() -> None:
     doc = {"a": {"x": 1}}
-    patched = json_patch(doc, [{"op": "copy", "from": "/a", "path": "/b"}, {"op": "replace", "path": "/b/x", "value": 2}])
+    patched = json_patch(
+        doc, [{"op": "copy", "from": "/a", "path": "/b"}, {"op": "replace", "path": "/b/x", "value": 2}]
+    )
     assert patched == {"a": {"x": 1}, "b": {"x": 2}} and doc == {"a": {"x": 1}}
 
 

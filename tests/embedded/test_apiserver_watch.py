@@ -22,8 +22,8 @@ class Stream:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
 
-    async def next(self, timeout: float = 5.0) -> dict[str, Any]:
-        line = await asyncio.wait_for(self.response.content.readline(), timeout)
+    async def next(self, within: float = 5.0) -> dict[str, Any]:
+        line = await asyncio.wait_for(self.response.content.readline(), within)
         assert line, "the stream ended"
         event: dict[str, Any] = json.loads(line)
         return event
@@ -31,8 +31,8 @@ class Stream:
     async def take(self, n: int) -> list[tuple[str, str]]:
         return [(e["type"], e["object"]["metadata"].get("name", "")) for e in [await self.next() for _ in range(n)]]
 
-    async def ended(self, timeout: float = 5.0) -> bool:
-        return await asyncio.wait_for(self.response.content.readline(), timeout) == b""
+    async def ended(self, within: float = 5.0) -> bool:
+        return await asyncio.wait_for(self.response.content.readline(), within) == b""
 
 
 async def open_stream(session: aiohttp.ClientSession, url: str, **params: str) -> Stream:
@@ -80,7 +80,10 @@ async def test_watch_resumes_after_resource_version(api: Api, session: aiohttp.C
     await api.ok("POST", CONFIGMAPS, cm("b"))
     stream = await open_stream(session, api.url + CONFIGMAPS, resourceVersion=first["metadata"]["resourceVersion"])
     event = await stream.next()
-    assert event["type"] == "MODIFIED" and event["object"]["metadata"]["resourceVersion"] == modified["metadata"]["resourceVersion"]
+    assert (
+        event["type"] == "MODIFIED"
+        and event["object"]["metadata"]["resourceVersion"] == modified["metadata"]["resourceVersion"]
+    )
     assert await stream.take(1) == [("ADDED", "b")]
 
 
@@ -89,7 +92,9 @@ async def test_too_old_resource_version_is_410_gone(session: aiohttp.ClientSessi
         first = server.create_object("", "v1", "configmaps", cm("a"), namespace="default")
         for i in range(5):
             server.patch_object("", "v1", "configmaps", "default", "a", {"data": {"i": str(i)}})
-        stream = await open_stream(session, server.url + CONFIGMAPS, resourceVersion=first["metadata"]["resourceVersion"])
+        stream = await open_stream(
+            session, server.url + CONFIGMAPS, resourceVersion=first["metadata"]["resourceVersion"]
+        )
         event = await stream.next()
         assert event["type"] == "ERROR"
         assert event["object"]["kind"] == "Status" and event["object"]["code"] == 410
@@ -101,11 +106,13 @@ async def test_too_old_resource_version_is_410_gone(session: aiohttp.ClientSessi
         assert (await stream.next())["type"] == "MODIFIED"
 
 
-async def test_timeout_seconds_ends_stream_with_a_bookmark(api: Api, session: aiohttp.ClientSession, server: EmbeddedApiServer) -> None:
+async def test_timeout_seconds_ends_stream_with_a_bookmark(
+    api: Api, session: aiohttp.ClientSession, server: EmbeddedApiServer
+) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     stream = await open_stream(session, api.url + CONFIGMAPS, timeoutSeconds="1", allowWatchBookmarks="true")
-    event = await stream.next(timeout=5)
+    event = await stream.next(within=5)
     assert event["type"] == "BOOKMARK"
     assert event["object"]["metadata"]["resourceVersion"] == str(server.resource_version)
     assert await stream.ended()
@@ -115,7 +122,11 @@ async def test_timeout_seconds_ends_stream_with_a_bookmark(api: Api, session: ai
 async def test_send_initial_events_ends_with_a_bookmark(api: Api, session: aiohttp.ClientSession) -> None:
     await api.ok("POST", CONFIGMAPS, cm("a"))
     stream = await open_stream(
-        session, api.url + CONFIGMAPS, sendInitialEvents="true", allowWatchBookmarks="true", resourceVersionMatch="NotOlderThan"
+        session,
+        api.url + CONFIGMAPS,
+        sendInitialEvents="true",
+        allowWatchBookmarks="true",
+        resourceVersionMatch="NotOlderThan",
     )
     assert await stream.take(1) == [("ADDED", "a")]
     bookmark = await stream.next()
@@ -149,7 +160,9 @@ async def test_field_selector_and_namespace_scope(api: Api, session: aiohttp.Cli
     assert await everywhere.take(3) == [("ADDED", "a"), ("ADDED", "b"), ("ADDED", "b")]
 
 
-async def test_hundred_watchers_get_every_event(api: Api, session: aiohttp.ClientSession, server: EmbeddedApiServer) -> None:
+async def test_hundred_watchers_get_every_event(
+    api: Api, session: aiohttp.ClientSession, server: EmbeddedApiServer
+) -> None:
     streams = [await open_stream(session, api.url + CONFIGMAPS) for _ in range(120)]
     assert server.watcher_count("", "v1", "configmaps") == 120
     await api.ok("POST", CONFIGMAPS, cm("a"))

@@ -189,9 +189,7 @@ class EmbeddedApiServer:
         The first matching fault applies; each fault counts its own matches."""
         if times == 0:
             raise ValueError("times must be positive, or negative for a permanent fault")
-        self._faults.append(
-            _Fault(method.upper() if method else None, re.compile(path_regex), status, delay, times)
-        )
+        self._faults.append(_Fault(method.upper() if method else None, re.compile(path_regex), status, delay, times))
 
     def clear_faults(self) -> None:
         self._faults.clear()
@@ -264,9 +262,7 @@ class EmbeddedApiServer:
         patch = json.loads(dumps(patch))
         return _copy(self.cluster.patch(rt, namespace, name, patch_type, patch, subresource=subresource).raw)
 
-    def delete_object(
-        self, group: str, version: str, plural: str, namespace: str | None, name: str
-    ) -> dict[str, Any]:
+    def delete_object(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any]:
         rt = self.cluster.resource(group, version, plural)
         return _copy(self.cluster.delete(rt, namespace, name).raw)
 
@@ -294,9 +290,7 @@ class EmbeddedApiServer:
                 raw_body = await request.read()
             response = await self._route(request, method, path, raw_body)
         except ApiError as e:
-            response = web.Response(
-                body=dumps(e.status()), status=e.code, content_type=_JSON, headers=e.headers
-            )
+            response = web.Response(body=dumps(e.status()), status=e.code, content_type=_JSON, headers=e.headers)
         except Exception as e:  # A bug here must reach the client as a 500, not as a dropped connection.
             logger.exception("Embedded API server failed on %s %s", method, path)
             error = ApiError(500, f"internal error: {e!r}")
@@ -397,15 +391,11 @@ class EmbeddedApiServer:
             if content_type not in PATCH_TYPES:
                 raise ApiError(415, f"the media type {content_type!r} is not supported for PATCH")
             patch = _parse(raw_body, content_type)
-            stored = cluster.patch(
-                rt, namespace, name, content_type, patch, subresource=subresource, dry_run=dry_run
-            )
+            stored = cluster.patch(rt, namespace, name, content_type, patch, subresource=subresource, dry_run=dry_run)
             return self._ok(stored.raw)
         if method == "PUT":
             body = _parse(raw_body, request.content_type)
-            return self._ok(
-                cluster.replace(rt, namespace, name, body, subresource=subresource, dry_run=dry_run).raw
-            )
+            return self._ok(cluster.replace(rt, namespace, name, body, subresource=subresource, dry_run=dry_run).raw)
         if method == "DELETE":
             if subresource is not None:
                 raise ApiError(405, "DELETE is not supported on subresources")

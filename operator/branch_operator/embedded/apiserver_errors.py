@@ -78,9 +78,7 @@ def _details(name: str, group: str, kind: str) -> dict[str, Any]:
 
 
 def not_found(plural: str, group: str, name: str) -> ApiError:
-    return ApiError(
-        404, f'{qualified(plural, group)} "{name}" not found', details=_details(name, group, plural)
-    )
+    return ApiError(404, f'{qualified(plural, group)} "{name}" not found', details=_details(name, group, plural))
 
 
 def already_exists(plural: str, group: str, name: str) -> ApiError:

@@ -77,9 +77,7 @@ class Cluster:
     def resource(self, group: str, version: str, plural: str) -> ResourceType:
         rt = self.registry.lookup(group, version, plural)
         if rt is None:
-            raise ApiError(
-                404, f"the server could not find the requested resource ({group}/{version} {plural})"
-            )
+            raise ApiError(404, f"the server could not find the requested resource ({group}/{version} {plural})")
         return rt
 
     @staticmethod
@@ -177,9 +175,7 @@ class Cluster:
                 f"alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character "
                 f"(regex used for validation is '{regex}')"
             )
-            raise invalid(
-                rt.kind, rt.group, str(name), [cause("FieldValueInvalid", "metadata.name", message)]
-            )
+            raise invalid(rt.kind, rt.group, str(name), [cause("FieldValueInvalid", "metadata.name", message)])
 
     def create(self, rt: ResourceType, namespace: str | None, body: Any, *, dry_run: bool = False) -> Stored:
         body = self._check_type(rt, body)
@@ -260,9 +256,7 @@ class Cluster:
         if rt.custom and not meta.get("resourceVersion"):
             # Custom resources refuse unconditional updates (AllowUnconditionalUpdate is false for them).
             message = "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
-            raise invalid(
-                rt.kind, rt.group, name, [cause("FieldValueInvalid", "metadata.resourceVersion", message)]
-            )
+            raise invalid(rt.kind, rt.group, name, [cause("FieldValueInvalid", "metadata.resourceVersion", message)])
         return self._update(rt, current, body, subresource=subresource, dry_run=dry_run)
 
     def patch(
@@ -341,9 +335,7 @@ class Cluster:
                 else:
                     meta.pop(field, None)
             if "deletionTimestamp" in old_meta:
-                added = [
-                    f for f in meta.get("finalizers") or () if f not in (old_meta.get("finalizers") or ())
-                ]
+                added = [f for f in meta.get("finalizers") or () if f not in (old_meta.get("finalizers") or ())]
                 if added:
                     message = (
                         "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being "
@@ -458,11 +450,7 @@ class Cluster:
                     "labels": {**(meta.get("labels") or {}), _NAMESPACE_LABEL: meta["name"]},
                 }
                 obj["status"] = {"phase": "Active"}
-        elif (
-            rt.group == "apiextensions.k8s.io"
-            and rt.plural == "customresourcedefinitions"
-            and not subresource
-        ):
+        elif rt.group == "apiextensions.k8s.io" and rt.plural == "customresourcedefinitions" and not subresource:
             obj = self._admit_crd(rt, obj, old)
         return obj
 
@@ -532,9 +520,7 @@ class Cluster:
     def _evict(self, rt: ResourceType, key: Key) -> None:
         current = rt.store.objects[key]
         rv = self._next_rv()
-        stored = Stored(
-            {**current.obj, "metadata": {**current.obj["metadata"], "resourceVersion": str(rv)}}, rv
-        )
+        stored = Stored({**current.obj, "metadata": {**current.obj["metadata"], "resourceVersion": str(rv)}}, rv)
         rt.store.commit("DELETED", key, stored, current.obj)
 
     def _delete_namespace_contents(self, namespace: str) -> None:

@@ -155,22 +155,14 @@ class Registry:
         if not kind or not isinstance(kind, str):
             problems.append(("spec.names.kind", "Required value"))
         if scope not in ("Namespaced", "Cluster"):
-            problems.append(
-                ("spec.scope", f'Unsupported value: {scope!r}: supported values: "Cluster", "Namespaced"')
-            )
+            problems.append(("spec.scope", f'Unsupported value: {scope!r}: supported values: "Cluster", "Namespaced"'))
         if not isinstance(versions, list) or not versions:
-            problems.append(
-                ("spec.versions", "Required value: must have exactly one version marked as storage")
-            )
+            problems.append(("spec.versions", "Required value: must have exactly one version marked as storage"))
         elif sum(1 for v in versions if isinstance(v, dict) and v.get("storage")) != 1:
-            problems.append(
-                ("spec.versions", "Invalid value: must have exactly one version marked as storage")
-            )
+            problems.append(("spec.versions", "Invalid value: must have exactly one version marked as storage"))
         name = crd.get("metadata", {}).get("name")
         if plural and group and name != f"{plural}.{group}":
-            problems.append(
-                ("metadata.name", f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group')
-            )
+            problems.append(("metadata.name", f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group'))
         if problems:
             return [], problems
         assert isinstance(versions, list) and isinstance(group, str) and isinstance(plural, str)
@@ -214,11 +206,7 @@ class Registry:
         previous = self.crds.get(name, [])
         for rt in previous:
             self.by_gv.get((rt.group, rt.version), {}).pop(rt.plural, None)
-        if (
-            previous
-            and types
-            and (previous[0].group, previous[0].plural) != (types[0].group, types[0].plural)
-        ):
+        if previous and types and (previous[0].group, previous[0].plural) != (types[0].group, types[0].plural):
             self._drop_store(previous[0].group, previous[0].plural)
         for rt in types:
             self.add(rt)

@@ -264,8 +264,10 @@ class _Node:
             checks.append(number_check)
         if self.items is not None or any(k in schema for k in ("minItems", "maxItems", "x-kubernetes-list-type")):
             checks.append(_array_check(schema, self.items, guard=type_ != "array"))
-        if self.properties is not None or additional is not None or any(
-            k in schema for k in ("required", "minProperties", "maxProperties")
+        if (
+            self.properties is not None
+            or additional is not None
+            or any(k in schema for k in ("required", "minProperties", "maxProperties"))
         ):
             checks.append(_object_check(schema, self.properties, additional, guard=type_ != "object"))
         checks.extend(_combinator_checks(schema, where))
@@ -311,8 +313,10 @@ def _enum_check(enum: list[Any]) -> Validator:
     supported = ", ".join(json.dumps(e) for e in enum)
 
     def check(value: Any, path: str, errs: list[Cause]) -> None:
-        ok = (value.__class__ is str and value in strings) if strings is not None else any(
-            json_equal(value, e) for e in enum
+        ok = (
+            (value.__class__ is str and value in strings)
+            if strings is not None
+            else any(json_equal(value, e) for e in enum)
         )
         if not ok:
             errs.append(
@@ -539,9 +543,7 @@ def _warn_once(rule: str, why: str) -> None:
         logger.warning("Embedded API server skips the CEL rule %r: %s", rule, why)
 
 
-def _collect_rules(
-    node: _Node, path: tuple[str, ...], out: list[_TransitionRule], *, reachable: bool
-) -> None:
+def _collect_rules(node: _Node, path: tuple[str, ...], out: list[_TransitionRule], *, reachable: bool) -> None:
     for spec in node.rules:
         rule = str(spec.get("rule", ""))
         m = _CEL_EQ_RE.match(rule)

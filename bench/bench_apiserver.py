@@ -249,7 +249,7 @@ async def watch_phase(
     for _ in range(watchers):
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(
-            f"GET /apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}?watch=true&resourceVersion={since}"
+            f"GET /apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}?watch=true&allowWatchBookmarks=true&resourceVersion={since}"
             f" HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
         )
         await reader.readuntil(b"\r\n\r\n")

@@ -313,13 +313,13 @@ def test_branch_without_phase_is_treated_as_active() -> None:
 
 # ------------------------------------------------------------------------------------ transition table
 
-_A, _D, _U = Outcome.APPLIED, Outcome.DUPLICATE, Outcome.UNEXPECTED
+_A, _D, _S, _U = Outcome.APPLIED, Outcome.DUPLICATE, Outcome.STALE, Outcome.UNEXPECTED
 ACTIVE, LOCKED, READY, ERROR = Phase.ACTIVE, Phase.LOCKED_FOR_WRITE, Phase.READY, Phase.ERROR
 
 # Written out independently of the module's table: (from, kind, run) -> (outcome, phase afterwards).
 EXPECTED: dict[tuple[Phase, EventKind, RunMatch], tuple[Outcome, Phase]] = {
     (ACTIVE, EventKind.STARTED, RunMatch.OTHER): (_A, LOCKED),
-    (ACTIVE, EventKind.STARTED, RunMatch.SAME): (_D, ACTIVE),
+    (ACTIVE, EventKind.STARTED, RunMatch.SAME): (_S, ACTIVE),
     (ACTIVE, EventKind.COMPLETED, RunMatch.OTHER): (_U, ACTIVE),
     (ACTIVE, EventKind.COMPLETED, RunMatch.SAME): (_D, ACTIVE),
     (ACTIVE, EventKind.FAILED, RunMatch.OTHER): (_U, ACTIVE),
@@ -331,13 +331,13 @@ EXPECTED: dict[tuple[Phase, EventKind, RunMatch], tuple[Outcome, Phase]] = {
     (LOCKED, EventKind.FAILED, RunMatch.OTHER): (_A, ERROR),
     (LOCKED, EventKind.FAILED, RunMatch.SAME): (_A, ERROR),
     (READY, EventKind.STARTED, RunMatch.OTHER): (_A, LOCKED),
-    (READY, EventKind.STARTED, RunMatch.SAME): (_D, READY),
+    (READY, EventKind.STARTED, RunMatch.SAME): (_S, READY),
     (READY, EventKind.COMPLETED, RunMatch.OTHER): (_A, READY),
     (READY, EventKind.COMPLETED, RunMatch.SAME): (_D, READY),
     (READY, EventKind.FAILED, RunMatch.OTHER): (_A, ERROR),
     (READY, EventKind.FAILED, RunMatch.SAME): (_A, ERROR),
     (ERROR, EventKind.STARTED, RunMatch.OTHER): (_A, LOCKED),
-    (ERROR, EventKind.STARTED, RunMatch.SAME): (_D, ERROR),
+    (ERROR, EventKind.STARTED, RunMatch.SAME): (_S, ERROR),
     (ERROR, EventKind.COMPLETED, RunMatch.OTHER): (_A, READY),
     (ERROR, EventKind.COMPLETED, RunMatch.SAME): (_U, ERROR),
     (ERROR, EventKind.FAILED, RunMatch.OTHER): (_A, ERROR),
@@ -375,6 +375,10 @@ def test_transition(phase: Phase, kind: EventKind, match: RunMatch) -> None:
     if outcome is Outcome.UNEXPECTED:
         assert patch == {"recentEventIds": ["evt-new"]}
         assert (plan.event_type, plan.event_reason) == ("Warning", "UnexpectedEvent")
+    if outcome is Outcome.STALE:
+        # Recorded (audit + Normal Event), and remembered so a redelivery is a quiet duplicate.
+        assert patch == {"recentEventIds": ["evt-new"]}
+        assert (plan.event_type, plan.event_reason, plan.audit_action) == ("Normal", "StaleEvent", "event.stale")
     if outcome is not Outcome.APPLIED:
         assert plan.release_locks == "none" and plan.acquire_lock is None and not plan.notify
         return
@@ -505,9 +509,10 @@ def test_replaying_a_whole_run_applies_each_event_once() -> None:
 def test_events_of_an_older_run_are_stale(phase: Phase, event: FakeEvent) -> None:
     plan = plan_indexing_event(status(phase, started_at=T10), event, now=NOW)
 
-    assert plan.outcome is Outcome.DUPLICATE
-    assert "stale" in plan.reason
-    assert plan.status_patch == {}
+    assert plan.outcome is Outcome.STALE
+    assert "started before the recorded run" in plan.reason
+    assert plan.audit_action == "event.stale"
+    assert set(plan.status_patch) == {"recentEventIds"}
 
 
 def test_unknown_start_times_do_not_make_events_stale() -> None:
@@ -744,3 +749,23 @@ def test_any_event_sequence_keeps_status_valid(events: list[FakeEvent], phase: P
         if plan.status_patch:
             assert plan_indexing_event(after, event, now=NOW).outcome is Outcome.DUPLICATE
         current = after
+
+
+@pytest.mark.parametrize("kind", [EventKind.COMPLETED, EventKind.FAILED])
+def test_a_result_that_may_have_overtaken_its_start_waits(kind: EventKind) -> None:
+    current = status(Phase.ACTIVE, indexing_id="idx-1", started_at=T10 - timedelta(hours=1))
+    event = make_event(kind, "idx-2")
+
+    waiting = plan_indexing_event(current, event, now=NOW, may_wait=True)
+    assert waiting.outcome is Outcome.WAIT
+    assert waiting.status_patch == {} and waiting.release_locks == "none" and not waiting.notify
+    # Once the caller can no longer redeliver, it is the original design's unexpected state.
+    assert plan_indexing_event(current, event, now=NOW, may_wait=False).outcome is Outcome.UNEXPECTED
+
+
+def test_waiting_never_applies_to_a_started_event_or_a_known_run() -> None:
+    current = status(Phase.ACTIVE, indexing_id="idx-1", started_at=T10 - timedelta(hours=1))
+    assert plan_indexing_event(current, make_event(EventKind.STARTED, "idx-1"), now=NOW,
+                               may_wait=True).outcome is Outcome.STALE
+    assert plan_indexing_event(current, make_event(EventKind.FAILED, "idx-1"), now=NOW,
+                               may_wait=True).outcome is Outcome.UNEXPECTED

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     subject_failed: str = "funnel.indexing.failed"
     ack_wait_seconds: float = 30.0
     max_deliver: int = 10
+    # A result event that may have overtaken its started event is redelivered this many times (short
+    # backoff) before it counts as unexpected.
+    early_event_retries: int = 4
     fetch_batch: int = 32
     max_event_bytes: int = 256 * 1024
 

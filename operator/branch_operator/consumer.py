@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -25,12 +26,12 @@ from .emit import Emitter
 from .events import EventRejected, parse_message
 from .kube import Invalid, KubeError
 from .nats_io import NatsBus
-from .processor import EventProcessor, Result
+from .processor import EventProcessor, Outcome, Result
 
 log = logging.getLogger(__name__)
 
 
-class Disposition(str, enum.Enum):
+class Disposition(enum.StrEnum):
     ACKED = "acked"
     RETRY = "retry"
     DEAD_LETTERED = "dead_lettered"
@@ -52,6 +53,8 @@ class IndexingConsumer:
         self.clock = clock
         self.attached: dict[str, bool] = {}
         self.results: list[Callable[[str, Result | None, Disposition], None]] = []
+        # (event kind, seconds from receipt to acknowledgement after the Kubernetes writes)
+        self.timings: list[Callable[[str, float], None]] = []
 
     @property
     def ready(self) -> bool:
@@ -115,8 +118,9 @@ class IndexingConsumer:
             return await self._dead_letter(msg, rejected.reason_code, str(rejected), delivered,
                                            event_id=rejected.event_id, branch_name=rejected.branch_name)
 
+        started = time.monotonic()
         try:
-            result = await self.processor.handle(event)
+            result = await self.processor.handle(event, may_wait=delivered < self.settings.early_event_retries)
         except Invalid as exc:
             # The API server refused what the event asks for (e.g. a value the CRD forbids): retrying won't help.
             return await self._dead_letter(msg, "Rejected by API server", str(exc), delivered, event_id=event.id)
@@ -125,7 +129,16 @@ class IndexingConsumer:
         except Exception as exc:  # a bug must not crash-loop the operator, nor lose the message
             log.exception("processing event %s failed", event.id)
             return await self._retry(msg, delivered, f"{type(exc).__name__}: {exc}", event.id)
+        if result.outcome is Outcome.WAIT:
+            # Possibly ahead of its run's started event (another subject, another consumer): ask again soon.
+            delay = backoff_seconds(delivered, base=0.25, cap=2.0)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
+            self._notify(event.id, result, Disposition.RETRY)
+            return Disposition.RETRY
         await msg.ack()
+        for timing in self.timings:
+            timing(event.kind, time.monotonic() - started)
         self._notify(event.id, result, Disposition.ACKED)
         return Disposition.ACKED
 

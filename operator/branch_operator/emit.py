@@ -1,11 +1,16 @@
 """What the operator tells the world besides Kubernetes: audit records, merge announcements and
-notifications, each published into its own JetStream stream with a de-duplication id."""
+notifications, each published into its own JetStream stream with a de-duplication id.
+
+Messages are built first (:class:`Outgoing`) and sent second, so the processor can store them in the
+Branch status (the outbox) in the same write as the state change they describe.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,30 +23,45 @@ audit_log = logging.getLogger("oms.audit")
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    subject: str
+    msg_id: str
+    data: str
+    record: AuditRecord | None = None  # set for audit records: logged and observed when first sent
+
+    def wire(self) -> dict[str, str]:
+        return {"subject": self.subject, "msgId": self.msg_id, "data": self.data}
+
+
+def outbox(key: str, messages: Iterable[Outgoing]) -> dict[str, Any]:
+    return {"key": key, "messages": [m.wire() for m in messages]}
+
+
+def from_outbox(box: Mapping[str, Any] | None) -> list[Outgoing]:
+    if not box:
+        return []
+    return [Outgoing(m["subject"], m["msgId"], m["data"]) for m in box.get("messages") or []]
+
+
 class Emitter:
     def __init__(self, bus: NatsBus | None, settings: Settings) -> None:
         self.bus = bus
         self.settings = settings
-        # In-process observers (the demo prints audit ids, metrics count them).
+        # In-process observers (the demo prints audit ids, metrics count them): called once per record.
         self.audit_observers: list[Callable[[AuditRecord], None]] = []
 
-    async def audit(self, record: AuditRecord) -> None:
-        """One JSON line on the ``oms.audit`` logger and one message on the audit stream.
+    # ------------------------------------------------------------------------------------ build
 
-        The audit id is the JetStream ``Nats-Msg-Id``, so a record re-published after a redelivery is
-        dropped by the server's duplicate window instead of appearing twice.
-        """
-        line = record.to_json()
-        audit_log.info(line)
-        for observer in self.audit_observers:
-            observer(record)
-        if self.bus is not None:
-            await self.bus.publish(self.settings.audit_subject, line.encode(), msg_id=record.audit_id)
+    def audit_message(self, record: AuditRecord) -> Outgoing:
+        # The audit id is the Nats-Msg-Id: a record re-published after a redelivery is dropped by the
+        # stream's duplicate window instead of appearing twice.
+        return Outgoing(self.settings.audit_subject, record.audit_id, record.to_json(), record)
 
-    async def branch_merged(
+    def merged_message(
         self, *, msg_id: str, namespace: str, name: str, branch_name: str, target_branch: str,
         policy: str | None, indexing_id: str | None, merged_at: datetime, correlation_id: str | None,
-    ) -> None:
+    ) -> Outgoing:
         data = {
             "branch_name": branch_name,
             "target_branch": target_branch,
@@ -52,18 +72,46 @@ class Emitter:
             "merged_at": merged_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "correlation_id": correlation_id,
         }
-        await self._cloudevent(self.settings.merged_subject, "com.oms.branch.merged", branch_name, data, msg_id)
+        return self._cloudevent(self.settings.merged_subject, "com.oms.branch.merged", branch_name, data, msg_id)
+
+    def notification_message(self, *, msg_id: str, kind: str, branch_name: str, data: dict[str, Any]) -> Outgoing:
+        """A notification CloudEvent for admins (e.g. ``com.oms.branch.indexing_failed``)."""
+        return self._cloudevent(
+            self.settings.notifications_subject, f"com.oms.branch.{kind}", branch_name, data, msg_id)
+
+    def _cloudevent(self, subject: str, type_: str, ce_subject: str, data: dict[str, Any], msg_id: str) -> Outgoing:
+        event = make_cloudevent(type_, self.settings.operator_id, ce_subject, data, event_id=msg_id)
+        return Outgoing(subject, msg_id, json.dumps(event, separators=(",", ":")))
+
+    # ------------------------------------------------------------------------------------- send
+
+    async def send(self, messages: Iterable[Outgoing]) -> None:
+        """Log and observe audit records, then publish every message (each awaited until stored)."""
+        for message in messages:
+            if message.record is not None:
+                audit_log.info(message.data)
+                for observer in self.audit_observers:
+                    observer(message.record)
+            await self.republish([message])
+
+    async def republish(self, messages: Iterable[Outgoing]) -> None:
+        """Publish again after a redelivery: the stream drops what it already has, nothing is re-logged."""
+        for message in messages:
+            if self.bus is None:
+                log.info("would publish on %s: %s", message.subject, message.data)
+                continue
+            # Audit records are plain JSON lines; everything else is a structured CloudEvent.
+            headers = None if message.subject == self.settings.audit_subject else {
+                "Content-Type": "application/cloudevents+json"}
+            await self.bus.publish(message.subject, message.data.encode(), msg_id=message.msg_id, headers=headers)
+
+    # ------------------------------------------------------------------------- convenience (send now)
+
+    async def audit(self, record: AuditRecord) -> None:
+        await self.send([self.audit_message(record)])
+
+    async def branch_merged(self, **kwargs: Any) -> None:
+        await self.send([self.merged_message(**kwargs)])
 
     async def notify(self, *, msg_id: str, kind: str, branch_name: str, data: dict[str, Any]) -> None:
-        """A notification CloudEvent for admins (e.g. ``com.oms.branch.indexing_failed``)."""
-        await self._cloudevent(self.settings.notifications_subject, f"com.oms.branch.{kind}", branch_name, data, msg_id)
-
-    async def _cloudevent(self, subject: str, type_: str, ce_subject: str, data: dict[str, Any], msg_id: str) -> None:
-        event = make_cloudevent(type_, self.settings.operator_id, ce_subject, data, event_id=msg_id)
-        if self.bus is None:
-            log.info("would publish %s: %s", type_, json.dumps(event))
-            return
-        await self.bus.publish(
-            subject, json.dumps(event).encode(), msg_id=msg_id,
-            headers={"Content-Type": "application/cloudevents+json"},
-        )
+        await self.send([self.notification_message(msg_id=msg_id, kind=kind, branch_name=branch_name, data=data)])

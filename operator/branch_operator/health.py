@@ -9,7 +9,8 @@ from aiohttp import web
 
 
 class HealthServer:
-    def __init__(self, runtime: Any, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 (probes come from the kubelet)
+    # All interfaces: probes come from the kubelet, scrapes from Prometheus.
+    def __init__(self, runtime: Any, port: int, host: str = "0.0.0.0") -> None:
         self.runtime = runtime
         self.port = port
         self.host = host

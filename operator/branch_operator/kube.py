@@ -125,7 +125,9 @@ class KubeClient:
         return cast(Obj, await self._call(self.custom.get_namespaced_custom_object(
             GROUP, VERSION, namespace, plural, name)))
 
-    async def list_objects(self, plural: str, namespace: str | None = None, label_selector: str | None = None) -> list[Obj]:
+    async def list_objects(
+        self, plural: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[Obj]:
         kwargs: dict[str, Any] = {}
         if label_selector:
             kwargs["label_selector"] = label_selector

@@ -41,7 +41,8 @@ def lock_body(
 ) -> dict[str, Any]:
     meta = branch_obj["metadata"]
     name = meta["name"]
-    spec: dict[str, Any] = {"branch": name, "lockType": lock_type.value, "holder": holder[:253], "reason": reason[:1024]}
+    spec: dict[str, Any] = {
+        "branch": name, "lockType": lock_type.value, "holder": holder[:253], "reason": reason[:1024]}
     if indexing_id:
         spec["indexingId"] = indexing_id
     if ttl_seconds:

@@ -1,12 +1,12 @@
 """Applies one parsed indexing event to its Branch: the I/O half of domain.states.
 
-Order of effects (why): the Branch status write is the commit point — it records the event id, so a
-redelivered copy is recognised as a duplicate. It carries the resourceVersion it was computed from;
-on 409 the branch is re-read and the plan re-made. Lock changes happen before the commit (an INDEXING
-lock exists whenever the phase says LOCKED_FOR_WRITE, and no released lock is visible once the phase
-says READY or ERROR); the Kubernetes Event, the audit records and notifications follow it. Every effect is idempotent (lock
-names are deterministic, audit ids are seeded by the event id and de-duplicated by JetStream), so a
-redelivery after a crash between commit and ack repairs what was missed without doubling anything.
+Order of effects (why): lock changes first (an INDEXING lock exists whenever the phase says
+LOCKED_FOR_WRITE, and no released lock is visible once it says READY or ERROR); then the Branch status
+write, the commit point. It records the event id (a redelivered copy is then a duplicate), carries the
+resourceVersion it was computed from (on 409 the branch is re-read and the plan re-made), and holds the
+outbox: every audit record and notification this event owes, with ids derived from the event. After
+the commit: the Kubernetes Event and the publishing of the outbox. A redelivery after a crash anywhere
+in between re-publishes the outbox (JetStream drops what it already has), so nothing is lost or doubled.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .api.models import LockType, Phase
 from .api.models import BranchStatus as BranchStatusModel
+from .api.models import LockType, Phase
 from .config import Settings
 from .domain.audit import AuditAction, AuditRecord
-from .domain.states import plan_indexing_event
-from .emit import Emitter
+from .domain.states import EventPlan, plan_indexing_event
+from .domain.states import Outcome as PlanOutcome
+from .emit import Emitter, Outgoing, from_outbox, outbox
 from .events import IndexingEvent
 from .kube import Conflict, KubeClient, NotFound, Obj, Transient
 from .locks import label_value, lock_body, locks_to_release
@@ -35,11 +36,13 @@ log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 5
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
+    STALE = "stale"
     UNEXPECTED = "unexpected"
     UNKNOWN_BRANCH = "unknown_branch"
+    WAIT = "wait"  # not applied yet: redeliver later
 
 
 @dataclass
@@ -101,16 +104,19 @@ class EventProcessor:
                 return str(obj["metadata"]["name"])
         return None
 
-    async def handle(self, event: IndexingEvent) -> Result:
+    async def handle(self, event: IndexingEvent, *, may_wait: bool = False) -> Result:
+        """Apply ``event``. ``may_wait``: the caller can redeliver it later (see Outcome.WAIT)."""
         namespace = event.namespace or self.settings.default_namespace
         async with self._serialised((namespace, event.data.branch_name)):
-            return await self._handle(event, namespace)
+            return await self._handle(event, namespace, may_wait)
 
-    async def _handle(self, event: IndexingEvent, namespace: str) -> Result:
+    async def _handle(self, event: IndexingEvent, namespace: str, may_wait: bool) -> Result:
         name = await self.find_branch(namespace, event.data.branch_name)
         if name is None:
             return await self._unknown(event, namespace)
 
+        new_lock: str | None = None
+        released: set[str] = set()  # kept across conflict retries: a lock deleted once stays deleted
         for _attempt in range(MAX_CONFLICT_RETRIES):
             try:
                 obj = await self.kube.get_branch(namespace, name)
@@ -118,37 +124,36 @@ class EventProcessor:
                 # Deleted between lookup and read: the same as never having existed.
                 return await self._unknown(event, namespace)
             status = BranchStatusModel.model_validate(obj.get("status") or {})
-            plan = plan_indexing_event(status, event, now=self.clock())
-            outcome = str(getattr(plan.outcome, "value", plan.outcome)).lower()
-            if outcome == "duplicate":
+            plan = plan_indexing_event(status, event, now=self.clock(), may_wait=may_wait)
+            phase = _phase(status.phase) or Phase.ACTIVE.value
+            if plan.outcome is PlanOutcome.WAIT:
+                return Result(Outcome.WAIT, namespace, name, phase, phase)
+            if plan.outcome is PlanOutcome.DUPLICATE:
                 await self._repair(obj, event, status)
                 log.info("event %s already applied to %s/%s", event.id, namespace, name)
-                return Result(Outcome.DUPLICATE, namespace, name, _phase(status.phase), _phase(status.phase))
-            if outcome == "unexpected":
-                if plan.status_patch:
-                    # Remember the event id so a redelivered copy is a quiet duplicate, not a second warning.
-                    try:
-                        await self.kube.patch_branch_status(
-                            namespace, name, plan.status_patch,
-                            resource_version=obj["metadata"].get("resourceVersion"))
-                    except Conflict:
-                        continue
-                return await self._unexpected(obj, event, plan)
+                return Result(Outcome.DUPLICATE, namespace, name, phase, phase)
 
-            new_lock = None
-            if plan.acquire_lock is not None:
-                new_lock = await self._acquire(obj, event, LockType(plan.acquire_lock))
-            # Released before the commit too: whoever sees the new phase never sees the old locks.
-            released = await self._release(obj, plan.release_locks, keep=new_lock)
+            if plan.outcome is PlanOutcome.APPLIED:
+                if plan.acquire_lock is not None:
+                    new_lock = await self._acquire(obj, event, LockType(plan.acquire_lock))
+                # Released before the commit: whoever sees the new phase never sees the old locks.
+                released |= set(await self._release(obj, plan.release_locks, keep=new_lock))
+            messages = self._messages(obj, event, plan, new_lock, sorted(released))
+            patch = dict(plan.status_patch)
+            patch["outbox"] = outbox(event.id, messages)
             try:
-                updated = await self.kube.patch_branch_status(
-                    namespace, name, plan.status_patch, resource_version=obj["metadata"].get("resourceVersion")
-                )
+                await self.kube.patch_branch_status(
+                    namespace, name, patch, resource_version=obj["metadata"].get("resourceVersion"))
             except Conflict:
                 log.info("status of %s/%s changed underneath; re-reading", namespace, name)
                 continue
-            audit_ids = await self._after_commit(updated, event, plan, new_lock, released)
-            return Result(Outcome.APPLIED, namespace, name, _phase(plan.from_phase), _phase(plan.to_phase), audit_ids)
+            await self.kube.post_event(obj, type_=plan.event_type, reason=plan.event_reason,
+                                       message=plan.event_message)
+            await self.emitter.send(messages)
+            outcome = {PlanOutcome.APPLIED: Outcome.APPLIED, PlanOutcome.STALE: Outcome.STALE}.get(
+                plan.outcome, Outcome.UNEXPECTED)
+            return Result(outcome, namespace, name, _phase(plan.from_phase), _phase(plan.to_phase),
+                          [m.msg_id for m in messages if m.record is not None])
         raise Transient(409, f"gave up on {namespace}/{name} after {MAX_CONFLICT_RETRIES} conflicting writes")
 
     # --------------------------------------------------------------------------------- effects
@@ -171,8 +176,7 @@ class EventProcessor:
         lock, _created = await self.kube.create_lock(obj["metadata"]["namespace"], body)
         return str(lock["metadata"]["name"])
 
-    async def _release(self, obj: Obj, scope: Any, *, keep: str | None) -> list[str]:
-        scope = str(getattr(scope, "value", scope) or "none")
+    async def _release(self, obj: Obj, scope: str, *, keep: str | None) -> list[str]:
         if scope == "none":
             return []
         meta = obj["metadata"]
@@ -184,37 +188,33 @@ class EventProcessor:
         return released
 
     async def _repair(self, obj: Obj, event: IndexingEvent, status: BranchStatusModel) -> None:
-        """A redelivered event whose status write already happened: finish lock effects it may have missed."""
-        indexing = status.indexing
-        if indexing is None or indexing.event_id != event.id:
+        """A redelivery of the event applied last: finish what a crash after the commit may have left.
+
+        Lock releases are repeated (idempotent) and the outbox is published again; JetStream drops the
+        messages it already stored, by their ids.
+        """
+        if status.outbox is None or status.outbox.key != event.id:
             return
-        if event.kind == "completed" and status.phase == Phase.READY:
+        if status.phase == Phase.READY:
             await self._release(obj, "indexing", keep=None)
-        elif event.failed and status.phase == Phase.ERROR:
+        elif status.phase == Phase.ERROR:
             await self._release(obj, "all", keep=None)
+        await self.emitter.republish(from_outbox(status.outbox.wire()))
 
-    async def _unexpected(self, obj: Obj, event: IndexingEvent, plan: Any) -> Result:
-        meta = obj["metadata"]
-        await self.kube.post_event(obj, type_="Warning", reason=plan.event_reason or "UnexpectedEvent",
-                                   message=plan.event_message)
-        record = self._record(
-            AuditAction.EVENT_UNEXPECTED, event, namespace=meta["namespace"], branch=meta["name"],
-            from_state=_phase(plan.from_phase), to_state=_phase(plan.from_phase), reason=plan.reason,
-            details={"type": event.type, "message": plan.event_message},
-        )
-        await self.emitter.audit(record)
-        return Result(Outcome.UNEXPECTED, meta["namespace"], meta["name"], _phase(plan.from_phase),
-                      _phase(plan.from_phase), [record.audit_id])
-
-    async def _after_commit(
-        self, obj: Obj, event: IndexingEvent, plan: Any, new_lock: str | None, released: list[str]
-    ) -> list[str]:
+    def _messages(
+        self, obj: Obj, event: IndexingEvent, plan: EventPlan, new_lock: str | None, released: list[str]
+    ) -> list[Outgoing]:
+        """Everything to publish for this event, with ids that are the same on every retry."""
         meta = obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
         from_phase, to_phase = _phase(plan.from_phase), _phase(plan.to_phase)
-        await self.kube.post_event(obj, type_=plan.event_type, reason=plan.event_reason, message=plan.event_message)
-
         common: dict[str, Any] = {"namespace": ns, "branch": name}
+        if plan.outcome is not PlanOutcome.APPLIED:
+            record = self._record(
+                AuditAction(plan.audit_action), event, from_state=from_phase, to_state=from_phase,
+                reason=plan.reason, details={"type": event.type, "message": plan.event_message}, **common)
+            return [self.emitter.audit_message(record)]
+
         records = [self._record(
             AuditAction(plan.audit_action), event, from_state=from_phase, to_state=to_phase, reason=plan.reason,
             details=_event_details(event), **common,
@@ -234,23 +234,24 @@ class EventProcessor:
                 AuditAction.LOCK_RELEASED, event, reason=plan.event_reason,
                 details={"lock": lock_name}, seed_extra=lock_name, **common,
             ))
-        for record in records:
-            await self.emitter.audit(record)
+        messages = [self.emitter.audit_message(r) for r in records]
         if plan.notify:
-            await self.emitter.notify(
+            messages.append(self.emitter.notification_message(
                 msg_id=f"notify:{event.id}", kind="indexing_failed", branch_name=event.data.branch_name,
                 data={
                     "namespace": ns, "branch": name, "branch_name": event.data.branch_name,
                     "indexing_id": event.data.indexing_id, "reason": plan.event_message,
-                    "errors": list(event.data.validation_results.errors) if event.data.validation_results else [],
+                    "errors": list(event.data.validation_results.errors)[:10]
+                    if event.data.validation_results else [],
                     "released_locks": released, "correlation_id": event.id,
                 },
-            )
-        return [r.audit_id for r in records]
+            ))
+        return messages
 
     def _record(
         self, action: AuditAction, event: IndexingEvent, *, seed_extra: str = "", **fields: Any
     ) -> AuditRecord:
+        # Time and uuid come from the event, so a retry builds the very same audit id.
         return AuditRecord.build(
             action,
             branch_name=event.data.branch_name,

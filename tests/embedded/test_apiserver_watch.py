@@ -119,6 +119,18 @@ async def test_timeout_seconds_ends_stream_with_a_bookmark(
     assert 0.9 <= loop.time() - started < 4
 
 
+async def test_idle_streams_get_periodic_bookmarks_when_allowed(session: aiohttp.ClientSession) -> None:
+    async with EmbeddedApiServer(bookmark_interval=0.1) as server:
+        with_bookmarks = await open_stream(session, server.url + CONFIGMAPS, allowWatchBookmarks="true")
+        without = await open_stream(session, server.url + CONFIGMAPS)
+        for _ in range(3):
+            event = await with_bookmarks.next()
+            assert event["type"] == "BOOKMARK"
+            assert event["object"]["metadata"]["resourceVersion"] == str(server.resource_version)
+        server.create_object("", "v1", "configmaps", cm("a"), namespace="default")
+        assert (await without.next())["type"] == "ADDED"  # Nothing before it: no bookmarks unless asked for.
+
+
 async def test_send_initial_events_ends_with_a_bookmark(api: Api, session: aiohttp.ClientSession) -> None:
     await api.ok("POST", CONFIGMAPS, cm("a"))
     stream = await open_stream(

@@ -33,7 +33,7 @@ MAX_RECENT_EVENTS = 20
 BRANCH_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     """Branch states, with the names OMS uses."""
 
     ACTIVE = "ACTIVE"
@@ -42,18 +42,18 @@ class Phase(str, enum.Enum):
     ERROR = "ERROR"
 
 
-class LockType(str, enum.Enum):
+class LockType(enum.StrEnum):
     INDEXING = "INDEXING"
     WRITE = "WRITE"
     MERGE = "MERGE"
 
 
-class IndexingResult(str, enum.Enum):
+class IndexingResult(enum.StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
 
 
-class MergeDecision(str, enum.Enum):
+class MergeDecision(enum.StrEnum):
     MERGED = "Merged"
     BLOCKED = "Blocked"
     DEFERRED = "Deferred"
@@ -61,7 +61,7 @@ class MergeDecision(str, enum.Enum):
     FAILED = "Failed"
 
 
-class BlockReason(str, enum.Enum):
+class BlockReason(enum.StrEnum):
     VALIDATION_FAILED = "ValidationFailed"
     CONFLICTS_DETECTED = "ConflictsDetected"
     AUTO_MERGE_DISABLED = "AutoMergeDisabled"
@@ -70,7 +70,7 @@ class BlockReason(str, enum.Enum):
     LOCK_HELD = "LockHeld"
 
 
-class ConditionType(str, enum.Enum):
+class ConditionType(enum.StrEnum):
     INDEXED = "Indexed"
     VALIDATED = "Validated"
     LOCKED = "Locked"
@@ -87,10 +87,15 @@ class _Model(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+CONDITION_TYPE_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+
+
 class Condition(_Model):
     """The standard Kubernetes condition shape (metav1.Condition)."""
 
-    type: Annotated[str, Field(max_length=316, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")]
+    type: Annotated[str, Field(max_length=316, pattern=CONDITION_TYPE_PATTERN)]
     status: Literal["True", "False", "Unknown"]
     observed_generation: Annotated[int | None, Field(ge=0)] = None
     last_transition_time: datetime
@@ -156,6 +161,26 @@ class Conflict(_Model):
     message: Annotated[str, Field(max_length=MAX_ERROR_LENGTH)] = ""
 
 
+class OutboxMessage(_Model):
+    """A NATS message to publish (audit record, notification) with its de-duplication id."""
+
+    subject: Annotated[str, Field(min_length=1, max_length=253)]
+    msg_id: Annotated[str, Field(min_length=1, max_length=512)]
+    data: Annotated[str, Field(max_length=32768)]
+
+
+class Outbox(_Model):
+    """The messages owed for the last event applied to this Branch.
+
+    Written in the same status update as the state change they describe, published after it, and
+    re-published (same ids, dropped by JetStream as duplicates) when the event is redelivered — so a
+    crash between the state change and the publish loses nothing and doubles nothing.
+    """
+
+    key: Annotated[str, Field(min_length=1, max_length=253, description="the CloudEvent id these messages belong to")]
+    messages: Annotated[list[OutboxMessage], Field(max_length=32)] = []
+
+
 class BranchStatus(_Model):
     phase: Phase | None = None
     phase_transition_time: datetime | None = None
@@ -168,6 +193,7 @@ class BranchStatus(_Model):
         list[Annotated[str, Field(max_length=253)]],
         Field(max_length=MAX_RECENT_EVENTS, description="CloudEvent ids recently applied (idempotency)"),
     ] = []
+    outbox: Outbox | None = None
 
 
 class Branch(_Model):

@@ -14,22 +14,22 @@ Transition table (:data:`TRANSITIONS`; LOCKED = LOCKED_FOR_WRITE, ``*`` = same o
 
     from    event      run    outcome     to      why
     ACTIVE  started    other  Applied     LOCKED  new run
-    ACTIVE  started    same   Duplicate   -       late started of a run already merged
-    ACTIVE  completed  other  Unexpected  -       no run to complete (the original design's case)
+    ACTIVE  started    same   Stale       -       late started of a run already merged
+    ACTIVE  completed  other  Unexpected  -       no run to complete (the original design's case) [Wait]
     ACTIVE  completed  same   Duplicate   -       run already completed and merged
-    ACTIVE  failed     other  Unexpected  -       no run to fail
+    ACTIVE  failed     other  Unexpected  -       no run to fail [Wait]
     ACTIVE  failed     same   Unexpected  -       a merged run reported failed: needs a person
     LOCKED  started    other  Applied     LOCKED  newer run supersedes (the INDEXING lock moves)
     LOCKED  started    same   Duplicate   -       run already in progress
     LOCKED  completed  *      Applied     READY   run completed (other: its started was missed)
     LOCKED  failed     *      Applied     ERROR   run failed (other: its started was missed)
     READY   started    other  Applied     LOCKED  new run
-    READY   started    same   Duplicate   -       late started of a run already completed
+    READY   started    same   Stale       -       late started of a run already completed
     READY   completed  other  Applied     READY   newer run completed; its started was missed
     READY   completed  same   Duplicate   -       completion already applied
     READY   failed     *      Applied     ERROR   a failure report always wins over success
     ERROR   started    other  Applied     LOCKED  new run (retry)
-    ERROR   started    same   Duplicate   -       late started of a run already failed
+    ERROR   started    same   Stale       -       late started of a run already failed
     ERROR   completed  other  Applied     READY   newer run completed; its started was missed
     ERROR   completed  same   Unexpected  -       success reported for a failed run: contradictory
     ERROR   failed     other  Applied     ERROR   another run failed: record it
@@ -40,10 +40,13 @@ Rules applied around the table, in this order:
 1. Idempotency: an event whose id is in ``status.recentEventIds`` or equals ``status.indexing.eventId``
    is a ``Duplicate`` whatever the table says.
 2. The table.
-3. Staleness: an ``Applied`` row for an *other* run is downgraded to ``Duplicate`` when the event's run
+3. Staleness: an ``Applied`` row for an *other* run is downgraded to ``Stale`` when the event's run
    started before the recorded run (both ``startedAt`` known). Funnel's three subjects are consumed
    independently, so an old run's events can arrive after a newer run's; without this an old result
-   would overwrite a newer one.
+   would overwrite a newer one. Stale events change nothing but are recorded (``event.stale``).
+4. Overtaking: rows marked ``[Wait]`` become ``Wait`` when the caller can still redeliver the event
+   (``may_wait``): a result may simply have overtaken its run's started event. The consumer redelivers
+   it with backoff a few times; once that budget is spent the row applies as written.
 
 A Branch with no phase yet is treated as ACTIVE (what the create handler initialises it to).
 """
@@ -177,8 +180,10 @@ class RunMatch(enum.StrEnum):
 
 class Outcome(enum.StrEnum):
     APPLIED = "Applied"
-    DUPLICATE = "Duplicate"
+    DUPLICATE = "Duplicate"  # the same event (or run result) again: nothing to do, nothing to record
+    STALE = "Stale"  # a late event of an older or finished run: nothing changes, but it is recorded
     UNEXPECTED = "Unexpected"
+    WAIT = "Wait"  # may have overtaken its started event: redeliver later before calling it unexpected
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +197,7 @@ def _rule(outcome: Outcome, why: str, to_phase: Phase | None = None) -> Rule:
     return Rule(outcome, to_phase, why)
 
 
-_A, _D, _U = Outcome.APPLIED, Outcome.DUPLICATE, Outcome.UNEXPECTED
+_A, _D, _S, _U = Outcome.APPLIED, Outcome.DUPLICATE, Outcome.STALE, Outcome.UNEXPECTED
 _ACTIVE, _LOCKED, _READY, _ERROR = Phase.ACTIVE, Phase.LOCKED_FOR_WRITE, Phase.READY, Phase.ERROR
 _STARTED, _COMPLETED, _FAILED = EventKind.STARTED, EventKind.COMPLETED, EventKind.FAILED
 _SAME, _OTHER = RunMatch.SAME, RunMatch.OTHER
@@ -202,7 +207,7 @@ _COND_LOCKED, _COND_MERGEABLE = ConditionType.LOCKED, ConditionType.MERGEABLE
 TRANSITIONS: Mapping[tuple[Phase, EventKind, RunMatch], Rule] = MappingProxyType(
     {
         (_ACTIVE, _STARTED, _OTHER): _rule(_A, "a new indexing run started", _LOCKED),
-        (_ACTIVE, _STARTED, _SAME): _rule(_D, "late started event of a run that already finished"),
+        (_ACTIVE, _STARTED, _SAME): _rule(_S, "late started event of a run that already finished"),
         (_ACTIVE, _COMPLETED, _OTHER): _rule(_U, "the branch is ACTIVE: no indexing run to complete"),
         (_ACTIVE, _COMPLETED, _SAME): _rule(_D, "the run already completed and the branch was merged"),
         (_ACTIVE, _FAILED, _OTHER): _rule(_U, "the branch is ACTIVE: no indexing run to fail"),
@@ -214,14 +219,14 @@ TRANSITIONS: Mapping[tuple[Phase, EventKind, RunMatch], Rule] = MappingProxyType
         (_LOCKED, _FAILED, _SAME): _rule(_A, "the indexing run failed", _ERROR),
         (_LOCKED, _FAILED, _OTHER): _rule(_A, "a run whose start was missed failed", _ERROR),
         (_READY, _STARTED, _OTHER): _rule(_A, "a new indexing run started", _LOCKED),
-        (_READY, _STARTED, _SAME): _rule(_D, "late started event of a run that already completed"),
+        (_READY, _STARTED, _SAME): _rule(_S, "late started event of a run that already completed"),
         (_READY, _COMPLETED, _OTHER): _rule(_A, "a newer run completed; its start was missed", _READY),
         (_READY, _COMPLETED, _SAME): _rule(_D, "the completion was already applied"),
         # A producer disowning a result it reported as good must never leave the branch mergeable.
         (_READY, _FAILED, _SAME): _rule(_A, "the completed run was reported failed", _ERROR),
         (_READY, _FAILED, _OTHER): _rule(_A, "a newer run failed; its start was missed", _ERROR),
         (_ERROR, _STARTED, _OTHER): _rule(_A, "a new indexing run started after a failure", _LOCKED),
-        (_ERROR, _STARTED, _SAME): _rule(_D, "late started event of a run that already failed"),
+        (_ERROR, _STARTED, _SAME): _rule(_S, "late started event of a run that already failed"),
         (_ERROR, _COMPLETED, _OTHER): _rule(_A, "a newer run completed; its start was missed", _READY),
         (_ERROR, _COMPLETED, _SAME): _rule(_U, "success reported for a run recorded as failed"),
         (_ERROR, _FAILED, _OTHER): _rule(_A, "another indexing run failed", _ERROR),
@@ -275,8 +280,13 @@ def plan_indexing_event(
     *,
     now: datetime,
     observed_generation: int | None = None,
+    may_wait: bool = False,
 ) -> EventPlan:
-    """Plan the effect of ``event`` on a Branch whose current status is ``status``."""
+    """Plan the effect of ``event`` on a Branch whose current status is ``status``.
+
+    ``may_wait``: the caller can redeliver the event later, so a result that has no run to apply to
+    yet is answered with ``Wait`` instead of ``Unexpected``.
+    """
     kind = effective_kind(event)
     from_phase = status.phase or Phase.ACTIVE
     recorded = status.indexing or IndexingStatus()
@@ -290,12 +300,24 @@ def plan_indexing_event(
         rule = TRANSITIONS[(from_phase, kind, match)]
         if rule.outcome is Outcome.APPLIED and match is RunMatch.OTHER and _is_older(event, recorded):
             rule = _rule(
-                Outcome.DUPLICATE,
-                f"stale event: run {indexing_id} started before the recorded run {recorded.indexing_id}",
+                Outcome.STALE,
+                f"run {indexing_id} started before the recorded run {recorded.indexing_id}",
             )
+        elif (
+            may_wait
+            and rule.outcome is Outcome.UNEXPECTED
+            and match is RunMatch.OTHER
+            and kind is not EventKind.STARTED
+        ):
+            # Funnel's subjects are consumed independently: the started event of this run may still be
+            # on its way. Waiting a little turns an overtaking result into an ordinary one.
+            rule = _rule(Outcome.WAIT, f"{rule.why}; waiting for the started event of run {indexing_id}")
 
-    if rule.outcome is Outcome.DUPLICATE:
+    if rule.outcome is Outcome.DUPLICATE or rule.outcome is Outcome.WAIT:
         return _ignored_plan(rule, kind, event, from_phase, patch={})
+    if rule.outcome is Outcome.STALE:
+        remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
+        return _ignored_plan(rule, kind, event, from_phase, patch=remember)
     if rule.outcome is Outcome.UNEXPECTED:
         # Recording the id makes a redelivery a quiet Duplicate instead of a second Warning.
         remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
@@ -472,8 +494,9 @@ def _ignored_plan(
     rule: Rule, kind: EventKind, event: IndexingEventLike, phase: Phase, *, patch: dict[str, Any]
 ) -> EventPlan:
     indexing_id = event.data.indexing_id
-    duplicate = rule.outcome is Outcome.DUPLICATE
+    quiet = rule.outcome is not Outcome.UNEXPECTED
     what = f"indexing {kind.value} event {event.id} for run {indexing_id}"
+    label = {Outcome.DUPLICATE: "duplicate ", Outcome.STALE: "stale "}.get(rule.outcome, "")
     return EventPlan(
         outcome=rule.outcome,
         kind=kind,
@@ -485,11 +508,13 @@ def _ignored_plan(
         acquire_lock=None,
         lock_indexing_id=None,
         release_locks="none",
-        event_type="Normal" if duplicate else "Warning",
-        event_reason="DuplicateEvent" if duplicate else "UnexpectedEvent",
-        event_message=f"Ignored {'duplicate ' if duplicate else ''}{what} in phase {phase.value}: {rule.why}.",
+        event_type="Normal" if quiet else "Warning",
+        event_reason={Outcome.DUPLICATE: "DuplicateEvent", Outcome.STALE: "StaleEvent",
+                      Outcome.WAIT: "EventDeferred"}.get(rule.outcome, "UnexpectedEvent"),
+        event_message=f"Ignored {label}{what} in phase {phase.value}: {rule.why}.",
         notify=False,
-        audit_action="event.duplicate" if duplicate else "event.unexpected",
+        audit_action={Outcome.DUPLICATE: "event.duplicate", Outcome.STALE: "event.stale",
+                      Outcome.WAIT: "event.deferred"}.get(rule.outcome, "event.unexpected"),
         reason=rule.why,
     )
 

@@ -101,16 +101,19 @@ class EmbeddedApiServer:
         history_size: int = 1000,
         watch_queue_size: int = 10_000,
         event_retention: int | None = 1000,
+        bookmark_interval: float = 30.0,
     ) -> None:
         """``history_size``: watch events kept per resource for resuming watches (older → 410 Gone).
         ``watch_queue_size``: events a watcher may lag behind before it is cut off (it then resumes).
         ``event_retention``: Events kept per events resource, the oldest are deleted (the real server's TTL).
+        ``bookmark_interval``: seconds between bookmarks on idle watch streams that allow them.
         """
         self.cluster = Cluster(
             history_size=history_size, event_retention=event_retention, watch_queue_size=watch_queue_size
         )
         self.requests: deque[RequestRecord] = deque(maxlen=request_log_size)
         self.url = ""
+        self.bookmark_interval = bookmark_interval
         self._faults: list[_Fault] = []
         self._runner: web.ServerRunner | None = None
 
@@ -444,7 +447,7 @@ class EmbeddedApiServer:
             deadline = asyncio.get_running_loop().time() + timeout if timeout else None
             try:
                 async with asyncio.timeout_at(deadline):
-                    await self._pump(response, watcher)
+                    await self._pump(response, watcher, rt if bookmarks else None)
             except TimeoutError:
                 # Like the real server: a last bookmark so the client resumes from the newest version.
                 if bookmarks:
@@ -458,11 +461,22 @@ class EmbeddedApiServer:
                 self.cluster.close_watch(rt, watcher)
         return response
 
-    @staticmethod
-    async def _pump(response: web.StreamResponse, watcher: Watcher) -> None:
+    async def _pump(self, response: web.StreamResponse, watcher: Watcher, bookmarks_for: ResourceType | None) -> None:
         queue = watcher.queue
+        interval = self.bookmark_interval if bookmarks_for is not None else 0.0
         while True:
-            line = await queue.get()
+            if interval and queue.empty():
+                # Idle streams get periodic bookmarks, as from the real server: kopf reconnects a stream
+                # that has been silent for 70 seconds.
+                try:
+                    async with asyncio.timeout(interval):
+                        line = await queue.get()
+                except TimeoutError:
+                    assert bookmarks_for is not None
+                    await response.write(self.cluster.bookmark_line(bookmarks_for))
+                    continue
+            else:
+                line = await queue.get()
             if line is None:
                 return
             if queue.empty():

@@ -54,7 +54,8 @@ class EmbeddedEnv:
                     f"{self.api_url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd
                 ) as resp:
                     if resp.status not in (200, 201, 409):
-                        raise RuntimeError(f"installing CRD {crd['metadata']['name']}: {resp.status} {await resp.text()}")
+                        raise RuntimeError(
+                            f"installing CRD {crd['metadata']['name']}: {resp.status} {await resp.text()}")
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.nats.stop)

@@ -249,8 +249,8 @@ async def watch_phase(
     for _ in range(watchers):
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(
-            f"GET /apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}?watch=true&allowWatchBookmarks=true&resourceVersion={since}"
-            f" HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+            f"GET /apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}?watch=true&allowWatchBookmarks=true"
+            f"&resourceVersion={since} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
         )
         await reader.readuntil(b"\r\n\r\n")
         streams.append((reader, writer))

@@ -1,4 +1,4 @@
-"""AutoMergePolicy matching, selection and the merge decision, as pure logic."""
+"""AutoMergePolicy matching, selection, review and the merge decision, as pure logic (issue 4)."""
 
 from __future__ import annotations
 
@@ -19,34 +19,66 @@ from branch_operator.api.models import (
     LabelSelector,
     LabelSelectorRequirement,
     MergeDecision,
+    MergeFreeze,
+    MergeWindow,
     Phase,
     ValidationStatus,
 )
+from branch_operator.domain.merge_trace import (
+    merge_changed,
+    merge_key,
+    merge_status_patch,
+    policy_status_patch,
+    policy_statuses,
+)
 from branch_operator.domain.policy import (
     REASON_ORDER,
+    ManualRequest,
     MergeEvaluation,
     PolicyRef,
+    blocking_locks,
     evaluate_merge,
     glob_match,
-    merge_changed,
-    merge_status_patch,
     policy_matches,
+    review_policies,
     select_policy,
     selector_matches,
+    target_branch_object,
 )
 from branch_operator.domain.states import find_condition
 
-NOW = datetime(2024, 1, 2, 10, 0, 0, tzinfo=UTC)
+# A Monday, 10:00 UTC.
+NOW = datetime(2024, 1, 1, 10, 0, 0, tzinfo=UTC)
 COMPLETED = NOW - timedelta(hours=1)
+LONG_AGO = NOW - timedelta(hours=25)
+REQUEST = ManualRequest("hotfix for incident 42", "alice")
+
+CHECK_NAMES = [
+    "policy", "freeze", "autoMerge", "validation", "minRecords", "conflicts", "expiry", "locks", "targetLocks",
+    "window",
+]
 
 
 def policy(name: str = "default", generation: int | None = 1, **spec: Any) -> PolicyRef:
     return PolicyRef(name, generation, AutoMergePolicySpec(**spec))
 
 
-def indexing(*, passed: bool | None = True, completed_at: datetime | None = COMPLETED) -> IndexingStatus:
+def window(kind: str, schedule: str, duration: str, tz: str = "UTC") -> MergeWindow:
+    return MergeWindow(kind=kind, schedule=schedule, duration=duration, time_zone=tz)  # type: ignore[arg-type]
+
+
+OPEN_NOW = window("allow", "0 9 * * *", "2h")  # 09:00-11:00 UTC daily: open at NOW
+CLOSED_NOW = window("allow", "0 12 * * *", "1h")  # 12:00-13:00 UTC daily: opens two hours after NOW
+DENY_NOW = window("deny", "30 9 * * *", "1h")  # 09:30-10:30 UTC daily: active at NOW
+
+
+def indexing(
+    *, passed: bool | None = True, completed_at: datetime | None = COMPLETED, records: int | None = 1250,
+    event_id: str | None = "evt-1",
+) -> IndexingStatus:
     validation = None if passed is None else ValidationStatus(passed=passed, errors=[] if passed else ["bad"])
-    return IndexingStatus(indexing_id="idx-1", completed_at=completed_at, validation=validation)
+    return IndexingStatus(indexing_id="idx-1", event_id=event_id, completed_at=completed_at, validation=validation,
+                          records_indexed=records)
 
 
 def evaluate(**overrides: Any) -> MergeEvaluation:
@@ -59,6 +91,9 @@ def evaluate(**overrides: Any) -> MergeEvaluation:
         "other_locks": [],
         "policy": policy(),
         "now": NOW,
+        "target_branch": "main",
+        "target_object": "main",
+        "target_locks": [],
     }
     args.update(overrides)
     return evaluate_merge(**args)
@@ -77,6 +112,10 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+def check(evaluation: MergeEvaluation, name: str) -> Any:
+    return next(c for c in evaluation.checks if c.name == name)
+
+
 # --------------------------------------------------------------------------- the original design's cases
 
 
@@ -87,16 +126,11 @@ def test_auto_merge_when_all_conditions_pass() -> None:
     assert evaluation.should_merge
     assert evaluation.reasons == []
     assert all(c.passed for c in evaluation.checks)
-    assert [c.name for c in evaluation.checks] == [
-        "policy",
-        "autoMerge",
-        "validation",
-        "conflicts",
-        "expiry",
-        "locks",
-    ]
+    assert [c.name for c in evaluation.checks] == CHECK_NAMES
     assert evaluation.policy == "default"
     assert evaluation.policy_generation == 1
+    assert evaluation.event_id == "evt-1"
+    assert evaluation.next_evaluation is None  # merging now: nothing to wait for
     assert "default" in evaluation.message
 
 
@@ -108,23 +142,28 @@ def test_merge_blocked_by_failed_validation() -> None:
     assert "validation failed" in evaluation.message
     failing = [c for c in evaluation.checks if not c.passed]
     assert [c.name for c in failing] == ["validation"]
-    assert "bad" in failing[0].evidence
+    assert "bad" in failing[0].evidence and "evt-1" in failing[0].evidence
 
 
-# ------------------------------------------------------------------------------------------ block reasons
-
-LONG_AGO = NOW - timedelta(hours=25)
+# ------------------------------------------------------------------------------------- one check at a time
 
 SINGLE_REASON_CASES: list[tuple[str, dict[str, Any], BlockReason]] = [
     ("no policy", {"policy": None}, BlockReason.NO_MATCHING_POLICY),
+    ("frozen", {"policy": policy(freeze=MergeFreeze(reason="release 2.0"))}, BlockReason.FROZEN),
+    ("frozen until later", {"policy": policy(freeze=MergeFreeze(reason="r", until=NOW + timedelta(minutes=1)))},
+     BlockReason.FROZEN),
     ("policy disabled", {"policy": policy(enabled=False)}, BlockReason.AUTO_MERGE_DISABLED),
     ("branch opted out", {"auto_merge": False}, BlockReason.AUTO_MERGE_DISABLED),
     ("validation failed", {"indexing": indexing(passed=False)}, BlockReason.VALIDATION_FAILED),
     ("validation missing", {"indexing": indexing(passed=None)}, BlockReason.VALIDATION_FAILED),
+    ("too few records", {"policy": policy(min_records_indexed=2000)}, BlockReason.INSUFFICIENT_RECORDS),
+    ("record count unknown", {"policy": policy(min_records_indexed=1), "indexing": indexing(records=None)},
+     BlockReason.INSUFFICIENT_RECORDS),
     ("conflicts", {"conflicts": [Conflict(path="schema/user.json")]}, BlockReason.CONFLICTS_DETECTED),
     ("expired", {"indexing": indexing(completed_at=LONG_AGO)}, BlockReason.EXPIRED),
     ("completion unknown", {"indexing": indexing(completed_at=None)}, BlockReason.EXPIRED),
     ("lock held", {"other_locks": ["feature-x-write"]}, BlockReason.LOCK_HELD),
+    ("target lock held", {"target_locks": ["main-indexing-1"]}, BlockReason.TARGET_LOCK_HELD),
 ]
 
 
@@ -140,27 +179,63 @@ def test_each_block_reason_alone(overrides: dict[str, Any], reason: BlockReason)
     assert evaluation.message.startswith("Auto-merge blocked: ")
 
 
+WAIVERS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("validation failed", {"indexing": indexing(passed=False)}, {"require_validation": False}),
+    ("validation missing", {"indexing": indexing(passed=None)}, {"require_validation": False}),
+    ("conflicts", {"conflicts": [Conflict(path="x")]}, {"block_on_conflicts": False}),
+    ("very old", {"indexing": indexing(completed_at=NOW - timedelta(days=400))}, {"timeout_hours": None}),
+    ("completion unknown", {"indexing": indexing(completed_at=None)}, {"timeout_hours": None}),
+    ("lock", {"other_locks": ["w"]}, {"block_on_locks": False}),
+    ("target lock", {"target_locks": ["t"]}, {"block_on_target_locks": False}),
+    ("no record count", {"indexing": indexing(records=None)}, {"min_records_indexed": None}),
+    ("records at the minimum", {}, {"min_records_indexed": 1250}),
+    ("freeze ended", {}, {"freeze": MergeFreeze(reason="r", until=NOW)}),
+    ("no windows", {}, {"merge_windows": []}),
+]
+
+
+@pytest.mark.parametrize(("overrides", "spec"), [w[1:] for w in WAIVERS], ids=[w[0] for w in WAIVERS])
+def test_every_check_can_be_switched_off(overrides: dict[str, Any], spec: dict[str, Any]) -> None:
+    evaluation = evaluate(policy=policy(**spec), **overrides)
+    assert evaluation.decision is MergeDecision.MERGED
+    assert evaluation.reasons == []
+
+
+def test_switched_off_checks_still_show_their_evidence() -> None:
+    evaluation = evaluate(policy=policy(block_on_locks=False, block_on_conflicts=False),
+                          other_locks=["w"], conflicts=[Conflict(path="p")])
+    assert check(evaluation, "locks").evidence == "not checked by policy; held: w"
+    assert check(evaluation, "conflicts").evidence == "not blocking by policy; 1 conflict(s): p"
+
+
 def test_every_reason_at_once_in_stable_order() -> None:
     evaluation = evaluate(
         policy=None,
         auto_merge=False,
-        indexing=indexing(passed=False, completed_at=LONG_AGO),
+        indexing=indexing(passed=False, completed_at=LONG_AGO, records=None),
         conflicts=[Conflict(path="a"), Conflict(path="b")],
         other_locks=["w-lock", "m-lock"],
+        target_locks=["t-lock"],
     )
-
-    assert evaluation.reasons == list(REASON_ORDER)
-    assert evaluation.decision is MergeDecision.BLOCKED
-    for phrase in (
-        "no AutoMergePolicy",
-        "autoMerge to false",
-        "validation failed",
-        "2 merge conflict(s) (a, b)",
-    ):
-        assert phrase in evaluation.message
-    assert "more than 24h ago" in evaluation.message
-    assert "m-lock, w-lock" in evaluation.message
-    assert evaluation.message.count(".") == 1  # one sentence
+    # Without a policy, freeze, minimum and windows are not configured: the other checks all fail.
+    assert evaluation.reasons == [r for r in REASON_ORDER if r not in (
+        BlockReason.FROZEN, BlockReason.INSUFFICIENT_RECORDS, BlockReason.OUTSIDE_MERGE_WINDOW)]
+    everything = evaluate(
+        policy=policy(enabled=False, freeze=MergeFreeze(reason="code freeze"), min_records_indexed=5,
+                      merge_windows=[CLOSED_NOW]),
+        auto_merge=False,
+        indexing=indexing(passed=False, completed_at=LONG_AGO, records=None),
+        conflicts=[Conflict(path="a"), Conflict(path="b")],
+        other_locks=["w-lock", "m-lock"],
+        target_locks=["t-lock"],
+    )
+    assert everything.reasons == list(REASON_ORDER)[1:]
+    assert everything.decision is MergeDecision.BLOCKED  # a closed window alongside real blocks is no deferral
+    for phrase in ("frozen (code freeze)", "disables auto-merge", "autoMerge to false", "validation failed",
+                   "unknown number of records", "2 merge conflict(s) (a, b)", "more than 24h ago",
+                   "m-lock, w-lock", "held on target main: t-lock", "outside the merge windows"):
+        assert phrase in everything.message, phrase
+    assert everything.message.count(". ") == 0 and everything.message.endswith(".")  # one sentence
 
 
 def test_without_a_policy_the_other_checks_use_the_crd_defaults() -> None:
@@ -174,22 +249,6 @@ def test_policy_and_branch_both_disabling_is_one_reason_with_both_explained() ->
     assert evaluation.reasons == [BlockReason.AUTO_MERGE_DISABLED]
     assert "policy strict disables auto-merge" in evaluation.message
     assert "autoMerge to false" in evaluation.message
-
-
-@pytest.mark.parametrize(
-    ("overrides", "spec"),
-    [
-        ({"indexing": indexing(passed=False)}, {"require_validation": False}),
-        ({"indexing": indexing(passed=None)}, {"require_validation": False}),
-        ({"conflicts": [Conflict(path="x")]}, {"block_on_conflicts": False}),
-        ({"indexing": indexing(completed_at=NOW - timedelta(days=400))}, {"timeout_hours": None}),
-        ({"indexing": indexing(completed_at=None)}, {"timeout_hours": None}),
-    ],
-)
-def test_policy_can_waive_checks(overrides: dict[str, Any], spec: dict[str, Any]) -> None:
-    evaluation = evaluate(policy=policy(**spec), **overrides)
-    assert evaluation.decision is MergeDecision.MERGED
-    assert evaluation.reasons == []
 
 
 @pytest.mark.parametrize(
@@ -209,8 +268,20 @@ def test_timeout_boundary(age: timedelta, expired: bool) -> None:
 def test_fractional_timeout() -> None:
     evaluation = evaluate(indexing=indexing(completed_at=NOW - timedelta(minutes=31)), policy=policy(timeout_hours=0.5))
     assert evaluation.reasons == [BlockReason.EXPIRED]
-    expiry = next(c for c in evaluation.checks if c.name == "expiry")
-    assert "0.52h ago" in expiry.evidence and "limit 0.5h" in expiry.evidence
+    assert check(evaluation, "expiry").evidence == (
+        "expired at 2024-01-01T09:59:00Z: indexing completed 2024-01-01T09:29:00Z (timeoutHours 0.5)")
+
+
+def test_expiry_is_re_evaluated_just_after_the_limit() -> None:
+    evaluation = evaluate(other_locks=["w"])  # blocked for another reason, still in time
+    assert check(evaluation, "expiry").evidence == (
+        "indexing completed 2024-01-01T09:00:00Z; in time until 2024-01-02T09:00:00Z (timeoutHours 24)")
+    assert evaluation.next_evaluation == COMPLETED + timedelta(hours=24, seconds=1)
+    later = evaluate(other_locks=["w"], now=evaluation.next_evaluation)
+    assert BlockReason.EXPIRED in later.reasons and later.next_evaluation is None
+
+
+# ------------------------------------------------------------------------------------ dry run, freeze, evidence
 
 
 def test_dry_run_records_would_merge() -> None:
@@ -228,23 +299,157 @@ def test_dry_run_still_blocks() -> None:
     assert evaluation.decision is MergeDecision.BLOCKED
 
 
+def test_freeze_evidence_and_wake_up() -> None:
+    until = NOW + timedelta(hours=3)
+    frozen = evaluate(policy=policy(freeze=MergeFreeze(reason="quarter close", until=until)))
+    assert check(frozen, "freeze").evidence == "frozen until 2024-01-01T13:00:00Z: quarter close"
+    assert frozen.next_evaluation == until  # the freeze ending wakes the branch
+    indefinite = evaluate(policy=policy(freeze=MergeFreeze(reason="incident")))
+    assert check(indefinite, "freeze").evidence == "frozen until lifted: incident"
+    thawed = evaluate(policy=policy(freeze=MergeFreeze(reason="quarter close", until=until)), now=until)
+    assert thawed.decision is MergeDecision.MERGED
+    assert check(thawed, "freeze").evidence == "freeze ended at 2024-01-01T13:00:00Z"
+
+
 @pytest.mark.parametrize("phase", [Phase.ACTIVE, Phase.LOCKED_FOR_WRITE, Phase.ERROR, None])
 def test_only_ready_branches_are_evaluated(phase: Phase | None) -> None:
     with pytest.raises(ValueError, match="READY"):
         evaluate(phase=phase)
 
 
-def test_evidence_names_the_policy_and_the_locks() -> None:
-    evaluation = evaluate(policy=policy("p1", generation=7, priority=5), other_locks=["b", "a"])
+def test_evidence_names_the_policy_event_locks_and_target() -> None:
+    evaluation = evaluate(policy=policy("p1", generation=7, priority=5), other_locks=["b", "a"],
+                          target_locks=["main-write-1"], target_object="main-branch")
     evidence = {c.name: c.evidence for c in evaluation.checks}
     assert evidence["policy"] == "governed by policy p1 (priority 5, generation 7)"
     assert evidence["locks"] == "held: a, b"
-    assert "1.00h ago" in evidence["expiry"]
+    assert evidence["targetLocks"] == "target main (Branch main-branch): held: main-write-1"
+    assert evidence["validation"] == "validation passed (event evt-1)"
+    assert evidence["minRecords"] == "no minimum configured"
+    assert evidence["window"] == "no merge windows configured"
+    assert evidence["freeze"] == "no freeze"
+
+
+def test_target_without_a_branch_object_has_no_locks() -> None:
+    evaluation = evaluate(target_object=None, target_locks=[])
+    assert check(evaluation, "targetLocks").evidence == "target main has no Branch in this namespace"
+    assert evaluation.should_merge
+
+
+def test_ties_are_reported_in_the_evidence() -> None:
+    evaluation = evaluate(policy=policy("alpha", priority=3), tied=["alpha", "zeta", "beta"])
+    assert check(evaluation, "policy").evidence.endswith("tied at priority 3 with beta, zeta, chosen by name order")
 
 
 def test_long_lists_are_abbreviated() -> None:
     evaluation = evaluate(other_locks=[f"lock-{i}" for i in range(12)])
     assert "and 7 more" in evaluation.message
+
+
+# ------------------------------------------------------------------------------------------- merge windows
+
+
+def test_outside_the_allow_windows_is_deferred_to_the_next_opening() -> None:
+    evaluation = evaluate(policy=policy(merge_windows=[CLOSED_NOW]))
+
+    assert evaluation.decision is MergeDecision.DEFERRED
+    assert evaluation.reasons == [BlockReason.OUTSIDE_MERGE_WINDOW]
+    assert evaluation.next_evaluation == datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+    assert check(evaluation, "window").evidence == "outside every allow window; next opening 2024-01-01T12:00:00Z"
+    assert evaluation.message == (
+        "Auto-merge deferred: outside the merge windows (next opening 2024-01-01T12:00:00Z).")
+    opened = evaluate(policy=policy(merge_windows=[CLOSED_NOW]), now=evaluation.next_evaluation)
+    assert opened.decision is MergeDecision.MERGED
+
+
+def test_inside_an_allow_window_merges() -> None:
+    evaluation = evaluate(policy=policy(merge_windows=[CLOSED_NOW, OPEN_NOW]))
+    assert evaluation.should_merge
+    assert check(evaluation, "window").evidence == (
+        "inside allow '0 9 * * *' for 2h (UTC) from 2024-01-01T09:00:00Z until 2024-01-01T11:00:00Z")
+
+
+def test_deny_beats_allow_and_defers_to_its_end() -> None:
+    evaluation = evaluate(policy=policy(merge_windows=[OPEN_NOW, DENY_NOW]))
+    assert evaluation.decision is MergeDecision.DEFERRED
+    assert evaluation.next_evaluation == datetime(2024, 1, 1, 10, 30, tzinfo=UTC)
+    assert "denied by deny '30 9 * * *' for 1h (UTC)" in check(evaluation, "window").evidence
+    assert "a deny merge window is active" in evaluation.message
+
+
+def test_only_deny_windows_leave_the_rest_of_the_time_open() -> None:
+    quiet = window("deny", "0 22 * * *", "10h")  # nights
+    assert evaluate(policy=policy(merge_windows=[quiet])).should_merge
+    night = evaluate(policy=policy(merge_windows=[quiet]), now=NOW.replace(hour=23))
+    assert night.decision is MergeDecision.DEFERRED
+    assert night.next_evaluation == datetime(2024, 1, 2, 8, 0, tzinfo=UTC)
+
+
+def test_a_blocked_branch_inside_a_window_wakes_when_it_closes() -> None:
+    evaluation = evaluate(policy=policy(merge_windows=[OPEN_NOW]), other_locks=["w"])
+    assert evaluation.decision is MergeDecision.BLOCKED
+    assert evaluation.next_evaluation == datetime(2024, 1, 1, 11, 0, tzinfo=UTC)
+
+
+def test_weekday_window_in_a_time_zone() -> None:
+    # The issue's example: weekdays from 09:00 for 9h in Asia/Seoul (UTC+9): 00:00-09:00 UTC, Mon-Fri.
+    seoul = policy(merge_windows=[window("allow", "0 9 * * 1-5", "9h", "Asia/Seoul")], timeout_hours=72)
+    saturday = datetime(2024, 1, 6, 3, 0, tzinfo=UTC)
+    deferred = evaluate(policy=seoul, now=saturday, indexing=indexing(completed_at=saturday))
+    assert deferred.next_evaluation == datetime(2024, 1, 8, 0, 0, tzinfo=UTC)  # Monday 09:00 KST
+    assert evaluate(policy=seoul, now=datetime(2024, 1, 8, 8, 59, tzinfo=UTC),
+                    indexing=indexing(completed_at=saturday + timedelta(days=2))).should_merge
+
+
+def test_invalid_windows_raise_for_the_caller_to_reject_the_policy() -> None:
+    with pytest.raises(ValueError, match="mergeWindows\\[0\\]"):
+        evaluate(policy=policy(merge_windows=[window("allow", "61 * * * *", "1h")]))
+
+
+# ----------------------------------------------------------------------------------------------- break-glass
+
+
+def test_merge_request_bypasses_enabled_windows_and_expiry() -> None:
+    evaluation = evaluate(
+        policy=policy(enabled=False, merge_windows=[CLOSED_NOW]), auto_merge=False,
+        indexing=indexing(completed_at=LONG_AGO), manual=REQUEST,
+    )
+    assert evaluation.decision is MergeDecision.MERGED
+    assert evaluation.manual == REQUEST
+    for name in ("autoMerge", "expiry", "window"):
+        assert check(evaluation, name).evidence.endswith("bypassed by merge request from alice"), name
+    assert "merge request of alice" in evaluation.message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"indexing": indexing(passed=False)}, BlockReason.VALIDATION_FAILED),
+        ({"policy": None}, BlockReason.NO_MATCHING_POLICY),
+        ({"policy": policy(freeze=MergeFreeze(reason="r"))}, BlockReason.FROZEN),
+        ({"conflicts": [Conflict(path="x")]}, BlockReason.CONFLICTS_DETECTED),
+        ({"other_locks": ["w"]}, BlockReason.LOCK_HELD),
+        ({"target_locks": ["t"]}, BlockReason.TARGET_LOCK_HELD),
+        ({"policy": policy(min_records_indexed=10**6)}, BlockReason.INSUFFICIENT_RECORDS),
+    ],
+)
+def test_merge_request_does_not_bypass_the_other_checks(overrides: dict[str, Any], reason: BlockReason) -> None:
+    evaluation = evaluate(manual=REQUEST, **overrides)
+    assert evaluation.decision is MergeDecision.BLOCKED
+    assert evaluation.reasons == [reason]
+    assert evaluation.message.startswith("Merge request blocked: ")
+
+
+def test_policy_may_let_a_merge_request_through_failed_validation() -> None:
+    lenient = policy(allow_manual_merge_with_failed_validation=True)
+    assert evaluate(policy=lenient, indexing=indexing(passed=False)).reasons == [BlockReason.VALIDATION_FAILED]
+    forced = evaluate(policy=lenient, indexing=indexing(passed=False), manual=REQUEST)
+    assert forced.should_merge
+    assert "accepted for a merge request" in check(forced, "validation").evidence
+
+
+def test_merge_request_under_dry_run_only_would_merge() -> None:
+    assert evaluate(policy=policy(dry_run=True, enabled=False), manual=REQUEST).decision is MergeDecision.WOULD_MERGE
 
 
 # ------------------------------------------------------------------------------------------------- matching
@@ -431,6 +636,55 @@ def test_a_disabled_policy_is_selected_and_blocks() -> None:
     assert evaluate(policy=selection.policy).reasons == [BlockReason.AUTO_MERGE_DISABLED]
 
 
+# ------------------------------------------------------------------------------------------------- review
+
+
+def test_review_rejects_invalid_windows_as_a_whole() -> None:
+    bad = policy("bad", merge_windows=[OPEN_NOW, window("allow", "0 9 * * *", "2h", "Mars/Olympus")])
+    good = policy("good")
+    review = review_policies([bad, good])
+    assert [p.name for p in review.accepted] == ["good"]
+    reason, message = review.rejected["bad"]
+    assert reason == "InvalidSpec" and "mergeWindows[1]" in message and "Mars/Olympus" in message
+
+
+def test_review_rejects_an_exact_duplicate_of_an_earlier_name() -> None:
+    a = policy("a-first", priority=5, branch_name_patterns=["feature/*", "fix/*"], target_branches=["main"])
+    b = policy("b-second", priority=5, branch_name_patterns=["fix/*", "feature/*"], target_branches=["main"],
+               dry_run=True)
+    c = policy("c-other-priority", priority=6, branch_name_patterns=["feature/*", "fix/*"], target_branches=["main"])
+    for ordering in ([a, b, c], [c, b, a]):
+        review = review_policies(ordering)
+        assert [p.name for p in review.accepted] == ["a-first", "c-other-priority"]
+        assert review.rejected["b-second"][0] == "ConflictingPolicy"
+        assert "policy a-first" in review.rejected["b-second"][1]
+
+
+def test_review_treats_an_empty_selector_like_none() -> None:
+    review = review_policies([policy("x"), policy("y", branch_selector=LabelSelector())])
+    assert list(review.rejected) == ["y"]
+
+
+def test_partial_overlap_is_a_reported_tie_not_a_conflict() -> None:
+    review = review_policies([policy("a", priority=1, branch_name_patterns=["feature/*"]), policy("b", priority=1)])
+    assert review.rejected == {}
+
+
+def test_blocking_locks_and_target_lookup() -> None:
+    locks = [
+        {"metadata": {"name": "x-indexing"}, "spec": {"branch": "x", "lockType": "INDEXING"}},
+        {"metadata": {"name": "x-write"}, "spec": {"branch": "x", "lockType": "WRITE"}},
+        {"metadata": {"name": "y-merge"}, "spec": {"branch": "y", "lockType": "MERGE"}},
+    ]
+    assert blocking_locks(locks, "x", include_indexing=False) == ["x-write"]
+    assert blocking_locks(locks, "x", include_indexing=True) == ["x-indexing", "x-write"]
+    branches = [{"metadata": {"name": n}, "spec": {"branchName": b}} for n, b in
+                (("z-main", "main"), ("a-main", "main"), ("dev", "develop"))]
+    found = target_branch_object(branches, "main")
+    assert found is not None and found["metadata"]["name"] == "a-main"
+    assert target_branch_object(branches, "release") is None
+
+
 # -------------------------------------------------------------------------------------------- status patch
 
 
@@ -440,20 +694,30 @@ def apply(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def test_blocked_patch() -> None:
+def test_blocked_patch_carries_the_whole_trace() -> None:
     evaluation = evaluate(other_locks=["w"], conflicts=[Conflict(path="p")])
 
     patch = merge_status_patch(evaluation, now=NOW, target_branch="main", merged=False)
 
-    assert patch["merge"] == {
+    merge = patch["merge"]
+    assert {k: merge[k] for k in ("decision", "reasons", "message", "policy", "policyGeneration", "eventId",
+                                  "targetBranch", "evaluatedAt", "mergedAt", "mergeId")} == {
         "decision": "Blocked",
         "reasons": ["ConflictsDetected", "LockHeld"],
         "message": evaluation.message,
         "policy": "default",
-        "mergedAt": None,
+        "policyGeneration": 1,
+        "eventId": "evt-1",
         "targetBranch": "main",
-        "evaluatedAt": "2024-01-02T10:00:00Z",
+        "evaluatedAt": "2024-01-01T10:00:00Z",
+        "mergedAt": None,
+        "mergeId": None,
     }
+    assert [c["name"] for c in merge["checks"]] == CHECK_NAMES
+    locks = next(c for c in merge["checks"] if c["name"] == "locks")
+    assert locks == {"name": "locks", "passed": False, "reason": "LockHeld", "evidence": "held: w"}
+    assert "reason" not in next(c for c in merge["checks"] if c["name"] == "validation")
+    assert merge["nextEvaluationTime"] == "2024-01-02T09:00:01Z"  # the expiry
     assert "phase" not in patch
     mergeable = find_condition(patch["conditions"], "Mergeable")
     assert mergeable is not None
@@ -465,7 +729,14 @@ def test_blocked_patch() -> None:
     apply({"phase": "READY"}, patch)
 
 
-def test_would_merge_patch() -> None:
+def test_deferred_and_would_merge_patches() -> None:
+    deferred = merge_status_patch(evaluate(policy=policy(merge_windows=[CLOSED_NOW])), now=NOW,
+                                  target_branch="main", merged=False)
+    assert deferred["merge"]["decision"] == "Deferred"
+    assert deferred["merge"]["nextEvaluationTime"] == "2024-01-01T12:00:00Z"
+    mergeable = find_condition(deferred["conditions"], "Mergeable")
+    assert mergeable is not None and (mergeable["status"], mergeable["reason"]) == ("False", "OutsideMergeWindow")
+
     patch = merge_status_patch(evaluate(policy=policy(dry_run=True)), now=NOW, target_branch="main", merged=False)
     mergeable = find_condition(patch["conditions"], "Mergeable")
     assert patch["merge"]["decision"] == "WouldMerge"
@@ -475,12 +746,15 @@ def test_would_merge_patch() -> None:
 def test_merged_patch_moves_the_branch_to_active() -> None:
     existing = [{"type": "Indexed", "status": "True", "lastTransitionTime": "2024-01-01T00:00:00Z", "reason": "X"}]
 
-    patch = merge_status_patch(evaluate(), now=NOW, target_branch="main", merged=True, conditions=existing)
+    patch = merge_status_patch(evaluate(), now=NOW, target_branch="main", merged=True, conditions=existing,
+                               merge_id="merge-abc")
 
     assert patch["phase"] == "ACTIVE"
-    assert patch["phaseTransitionTime"] == "2024-01-02T10:00:00Z"
+    assert patch["phaseTransitionTime"] == "2024-01-01T10:00:00Z"
     assert patch["merge"]["decision"] == "Merged"
-    assert patch["merge"]["mergedAt"] == "2024-01-02T10:00:00Z"
+    assert patch["merge"]["mergedAt"] == "2024-01-01T10:00:00Z"
+    assert patch["merge"]["mergeId"] == "merge-abc"
+    assert patch["merge"]["announcedAt"] is None
     assert [c["type"] for c in patch["conditions"]] == ["Indexed", "Mergeable"]
     mergeable = find_condition(patch["conditions"], "Mergeable")
     assert mergeable is not None and (mergeable["status"], mergeable["reason"]) == ("False", "Merged")
@@ -488,37 +762,64 @@ def test_merged_patch_moves_the_branch_to_active() -> None:
     assert after["phase"] == "ACTIVE"
 
 
+def test_manual_merge_is_recorded_with_reason_and_requester() -> None:
+    patch = merge_status_patch(evaluate(manual=REQUEST), now=NOW, target_branch="main", merged=True, merge_id="m")
+    assert patch["merge"]["manualRequest"] == {
+        "reason": "hotfix for incident 42", "requestedBy": "alice", "outcome": "Merged",
+        "message": patch["merge"]["message"], "at": "2024-01-01T10:00:00Z"}
+    assert "merge request of alice" in patch["merge"]["message"]
+
+
+def test_a_refused_request_stays_visible_through_later_evaluations() -> None:
+    refused = evaluate(manual=REQUEST, other_locks=["w"])
+    status = apply({"phase": "READY"}, merge_status_patch(refused, now=NOW, target_branch="main", merged=False))
+    assert status["merge"]["manualRequest"]["outcome"] == "Blocked"
+    assert merge_changed(status, refused)  # a request is always answered
+    later = evaluate(other_locks=["w"])
+    status = apply(status, merge_status_patch(later, now=NOW, target_branch="main", merged=False))
+    assert status["merge"]["manualRequest"]["reason"] == "hotfix for incident 42"
+    assert not merge_changed(status, later)
+
+
 def test_recording_a_merge_requires_a_merged_evaluation() -> None:
     with pytest.raises(ValueError):
         merge_status_patch(evaluate(other_locks=["x"]), now=NOW, target_branch="main", merged=True)
+    with pytest.raises(ValueError):  # a Merged evaluation is either carried out or failed
+        merge_status_patch(evaluate(), now=NOW, target_branch="main", merged=False)
 
 
-def test_merge_not_carried_out() -> None:
-    failed = merge_status_patch(evaluate(), now=NOW, target_branch="main", merged=False, merge_error="409 conflict")
+def test_failed_merge_keeps_the_branch_ready_with_a_retry_time() -> None:
+    retry = NOW + timedelta(minutes=5)
+    failed = merge_status_patch(evaluate(), now=NOW, target_branch="main", merged=False,
+                                merge_error="merge endpoint answered 503", merge_id="merge-k", attempts=2,
+                                retry_at=retry)
     assert failed["merge"]["decision"] == "Failed"
-    assert "409 conflict" in failed["merge"]["message"]
+    assert "503" in failed["merge"]["message"]
+    assert (failed["merge"]["mergeId"], failed["merge"]["attempts"]) == ("merge-k", 2)
+    assert failed["merge"]["nextEvaluationTime"] == "2024-01-01T10:05:00Z"
     assert "phase" not in failed
-
-    pending = merge_status_patch(evaluate(), now=NOW, target_branch="main", merged=False)
-    assert pending["merge"]["decision"] == "Deferred"
-    mergeable = find_condition(pending["conditions"], "Mergeable")
-    assert mergeable is not None and (mergeable["status"], mergeable["reason"]) == ("True", "MergePending")
+    mergeable = find_condition(failed["conditions"], "Mergeable")
+    assert mergeable is not None and (mergeable["status"], mergeable["reason"]) == ("True", "MergeFailed")
+    apply({"phase": "READY"}, failed)
 
 
 def test_merge_changed_ignores_time_and_sees_real_changes() -> None:
     first = evaluate(other_locks=["w"])
     status = apply({"phase": "READY"}, merge_status_patch(first, now=NOW, target_branch="main", merged=False))
 
-    # Re-evaluating an hour later: the age moved, the outcome did not; nothing to write.
+    # Re-evaluating an hour later: the evidence is written in absolute times, so nothing changed.
     later = evaluate(other_locks=["w"], now=NOW + timedelta(hours=1))
-    assert later.checks != first.checks  # the evidence reflects the new age
+    assert later.checks == first.checks
     assert not merge_changed(status, later)
     assert not merge_changed(status, later, target_branch="main")
     assert merge_changed(status, later, target_branch="develop")
 
     assert merge_changed(status, evaluate(other_locks=["w", "v"]))
     assert merge_changed(status, evaluate(other_locks=["w"], policy=policy("other")))
+    assert merge_changed(status, evaluate(other_locks=["w"], policy=policy(generation=2)))
+    assert merge_changed(status, evaluate(other_locks=["w"], indexing=indexing(event_id="evt-2")))
     assert merge_changed(status, evaluate(policy=policy(dry_run=True)))
+    assert merge_changed(status, evaluate(other_locks=["w"], manual=REQUEST))
     assert merge_changed({"phase": "READY"}, first)
 
     without_condition = {k: v for k, v in status.items() if k != "conditions"}
@@ -529,14 +830,82 @@ def test_a_merged_evaluation_always_needs_action() -> None:
     assert merge_changed({}, evaluate())
 
 
+def test_merge_key_is_stable_and_distinct() -> None:
+    key = merge_key("uid-1", "evt-1")
+    assert key == merge_key("uid-1", "evt-1") and key.startswith("merge-") and len(key) == 38
+    assert len({key, merge_key("uid-2", "evt-1"), merge_key("uid-1", "evt-2"), merge_key("uid-1", None, "idx-1")}) == 4
+    assert merge_key("uid-1", "evt-1", "idx-1") == key  # the indexing id only stands in for a missing event id
+
+
+# ------------------------------------------------------------------------------------------- policy status
+
+
+def policy_obj(name: str, generation: int = 1, status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "generation": generation}, "spec": spec, "status": status or {}}
+
+
+def branch_obj(name: str, branch_name: str, target: str = "main", **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels}, "spec": {"branchName": branch_name, "targetBranch": target}}
+
+
+BRANCHES = [branch_obj("a", "feature/a"), branch_obj("b", "feature/b", team="x"), branch_obj("c", "hotfix/c")]
+
+
+def test_policy_statuses_count_matches_and_wins() -> None:
+    views = policy_statuses(
+        [policy_obj("general"), policy_obj("features", priority=5, branchNamePatterns=["feature/*"]),
+         policy_obj("later-dup", priority=5, branchNamePatterns=["feature/*"]),
+         policy_obj("bad-cron", mergeWindows=[{"kind": "allow", "schedule": "every day", "duration": "1h"}]),
+         policy_obj("bad-schema", priority="high")],
+        BRANCHES,
+    )
+    assert (views["general"].accepted, views["general"].matched, views["general"].governed) == (True, 3, 1)
+    assert (views["features"].matched, views["features"].governed) == (2, 2)
+    dup = views["later-dup"]
+    assert (dup.accepted, dup.reason, dup.matched, dup.governed) == (False, "ConflictingPolicy", 2, 0)
+    assert "policy features" in dup.message
+    assert (views["bad-cron"].accepted, views["bad-cron"].reason) == (False, "InvalidSpec")
+    assert "expected 5 fields" in views["bad-cron"].message
+    assert (views["bad-schema"].accepted, views["bad-schema"].reason) == (False, "InvalidSpec")
+    assert "priority" in views["bad-schema"].message
+
+
+def test_policy_status_patch_writes_only_changes() -> None:
+    view = policy_statuses([policy_obj("p")], BRANCHES)["p"]
+    first = policy_status_patch(view, {}, generation=1, now=NOW)
+    assert first is not None
+    assert (first["observedGeneration"], first["matchedBranches"], first["governedBranches"]) == (1, 3, 3)
+    assert first["lastEvaluationTime"] == "2024-01-01T10:00:00Z"
+    accepted = find_condition(first["conditions"], "Accepted")
+    assert accepted is not None and (accepted["status"], accepted["reason"]) == ("True", "Valid")
+    assert policy_status_patch(view, first, generation=1, now=NOW + timedelta(hours=1)) is None
+    assert policy_status_patch(view, first, generation=2, now=NOW) is not None
+    fewer = policy_statuses([policy_obj("p")], BRANCHES[:1])["p"]
+    assert policy_status_patch(fewer, first, generation=1, now=NOW) is not None
+
+
 # --------------------------------------------------------------------------------------------- properties
 
+_windows = st.lists(
+    st.sampled_from([OPEN_NOW, CLOSED_NOW, DENY_NOW, window("deny", "0 0 * * 6,0", "48h"),
+                     window("allow", "0 9 * * 1-5", "9h", "Asia/Seoul")]),
+    max_size=3,
+)
+_freeze = st.none() | st.builds(
+    MergeFreeze, reason=st.just("freeze"), until=st.none() | st.sampled_from([NOW - timedelta(hours=1),
+                                                                              NOW + timedelta(hours=1)]))
 _specs = st.builds(
     AutoMergePolicySpec,
     enabled=st.booleans(),
     require_validation=st.booleans(),
     block_on_conflicts=st.booleans(),
+    block_on_locks=st.booleans(),
+    block_on_target_locks=st.booleans(),
     timeout_hours=st.none() | st.floats(min_value=0.01, max_value=1000),
+    min_records_indexed=st.none() | st.integers(0, 3000),
+    merge_windows=_windows,
+    freeze=_freeze,
+    allow_manual_merge_with_failed_validation=st.booleans(),
     priority=st.integers(-1000, 1000),
     dry_run=st.booleans(),
 )
@@ -547,12 +916,16 @@ _validation = st.none() | st.builds(
 _indexing = st.none() | st.builds(
     IndexingStatus,
     indexing_id=st.just("idx"),
+    event_id=st.none() | st.just("evt"),
+    records_indexed=st.none() | st.integers(0, 3000),
     completed_at=st.none()
-    | st.datetimes(min_value=datetime(2023, 1, 1), max_value=datetime(2024, 1, 3), timezones=st.just(UTC)),
+    | st.datetimes(min_value=datetime(2023, 1, 1), max_value=datetime(2024, 1, 2), timezones=st.just(UTC)),
     validation=_validation,
 )
 _conflicts = st.lists(st.builds(Conflict, path=st.text(min_size=1, max_size=20)), max_size=4)
 _locks = st.lists(st.text(min_size=1, max_size=20), max_size=4)
+_manual = st.none() | st.builds(ManualRequest, reason=st.text(min_size=1, max_size=30),
+                                requested_by=st.none() | st.just("bob"))
 
 
 def _inputs() -> st.SearchStrategy[dict[str, Any]]:
@@ -564,7 +937,12 @@ def _inputs() -> st.SearchStrategy[dict[str, Any]]:
             "conflicts": _conflicts,
             "other_locks": _locks,
             "policy": _policies,
-            "now": st.just(NOW),
+            "now": st.datetimes(min_value=datetime(2023, 12, 30), max_value=datetime(2024, 1, 3),
+                                timezones=st.just(UTC)),
+            "target_branch": st.just("main"),
+            "target_object": st.none() | st.just("main"),
+            "target_locks": _locks,
+            "manual": _manual,
         }
     )
 
@@ -574,14 +952,17 @@ def _inputs() -> st.SearchStrategy[dict[str, Any]]:
 def test_failed_validation_with_require_validation_never_merges(
     inputs: dict[str, Any], spec: AutoMergePolicySpec
 ) -> None:
+    # ...unless a merge request is made under a policy that explicitly allows it (the only exception).
     inputs["policy"] = PolicyRef("p", 1, spec.model_copy(update={"require_validation": True}))
     base = inputs["indexing"] or IndexingStatus()
     inputs["indexing"] = base.model_copy(update={"validation": ValidationStatus(passed=False)})
+    excepted = inputs["manual"] is not None and spec.allow_manual_merge_with_failed_validation
 
     evaluation = evaluate_merge(**inputs)
 
-    assert evaluation.decision not in (MergeDecision.MERGED, MergeDecision.WOULD_MERGE)
-    assert BlockReason.VALIDATION_FAILED in evaluation.reasons
+    if not excepted:
+        assert evaluation.decision not in (MergeDecision.MERGED, MergeDecision.WOULD_MERGE)
+        assert BlockReason.VALIDATION_FAILED in evaluation.reasons
 
 
 @settings(max_examples=300, deadline=None)
@@ -593,30 +974,68 @@ def test_evaluation_is_deterministic(inputs: dict[str, Any]) -> None:
     shuffled = dict(
         inputs,
         other_locks=list(reversed(inputs["other_locks"])),
+        target_locks=list(reversed(inputs["target_locks"])),
         conflicts=list(reversed(inputs["conflicts"])),
     )
-    again = evaluate_merge(**shuffled)
-    assert (again.decision, again.reasons, again.message) == (first.decision, first.reasons, first.message)
+    assert evaluate_merge(**shuffled) == first
 
 
 @settings(max_examples=300, deadline=None)
 @given(inputs=_inputs())
-def test_reasons_are_empty_iff_the_branch_may_merge(inputs: dict[str, Any]) -> None:
+def test_reasons_and_decision_agree(inputs: dict[str, Any]) -> None:
     evaluation = evaluate_merge(**inputs)
 
     assert (evaluation.reasons == []) == (evaluation.decision in (MergeDecision.MERGED, MergeDecision.WOULD_MERGE))
+    assert (evaluation.decision is MergeDecision.DEFERRED) == (
+        evaluation.reasons == [BlockReason.OUTSIDE_MERGE_WINDOW])
     assert evaluation.reasons == [r for r in REASON_ORDER if r in evaluation.reasons]  # ordered, no repeats
     assert evaluation.reasons == [c.reason for c in evaluation.checks if not c.passed]
+    assert [c.name for c in evaluation.checks] == CHECK_NAMES
     assert (inputs["policy"] is None) == (BlockReason.NO_MATCHING_POLICY in evaluation.reasons)
+    if evaluation.next_evaluation is not None:
+        assert evaluation.next_evaluation > inputs["now"]
+        assert evaluation.decision is not MergeDecision.MERGED
+
+
+@settings(max_examples=300, deadline=None)
+@given(inputs=_inputs())
+def test_dry_run_never_merges_and_freeze_always_blocks(inputs: dict[str, Any]) -> None:
+    evaluation = evaluate_merge(**inputs)
+    policy_ref = inputs["policy"]
+    if policy_ref is not None and policy_ref.spec.dry_run:
+        assert evaluation.decision is not MergeDecision.MERGED
+    freeze = policy_ref.spec.freeze if policy_ref is not None else None
+    if freeze is not None and (freeze.until is None or inputs["now"] < freeze.until):
+        assert evaluation.decision is MergeDecision.BLOCKED  # a merge request does not thaw a freeze
+
+
+@settings(max_examples=300, deadline=None)
+@given(inputs=_inputs())
+def test_an_active_deny_window_beats_everything_but_a_merge_request(inputs: dict[str, Any]) -> None:
+    inputs["policy"] = policy(merge_windows=[OPEN_NOW, DENY_NOW])
+    inputs["now"] = NOW + timedelta(minutes=15)  # inside both
+    evaluation = evaluate_merge(**inputs)
+    if inputs["manual"] is None:
+        assert evaluation.decision in (MergeDecision.DEFERRED, MergeDecision.BLOCKED)
+        assert BlockReason.OUTSIDE_MERGE_WINDOW in evaluation.reasons
+    else:
+        assert BlockReason.OUTSIDE_MERGE_WINDOW not in evaluation.reasons
 
 
 @settings(max_examples=200, deadline=None)
 @given(inputs=_inputs())
 def test_recorded_evaluation_is_unchanged_and_fits_the_crd(inputs: dict[str, Any]) -> None:
     evaluation = evaluate_merge(**inputs)
+    if evaluation.decision is MergeDecision.MERGED:
+        patch = merge_status_patch(evaluation, now=NOW, target_branch="main", merged=True, merge_id="merge-x")
+        apply({"phase": "READY"}, patch)
+        assert merge_changed({"phase": "READY"}, evaluation)
+        return
     patch = merge_status_patch(evaluation, now=NOW, target_branch="main", merged=False)
     status = apply({"phase": "READY"}, patch)
-    assert merge_changed(status, evaluation) is (evaluation.decision is MergeDecision.MERGED)
+    answered = evaluation.manual is not None  # a merge request is always answered, and recorded
+    assert merge_changed(status, evaluation) is answered
+    assert merge_changed(status, evaluation, target_branch="main") is answered
 
 
 @given(name=st.text(alphabet="ab/-.", max_size=12))

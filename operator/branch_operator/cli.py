@@ -33,7 +33,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.peering:
         overrides["peering"] = args.peering
     settings = Settings(**overrides)
-    kopf.configure(verbose=args.log_level.upper() == "DEBUG")
     kopf.run(
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces or (),
@@ -76,6 +75,17 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import read_file, run
+
+    try:
+        return asyncio.run(run(read_file(args.file), namespace=args.namespace, kubeconfig=args.kubeconfig,
+                               context=args.context))
+    except (OSError, ValueError) as exc:  # unreadable file, not an AutoMergePolicy: one clear line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -152,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--binary", action="store_true", help="binary mode (ce-* headers) instead of structured")
     pub.add_argument("--nats", help="NATS URL (default $NATS_URL)")
     pub.set_defaults(fn=_cmd_publish)
+
+    sim = sub.add_parser("simulate", help="what a proposed AutoMergePolicy would merge, block or defer, and why")
+    sim.add_argument("-f", "--file", required=True, help="YAML with one or more AutoMergePolicies ('-' = stdin)")
+    sim.add_argument("--namespace", "-n", help="default: the policy's metadata.namespace, else the context's")
+    sim.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, then $KUBECONFIG)")
+    sim.add_argument("--context", help="kubeconfig context")
+    sim.set_defaults(fn=_cmd_simulate)
+
+    from .dlq import add_parser as add_dlq_parser
+
+    add_dlq_parser(sub)  # dlq list / dlq replay
     return p
 
 

@@ -6,8 +6,9 @@ Every setting has a production-sensible default; the Helm chart sets these varia
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,8 +20,9 @@ class Settings(BaseSettings):
         "nats://localhost:4222", validation_alias=AliasChoices("NATS_URL", "OMS_NATS_URL", "nats_url")
     )
     nats_user: str | None = None
-    nats_password: str | None = Field(None, repr=False)
-    nats_token: str | None = Field(None, repr=False)
+    # SecretStr: masked in repr(), str() and model_dump(); only connect_options() reads the value.
+    nats_password: SecretStr | None = Field(None, repr=False)
+    nats_token: SecretStr | None = Field(None, repr=False)
     nats_creds_file: Path | None = None  # NATS decentralised-auth .creds file
     nats_nkey_seed_file: Path | None = None
     nats_tls_ca_file: Path | None = None
@@ -68,8 +70,32 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = 60.0
     peering: str | None = None  # kopf peering name for HA; None = standalone
 
+    # --- Merge execution (issue 4): "event" announces com.oms.branch.merged; "webhook" POSTs to OMS first
+    merge_backend: Literal["event", "webhook"] = "event"
+    merge_webhook_url: str | None = None
+    merge_webhook_timeout_seconds: float = 10.0
+    merge_webhook_retries: int = 3  # attempts after the first, on 5xx/408/429/transport errors
+    merge_webhook_backoff_seconds: float = 1.0  # doubled per retry
+    merge_webhook_backoff_max_seconds: float = 30.0
+    merge_webhook_auth_header_file: Path | None = None  # file holding the Authorization header value
+    merge_retry_interval_seconds: float = 300.0  # a Failed merge is tried again after this long
+
     # --- Health / metrics
     health_port: int = 8080
+    # Prometheus /metrics: on the health port; a separate listener when set (0 = any free port). With the
+    # health port off (0, as in the embedded environment) metrics get a listener on a free port anyway.
+    metrics_enabled: bool = True
+    metrics_port: int | None = None
+
+    # --- Operations (issue 5): notifications and locks
+    # Generic JSON webhook for incidents (indexing failures, merges blocked too long, expired locks,
+    # failed merges); unset = NATS notifications only.
+    notify_webhook_url: str | None = Field(None, repr=False)
+    notify_webhook_format: str = "json"  # "json" or "slack" (a Slack incoming-webhook payload)
+    notify_webhook_retries: int = 5
+    notify_webhook_timeout_seconds: float = 5.0
+    # A READY branch whose merge stays blocked this long is an incident (0 = never notify).
+    notify_blocked_after_seconds: float = 3600.0
 
     @field_validator("watch_namespaces")
     @classmethod

@@ -15,11 +15,13 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
+from . import guard
 from .config import Settings
 from .domain.audit import AuditAction, AuditRecord
 from .emit import Emitter
@@ -84,9 +86,8 @@ class IndexingConsumer:
                 failures = 0
                 log.info("consuming %s via durable consumer %s", kind, durable)
                 while self.bus.epoch == epoch:
-                    try:
-                        msgs = await sub.fetch(self.settings.fetch_batch, timeout=1.0)
-                    except nats.errors.TimeoutError:
+                    msgs = await self._next_batch(sub)
+                    if not msgs:
                         continue
                     await asyncio.gather(*(self.handle_msg(m) for m in msgs))
                 # Reconnected: the old pull subscription may be dead (nats.py issue 504); bind again.
@@ -99,7 +100,8 @@ class IndexingConsumer:
                 self.attached[durable] = False
                 failures += 1
                 delay = backoff_seconds(failures, cap=10.0)
-                log.warning("consumer %s unavailable (%s); retrying in %.1fs", durable, exc, delay)
+                log.warning("consumer %s unavailable (%s: %s); retrying in %.1fs",
+                            durable, type(exc).__name__, exc, delay, exc_info=log.isEnabledFor(logging.DEBUG))
                 try:
                     await asyncio.wait_for(self.bus.reconnected.wait(), timeout=delay)
                 except TimeoutError:
@@ -110,10 +112,28 @@ class IndexingConsumer:
                         await self.bus.ensure_streams()
                         await self.bus.ensure_consumers()
 
+    async def _next_batch(self, sub: Any) -> list[Msg]:
+        """Wait for one message, then take whatever else is already queued.
+
+        A single fetch of N waits until N messages arrived or it expired, which would hold a lone event
+        for the whole poll interval; fetching one first keeps latency low under light load.
+        """
+        try:
+            msgs: list[Msg] = await sub.fetch(1, timeout=1.0)
+        except (nats.errors.TimeoutError, TimeoutError):  # nothing within the poll interval
+            return []
+        if self.settings.fetch_batch > 1:
+            try:
+                msgs += await sub.fetch(self.settings.fetch_batch - 1, timeout=0.01)
+            except (nats.errors.TimeoutError, TimeoutError):
+                pass
+        return msgs
+
     async def handle_msg(self, msg: Msg) -> Disposition:
         delivered = _delivered(msg)
         try:
             event = parse_message(msg.subject, msg.data, msg.headers, max_bytes=self.settings.max_event_bytes)
+            guard.check_event(event, self.settings)  # only the watched namespaces
         except EventRejected as rejected:
             return await self._dead_letter(msg, rejected.reason_code, str(rejected), delivered,
                                            event_id=rejected.event_id, branch_name=rejected.branch_name)
@@ -123,12 +143,15 @@ class IndexingConsumer:
             result = await self.processor.handle(event, may_wait=delivered < self.settings.early_event_retries)
         except Invalid as exc:
             # The API server refused what the event asks for (e.g. a value the CRD forbids): retrying won't help.
-            return await self._dead_letter(msg, "Rejected by API server", str(exc), delivered, event_id=event.id)
+            return await self._dead_letter(msg, "RejectedByApiServer", str(exc), delivered, event_id=event.id,
+                                           branch_name=event.data.branch_name)
         except (KubeError, nats.errors.Error, OSError, TimeoutError) as exc:
-            return await self._retry(msg, delivered, f"{type(exc).__name__}: {exc}", event.id)
+            return await self._retry(msg, delivered, f"{type(exc).__name__}: {exc}", event.id,
+                                     event.data.branch_name)
         except Exception as exc:  # a bug must not crash-loop the operator, nor lose the message
             log.exception("processing event %s failed", event.id)
-            return await self._retry(msg, delivered, f"{type(exc).__name__}: {exc}", event.id)
+            return await self._retry(msg, delivered, f"{type(exc).__name__}: {exc}", event.id,
+                                     event.data.branch_name)
         if result.outcome is Outcome.WAIT:
             # Possibly ahead of its run's started event (another subject, another consumer): ask again soon.
             delay = backoff_seconds(delivered, base=0.25, cap=2.0)
@@ -142,9 +165,12 @@ class IndexingConsumer:
         self._notify(event.id, result, Disposition.ACKED)
         return Disposition.ACKED
 
-    async def _retry(self, msg: Msg, delivered: int, reason: str, event_id: str) -> Disposition:
+    async def _retry(
+        self, msg: Msg, delivered: int, reason: str, event_id: str, branch_name: str | None = None,
+    ) -> Disposition:
         if delivered >= self.settings.max_deliver:
-            return await self._dead_letter(msg, "RetriesExhausted", reason, delivered, event_id=event_id)
+            return await self._dead_letter(msg, "RetriesExhausted", reason, delivered, event_id=event_id,
+                                           branch_name=branch_name)
         delay = backoff_seconds(delivered)
         log.warning("event %s: %s; redelivery %d in %.1fs", event_id, reason, delivered + 1, delay)
         with contextlib.suppress(Exception):  # if the nak is lost, ack_wait redelivers anyway

@@ -86,13 +86,19 @@ class Emitter:
     # ------------------------------------------------------------------------------------- send
 
     async def send(self, messages: Iterable[Outgoing]) -> None:
-        """Log and observe audit records, then publish every message (each awaited until stored)."""
+        """Log and observe audit records, then publish every message (each awaited until stored).
+
+        All records are logged and observed before the first publish: if publishing fails half-way (NATS
+        away), a redelivery re-publishes the outbox without logging, so logging per message would lose the
+        log lines (and the metrics and incident observers) of every record after the failed one.
+        """
+        messages = list(messages)
         for message in messages:
             if message.record is not None:
                 audit_log.info(message.data)
                 for observer in self.audit_observers:
                     observer(message.record)
-            await self.republish([message])
+        await self.republish(messages)
 
     async def republish(self, messages: Iterable[Outgoing]) -> None:
         """Publish again after a redelivery: the stream drops what it already has, nothing is re-logged."""

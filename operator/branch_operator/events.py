@@ -173,7 +173,27 @@ def _clip(text: str, limit: int = 200) -> str:
 
 
 def _has_control(text: str) -> bool:
-    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
+    # Line/paragraph separators and bidi overrides too: in an id they can only forge or hide text.
+    return any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in _BIDI_CONTROLS for c in text)
+
+
+# Characters that let free text from an event forge or garble what people read: line breaks (a fake log
+# line, a fake Event), ANSI/C1 escape sequences (terminal control via kubectl describe) and bidi overrides.
+_BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control, line-separator and bidi-override characters written as visible escapes
+    (``\\n``, ``\\x1b``, ``\\u202e``); other text is unchanged, and escaping twice changes nothing."""
+    if text.isprintable():
+        return text
+    out: list[str] = []
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") or char in _BIDI_CONTROLS:
+            out.append(char.encode("unicode_escape", "backslashreplace").decode("ascii"))
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 # ----------------------------------------------------------------------------------------- data types
@@ -238,6 +258,9 @@ def _bound_error(entry: Any) -> str:
             text = json.dumps(entry, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
         except (TypeError, ValueError, RecursionError):
             text = _show(entry, MAX_ERROR_LENGTH)
+    # Error texts reach Events, conditions and `kubectl describe`: escaped, not rejected, since a
+    # multi-line message is a normal thing for an indexer to report.
+    text = escape_controls(text)
     if len(text) > MAX_ERROR_LENGTH:
         text = text[: MAX_ERROR_LENGTH - 1] + "\u2026"
     return text

@@ -14,6 +14,7 @@ from typing import Any
 
 import kopf
 
+from . import policy_handlers  # issue 4: policy status, target-branch locks, merge requests
 from .api.models import GROUP, VERSION, AutoMergePolicy, AutoMergePolicySpec, Branch, BranchLock, Phase
 from .config import Settings
 from .domain.policy import PolicyRef
@@ -156,15 +157,15 @@ async def branch_changed(type: str, body: kopf.Body, memo: Any, **_: Any) -> Non
     status = obj.get("status") or {}
     if not status.get("phase"):
         await _initialise(runtime.kube, obj)
-    elif status.get("phase") == Phase.READY.value:
+    elif policy_handlers.merge_look_wanted(obj):  # READY, a merge request, or a merge to announce
         await _reconcile(runtime, obj)
 
 
 @kopf.on.event(GROUP, VERSION, AutoMergePolicy.PLURAL)
-async def policy_changed(namespace: str | None, memo: Any, **_: Any) -> None:
+async def policy_changed(type: str | None, body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> None:
     """A policy applied, changed or deleted by GitOps: re-decide the READY branches it may affect."""
     runtime = _runtime(memo)
-    if runtime is None:
+    if runtime is None or not policy_handlers.spec_changed(memo, type, body):  # not for status-only writes
         return
     for ns, name in runtime.lookup.ready():
         if ns != namespace:
@@ -222,3 +223,7 @@ async def _initialise(kube: KubeClient, obj: dict[str, Any]) -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+# Operating it (issue 5): admin requests, lock lifecycle, incidents and /metrics register after the above.
+from . import admin_handlers  # noqa: E402, F401

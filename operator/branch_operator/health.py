@@ -1,4 +1,8 @@
-"""Liveness and readiness over HTTP for the kubelet (``/healthz``, ``/readyz``)."""
+"""Liveness and readiness over HTTP for the kubelet (``/healthz``, ``/readyz``), and Prometheus ``/metrics``.
+
+Port 0 binds any free port (the embedded environment, where several operators may share a machine);
+:attr:`HealthServer.url` then tells where it ended up.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import json
 from typing import Any
 
 from aiohttp import web
+
+from .metrics import CONTENT_TYPE
 
 
 class HealthServer:
@@ -20,9 +26,21 @@ class HealthServer:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            server = getattr(site, "_server", None)
+            sockets = getattr(server, "sockets", None) or []
+            if sockets:
+                self.port = int(sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -42,3 +60,11 @@ class HealthServer:
             text=json.dumps({"ready": ok, "checks": checks}), status=200 if ok else 503,
             content_type="application/json",
         )
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        metrics = getattr(self.runtime, "metrics", None)
+        if metrics is None:
+            return web.Response(status=404, text="metrics are disabled\n")
+        body = await metrics.exposition()
+        # prometheus_client's content type carries parameters aiohttp won't take in content_type=.
+        return web.Response(body=body, status=200, headers={"Content-Type": CONTENT_TYPE})

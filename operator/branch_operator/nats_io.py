@@ -31,22 +31,33 @@ def connect_options(settings: Settings) -> dict[str, Any]:
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 1,
     }
+    # Half a configuration would otherwise be dropped silently (and the connection tried without it).
+    if settings.nats_password and not settings.nats_user:
+        raise ValueError("OMS_NATS_PASSWORD is set but OMS_NATS_USER is not")
+    if settings.nats_tls_key_file and not settings.nats_tls_cert_file:
+        raise ValueError("OMS_NATS_TLS_KEY_FILE is set but OMS_NATS_TLS_CERT_FILE is not")
     if settings.nats_user:
         opts["user"] = settings.nats_user
-        opts["password"] = settings.nats_password or ""
+        opts["password"] = settings.nats_password.get_secret_value() if settings.nats_password else ""
     if settings.nats_token:
-        opts["token"] = settings.nats_token
+        opts["token"] = settings.nats_token.get_secret_value()
     if settings.nats_creds_file:
         opts["user_credentials"] = str(settings.nats_creds_file)
     if settings.nats_nkey_seed_file:
         opts["nkeys_seed"] = str(settings.nats_nkey_seed_file)
     if settings.nats_tls_ca_file or settings.nats_tls_cert_file:
-        ctx = ssl.create_default_context(cafile=str(settings.nats_tls_ca_file) if settings.nats_tls_ca_file else None)
-        if settings.nats_tls_cert_file:
-            ctx.load_cert_chain(
-                str(settings.nats_tls_cert_file),
-                str(settings.nats_tls_key_file) if settings.nats_tls_key_file else None,
-            )
+        try:
+            ctx = ssl.create_default_context(
+                cafile=str(settings.nats_tls_ca_file) if settings.nats_tls_ca_file else None)
+            if settings.nats_tls_cert_file:
+                ctx.load_cert_chain(
+                    str(settings.nats_tls_cert_file),
+                    str(settings.nats_tls_key_file) if settings.nats_tls_key_file else None,
+                )
+        except (OSError, ssl.SSLError) as exc:  # name the files: the bare error often names none
+            raise ValueError(
+                f"cannot load the NATS TLS files (CA {settings.nats_tls_ca_file}, certificate "
+                f"{settings.nats_tls_cert_file}, key {settings.nats_tls_key_file}): {exc}") from exc
         opts["tls"] = ctx
     return opts
 
@@ -83,7 +94,9 @@ class NatsBus:
         )
         self.nc = await nats.connect(**opts)
         self._js = self.nc.jetstream()
-        log.info("connected to NATS at %s", self.nc.connected_url.netloc if self.nc.connected_url else "?")
+        url = self.nc.connected_url
+        # Host and port only: the URL's netloc may carry user:password@.
+        log.info("connected to NATS at %s", f"{url.hostname}:{url.port}" if url else "?")
 
     @property
     def connected(self) -> bool:

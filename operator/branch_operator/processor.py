@@ -24,16 +24,20 @@ from .api.models import BranchStatus as BranchStatusModel
 from .api.models import LockType, Phase
 from .config import Settings
 from .domain.audit import AuditAction, AuditRecord
-from .domain.states import EventPlan, plan_indexing_event
+from .domain.states import EventPlan, plan_indexing_event, rfc3339
 from .domain.states import Outcome as PlanOutcome
 from .emit import Emitter, Outgoing, from_outbox, outbox
 from .events import IndexingEvent
 from .kube import Conflict, KubeClient, NotFound, Obj, Transient
 from .locks import label_value, lock_body, locks_to_release
+from .locks import lock_name as make_lock_name
 
 log = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 5
+# An outbox about to be replaced is published once more first, if it is younger than this: JetStream's
+# duplicate window on the output streams (120 s, nats_io.StreamSpec) must still drop what it already has.
+OUTBOX_FLUSH_WINDOW_SECONDS = 90.0
 
 
 class Outcome(enum.StrEnum):
@@ -128,6 +132,8 @@ class EventProcessor:
             phase = _phase(status.phase) or Phase.ACTIVE.value
             if plan.outcome is PlanOutcome.WAIT:
                 return Result(Outcome.WAIT, namespace, name, phase, phase)
+            if plan.outcome is not PlanOutcome.APPLIED:
+                await self._drop_orphaned_lock(obj, event, status)
             if plan.outcome is PlanOutcome.DUPLICATE:
                 await self._repair(obj, event, status)
                 log.info("event %s already applied to %s/%s", event.id, namespace, name)
@@ -139,8 +145,9 @@ class EventProcessor:
                 # Released before the commit: whoever sees the new phase never sees the old locks.
                 released |= set(await self._release(obj, plan.release_locks, keep=new_lock))
             messages = self._messages(obj, event, plan, new_lock, sorted(released))
+            await self._flush_replaced_outbox(status, event)
             patch = dict(plan.status_patch)
-            patch["outbox"] = outbox(event.id, messages)
+            patch["outbox"] = {**outbox(event.id, messages), "writtenAt": rfc3339(self.clock())}
             try:
                 await self.kube.patch_branch_status(
                     namespace, name, patch, resource_version=obj["metadata"].get("resourceVersion"))
@@ -186,6 +193,40 @@ class EventProcessor:
             if await self.kube.delete_lock(meta["namespace"], lock_name):
                 released.append(lock_name)
         return released
+
+    async def _drop_orphaned_lock(self, obj: Obj, event: IndexingEvent, status: BranchStatusModel) -> None:
+        """A started event that is not applied (any more) must not leave its run's INDEXING lock behind.
+
+        The lock is taken before the commit; if the commit then loses a conflict to another replica that
+        finished the run (or a crash stops it), the re-planned outcome is stale or duplicate and the lock
+        would outlive its run. Its name is deterministic, so it is removed here unless the branch is locked
+        for exactly this run.
+        """
+        if event.kind != "started":
+            return
+        recorded = status.indexing.indexing_id if status.indexing else None
+        if status.phase == Phase.LOCKED_FOR_WRITE and recorded == event.data.indexing_id:
+            return
+        meta = obj["metadata"]
+        orphan = make_lock_name(meta["name"], LockType.INDEXING, event.data.indexing_id)
+        if await self.kube.delete_lock(meta["namespace"], orphan):
+            log.info("removed INDEXING lock %s of run %s, which is not (any more) the branch's current run",
+                     orphan, event.data.indexing_id)
+
+    async def _flush_replaced_outbox(self, status: BranchStatusModel, event: IndexingEvent) -> None:
+        """Publish the outbox this event's commit is about to replace, in case it never was.
+
+        The event that wrote it was committed, but its publish failed or the process died before it, and
+        this event came first, before that event's redelivery (which would only find this event's outbox).
+        JetStream drops the copies it already has; an outbox older than its duplicate window is left alone
+        (it was almost surely published right after it was written; re-publishing it could double it).
+        """
+        box = status.outbox
+        if box is None or box.key == event.id or not box.messages or box.written_at is None:
+            return
+        if (self.clock() - box.written_at).total_seconds() > OUTBOX_FLUSH_WINDOW_SECONDS:
+            return
+        await self.emitter.republish(from_outbox(box.wire()))
 
     async def _repair(self, obj: Obj, event: IndexingEvent, status: BranchStatusModel) -> None:
         """A redelivery of the event applied last: finish what a crash after the commit may have left.

@@ -18,19 +18,22 @@ class Rule:
 
 # What kopf itself and the operator's own client (kube.py) do.
 RULES: tuple[Rule, ...] = (
-    # kopf watches Branches; the operator patches admin annotations away.
+    # kopf watches Branches and keeps its finalizer and progress annotations on them; the operator reads
+    # single Branches, lists them for a lookup, and patches admin-request annotations away.
     Rule("oms.dev", "branches", ("get", "list", "watch", "patch")),
-    Rule("oms.dev", "branches/status", ("get", "patch")),
-    Rule("oms.dev", "branchlocks", ("get", "list", "watch", "create", "patch", "delete")),
-    Rule("oms.dev", "branchlocks/status", ("get", "patch")),
-    Rule("oms.dev", "automergepolicies", ("get", "list", "watch")),
-    Rule("oms.dev", "automergepolicies/status", ("get", "patch")),
-    # Kubernetes Events on Branches, posted by kopf and by the NATS consumer.
-    Rule("", "events", ("create", "patch")),
+    Rule("oms.dev", "branches/status", ("patch",)),
+    # Its own INDEXING locks (a create conflict reads the existing one back), released and expired locks.
+    Rule("oms.dev", "branchlocks", ("get", "list", "watch", "create", "delete")),
+    Rule("oms.dev", "branchlocks/status", ("patch",)),  # acquiredAt / renewedAt stamps
+    Rule("oms.dev", "automergepolicies", ("list", "watch")),  # kopf's watch feeds an in-memory index
+    Rule("oms.dev", "automergepolicies/status", ("patch",)),
+    # Kubernetes Events on Branches, posted (never patched) by kopf and by the operator.
+    Rule("", "events", ("create",)),
 )
 
 # Only when running more than one replica with kopf peering.
 PEERING_RULES: tuple[Rule, ...] = (
-    Rule("kopf.dev", "clusterkopfpeerings", ("get", "list", "watch", "patch")),
-    Rule("kopf.dev", "kopfpeerings", ("get", "list", "watch", "patch")),
+    # kopf watches the peering object and patches its own presence into it; it never reads one singly.
+    Rule("kopf.dev", "clusterkopfpeerings", ("list", "watch", "patch")),
+    Rule("kopf.dev", "kopfpeerings", ("list", "watch", "patch")),
 )

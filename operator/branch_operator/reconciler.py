@@ -1,145 +1,483 @@
-"""Merge reconciliation for READY branches: the I/O half of domain.policy.
+"""Merge reconciliation for READY branches: the I/O half of domain.policy and domain.merge_trace.
 
-Level-triggered: it is called with the Branch as it is now (on Branch, policy and lock changes and on
-a periodic resync) and either merges it, or records why not. A re-evaluation that changes nothing
-writes nothing.
+Level-triggered: it is called with a Branch (on Branch, policy and lock changes, when the scheduler
+says a window opened or a freeze ended, and on the periodic resync), re-reads it, and either merges
+it or records why not. A re-evaluation that changes nothing writes nothing.
+
+Order of effects for a merge (why): the merge backend runs first (the webhook is the real merge; the
+event backend does nothing yet), then the status write READY -> ACTIVE, carrying the resourceVersion
+the decision was made on, is the commit point. Announcements follow it (Event, ``com.oms.branch.merged``,
+audit records), all with ids derived from the merge key and ``status.merge.mergedAt``; then
+``status.merge.announcedAt`` is set. A crash in between leaves ``announcedAt`` empty and the next look
+at the Branch announces again with the same ids, which JetStream and the Event name de-duplicate.
+
+A break-glass request (annotation ``oms.dev/merge-request``) is consumed before anything is decided on
+it: the annotation is removed with a resourceVersion precondition, so two replicas (or a retry)
+cannot both act on one request, and a crash after the removal loses the request rather than merging
+twice.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
+import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, cast
 
-from .api.models import BranchStatus, LockType, MergeDecision, Phase
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from .api.models import GROUP, BranchStatus, MergeDecision, Phase
 from .config import Settings
 from .domain.audit import AuditAction, AuditRecord
-from .domain.policy import PolicyRef, evaluate_merge, merge_changed, merge_status_patch, select_policy
+from .domain.merge_trace import merge_changed, merge_key, merge_status_patch
+from .domain.policy import (
+    ManualRequest,
+    MergeEvaluation,
+    PolicyRef,
+    blocking_locks,
+    evaluate_merge,
+    review_policies,
+    select_policy,
+    target_branch_object,
+)
+from .domain.states import rfc3339
 from .emit import Emitter
-from .kube import Conflict, KubeClient, NotFound, Obj
+from .kube import Conflict, KubeClient, NotFound, Obj, now_rfc3339
 from .locks import label_value
+from .merge_backend import EventBackend, MergeBackend, MergeRequest, MergeResult, Outcome
+from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+
+ANNOTATION_MERGE_REQUEST = f"{GROUP}/merge-request"
+ANNOTATION_REQUESTED_BY = f"{GROUP}/requested-by"
+# Audit actions this module adds to domain.audit's (any [a-z_.]+ name is a valid action).
+AUDIT_MERGE_DEFERRED = "branch.merge_deferred"
+AUDIT_MERGE_FAILED = "branch.merge_failed"
+AUDIT_MERGE_REQUESTED = "branch.merge_requested"
+
+Key = tuple[str, str]
 
 
 class PolicySource(Protocol):
     def policies(self, namespace: str) -> Sequence[PolicyRef]: ...
+
+    def find(self, namespace: str, branch_name: str) -> str | None: ...
+
+
+def manual_request(meta: Mapping[str, Any]) -> ManualRequest | None:
+    annotations = meta.get("annotations") or {}
+    if ANNOTATION_MERGE_REQUEST not in annotations:
+        return None
+    requested_by = str(annotations.get(ANNOTATION_REQUESTED_BY) or "").strip() or None
+    reason = str(annotations[ANNOTATION_MERGE_REQUEST]).strip() or "(no reason given)"
+    return ManualRequest(reason=reason[:1024], requested_by=requested_by[:253] if requested_by else None)
+
+
+def needs_announcement(status: Mapping[str, Any]) -> bool:
+    merge = status.get("merge") or {}
+    return (
+        status.get("phase") == Phase.ACTIVE.value
+        and merge.get("decision") == MergeDecision.MERGED.value
+        and bool(merge.get("mergeId"))
+        and not merge.get("announcedAt")
+    )
+
+
+def wants(branch: Mapping[str, Any]) -> bool:
+    """Whether ``branch`` (as a watch saw it) has anything for the reconciler to do."""
+    status = branch.get("status") or {}
+    return (
+        status.get("phase") == Phase.READY.value
+        or manual_request(branch.get("metadata") or {}) is not None
+        or needs_announcement(status)
+    )
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 class MergeReconciler:
     def __init__(
         self, kube: KubeClient, emitter: Emitter, settings: Settings, policies: PolicySource,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        backend: MergeBackend | None = None,
     ) -> None:
         self.kube = kube
         self.emitter = emitter
         self.settings = settings
         self.policy_source = policies
         self.clock = clock
+        self.backend: MergeBackend = backend or EventBackend()
+        self.scheduler: Scheduler | None = None
+        # One evaluation per branch at a time in this process, so a merge is never executed twice
+        # concurrently; across replicas the resourceVersion on every write does the same job.
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._users: dict[Key, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def _serialised(self, key: Key) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if self._users[key] == 0:
+                del self._users[key]
+                del self._locks[key]
+
+    def _schedule(self, key: Key, when: datetime | None) -> None:
+        if self.scheduler is not None:
+            self.scheduler.schedule(key, when)
 
     async def reconcile(self, branch: Mapping[str, Any]) -> MergeDecision | None:
-        """Decide (and merge) one Branch; returns the decision, or None when not READY."""
-        obj: Obj = copy.deepcopy(dict(branch))
-        status_raw = obj.get("status") or {}
-        if status_raw.get("phase") != Phase.READY.value:
-            return None
-        meta, spec = obj["metadata"], obj.get("spec", {})
-        ns, name = meta["namespace"], meta["name"]
-        status = BranchStatus.model_validate(status_raw)
-        now = self.clock()
+        """Decide (and merge) one Branch; returns the decision, or None when there was none to make.
 
-        selection = select_policy(
-            self.policy_source.policies(ns),
-            branch_name=spec.get("branchName", ""),
-            target_branch=spec.get("targetBranch", "main"),
-            labels=meta.get("labels") or {},
-        )
-        # Read locks fresh: a lock taken a moment ago must block the merge even if no watch saw it yet.
-        locks = await self.kube.list_locks(ns, label_value(name))
-        other_locks = sorted(
-            lk["metadata"]["name"] for lk in locks
-            if lk.get("spec", {}).get("branch") == name and lk["spec"].get("lockType") != LockType.INDEXING.value
-        )
-        evaluation = evaluate_merge(
+        ``branch`` only names the Branch and says whether to look: the decision is made on a fresh read.
+        """
+        if not wants(branch):
+            return None
+        meta = branch["metadata"]
+        key = (meta["namespace"], meta["name"])
+        async with self._serialised(key):
+            try:
+                obj = await self.kube.get_branch(*key)
+            except NotFound:
+                self._schedule(key, None)
+                return None
+            return await self._reconcile(obj)
+
+    async def reconcile_key(self, key: Key) -> MergeDecision | None:
+        """For the scheduler and resync: reconcile by (namespace, name)."""
+        return await self.reconcile({"metadata": {"namespace": key[0], "name": key[1]},
+                                     "status": {"phase": Phase.READY.value}})
+
+    async def _reconcile(self, obj: Obj) -> MergeDecision | None:
+        meta, spec = obj["metadata"], obj.get("spec") or {}
+        ns, name = meta["namespace"], meta["name"]
+        status_raw = obj.get("status") or {}
+        manual = manual_request(meta)
+        if status_raw.get("phase") != Phase.READY.value:
+            self._schedule((ns, name), None)
+            if needs_announcement(status_raw):
+                await self._announce(obj)
+            if manual is not None:
+                await self._refuse_unready(obj, manual)
+            return None
+
+        now = self.clock()
+        target = str(spec.get("targetBranch", "main"))
+        evaluation = await self._evaluate(obj, now, manual)
+        if manual is not None:
+            consumed = await self._consume(obj)
+            if consumed is None:
+                return None  # someone changed the Branch first; that change triggers a new look
+            obj = consumed
+        if evaluation.decision is MergeDecision.MERGED:
+            return await self._execute(obj, evaluation, target, now)
+        if manual is None and not merge_changed(status_raw, evaluation, target_branch=target):
+            self._schedule((ns, name), evaluation.next_evaluation)
+            return evaluation.decision
+        if not await self._write(obj, merge_status_patch(
+                evaluation, now=now, target_branch=target, merged=False,
+                conditions=status_raw.get("conditions") or [], observed_generation=meta.get("generation"))):
+            return None
+        self._schedule((ns, name), evaluation.next_evaluation)
+        await self._report(obj, evaluation, now)
+        return evaluation.decision
+
+    async def _evaluate(self, obj: Obj, now: datetime, manual: ManualRequest | None,
+                        conflicts: Sequence[Any] | None = None) -> MergeEvaluation:
+        meta, spec = obj["metadata"], obj.get("spec") or {}
+        ns, name = meta["namespace"], meta["name"]
+        status = BranchStatus.model_validate(obj.get("status") or {})
+        target = str(spec.get("targetBranch", "main"))
+        labels = meta.get("labels") or {}
+        review = review_policies(self.policy_source.policies(ns))
+        selection = select_policy(review.accepted, branch_name=str(spec.get("branchName", "")),
+                                  target_branch=target, labels=labels)
+        # Locks are read fresh: a lock taken a moment ago must block the merge even if no watch saw it yet.
+        own_locks = blocking_locks(await self.kube.list_locks(ns, label_value(name)), name, include_indexing=False)
+        target_name = await self._target_name(ns, target)
+        target_locks: list[str] = []
+        if target_name is not None:
+            target_locks = blocking_locks(await self.kube.list_locks(ns, label_value(target_name)), target_name,
+                                          include_indexing=True)
+        return evaluate_merge(
             phase=Phase.READY,
             auto_merge=bool(spec.get("autoMerge", True)),
             indexing=status.indexing,
-            conflicts=status.conflicts,
-            other_locks=other_locks,
+            conflicts=status.conflicts if conflicts is None else conflicts,
+            other_locks=own_locks,
             policy=selection.policy,
             now=now,
+            target_branch=target,
+            target_object=target_name,
+            target_locks=target_locks,
+            manual=manual,
+            tied=selection.tied,
         )
-        target = spec.get("targetBranch", "main")
-        if evaluation.decision == MergeDecision.MERGED:
-            await self._merge(obj, evaluation, target, now)
-            return evaluation.decision
-        if not merge_changed(status_raw, evaluation):
-            return evaluation.decision
+
+    async def _target_name(self, ns: str, target: str) -> str | None:
+        found = self.policy_source.find(ns, target)
+        if found is not None:
+            return found
+        # The index may not know the Branch yet (just created); the API server has the last word.
+        obj = target_branch_object(await self.kube.list_branches(ns), target)
+        return str(obj["metadata"]["name"]) if obj is not None else None
+
+    async def _write(self, obj: Obj, patch: Mapping[str, Any]) -> Obj | None:
+        meta = obj["metadata"]
+        try:
+            return await self.kube.patch_branch_status(meta["namespace"], meta["name"], patch,
+                                                       resource_version=meta.get("resourceVersion"))
+        except (Conflict, NotFound):
+            log.info("branch %s/%s changed before the decision was recorded; re-evaluating on that change",
+                     meta["namespace"], meta["name"])
+            return None
+
+    # ------------------------------------------------------------------------------- merge request
+
+    async def _consume(self, obj: Obj) -> Obj | None:
+        """Remove the merge-request annotations, only from the version decided on; the updated Branch."""
+        meta = obj["metadata"]
+        body = {"metadata": {"resourceVersion": meta.get("resourceVersion"),
+                             "annotations": {ANNOTATION_MERGE_REQUEST: None, ANNOTATION_REQUESTED_BY: None}}}
+        try:
+            return await self.kube.patch("branches", meta["namespace"], meta["name"], body)
+        except (Conflict, NotFound):
+            return None
+
+    async def _refuse_unready(self, obj: Obj, manual: ManualRequest) -> None:
+        phase = (obj.get("status") or {}).get("phase") or "uninitialised"
+        if await self._consume(obj) is None:
+            return
+        message = (f"Merge request refused: the branch is {phase}; only a READY branch (a completed indexing "
+                   f"run) can be merged. The request was consumed; annotate again once it is READY.")
+        await self.kube.post_event(obj, type_="Warning", reason="MergeRequestRefused", message=message)
+        await self.emitter.audit(self._record(
+            obj, AUDIT_MERGE_REQUESTED, self.clock(), seed_extra=f"{obj['metadata'].get('resourceVersion')}",
+            reason="NotReady", from_state=phase, to_state=phase,
+            details={"request_reason": manual.reason, "requested_by": manual.requested_by, "outcome": "refused",
+                     "message": message},
+        ))
+
+    # ------------------------------------------------------------------------------------ reporting
+
+    async def _report(self, obj: Obj, evaluation: MergeEvaluation, now: datetime) -> None:
+        """Event and audit record for a decision just written (not for merges: see _announce)."""
+        decision, manual = evaluation.decision, evaluation.manual
+        reasons = ",".join(r.value for r in evaluation.reasons)
+        status = BranchStatus.model_validate(obj.get("status") or {})
+        event_id = status.indexing.event_id if status.indexing else None
+        details = {"message": evaluation.message, "policy": evaluation.policy,
+                   "policy_generation": evaluation.policy_generation,
+                   "failed_checks": {c.name: c.evidence for c in evaluation.checks if not c.passed}}
+        if manual is not None:
+            outcome = "dry-run" if decision is MergeDecision.WOULD_MERGE else "refused"
+            event_type = "Normal" if decision is MergeDecision.WOULD_MERGE else "Warning"
+            await self.kube.post_event(obj, type_=event_type, reason="MergeRequestRefused"
+                                       if event_type == "Warning" else "WouldMerge", message=evaluation.message)
+            await self.emitter.audit(self._record(
+                obj, AUDIT_MERGE_REQUESTED, now, seed_extra=f"{obj['metadata'].get('resourceVersion')}",
+                reason=reasons or decision.value, from_state=Phase.READY.value, to_state=Phase.READY.value,
+                details={**details, "request_reason": manual.reason, "requested_by": manual.requested_by,
+                         "outcome": outcome},
+            ))
+            return
+        if decision is MergeDecision.WOULD_MERGE:
+            await self.kube.post_event(obj, type_="Normal", reason="WouldMerge", message=evaluation.message)
+            return
+        deferred = decision is MergeDecision.DEFERRED
+        await self.kube.post_event(obj, type_="Normal" if deferred else "Warning",
+                                   reason="MergeDeferred" if deferred else "MergeBlocked", message=evaluation.message)
+        await self.emitter.audit(self._record(
+            obj, AUDIT_MERGE_DEFERRED if deferred else AuditAction.BRANCH_MERGE_BLOCKED, now,
+            seed_extra="|".join([event_id or "", reasons, evaluation.message]),
+            reason=reasons, from_state=Phase.READY.value, to_state=Phase.READY.value, details=details,
+        ))
+
+    # -------------------------------------------------------------------------------------- merging
+
+    async def _execute(self, obj: Obj, evaluation: MergeEvaluation, target: str, now: datetime) -> MergeDecision | None:
+        meta, status_raw = obj["metadata"], obj.get("status") or {}
+        ns, name = meta["namespace"], meta["name"]
+        status = BranchStatus.model_validate(status_raw)
+        indexing = status.indexing
+        key = merge_key(meta.get("uid"), indexing.event_id if indexing else None,
+                        indexing.indexing_id if indexing else None)
+        previous = status_raw.get("merge") or {}
+        failed_before = int(previous.get("attempts") or 0) if (
+            previous.get("decision") == MergeDecision.FAILED.value and previous.get("mergeId") == key) else 0
+        retry_at = _parse_time(previous.get("nextEvaluationTime")) if failed_before else None
+        if retry_at is not None and now < retry_at and evaluation.manual is None:
+            self._schedule((ns, name), retry_at)  # a failed merge waits for its retry time
+            return MergeDecision.FAILED
+        result = await self.backend.execute(MergeRequest(
+            key=key, namespace=ns, name=name, branch_name=str(obj["spec"]["branchName"]), target_branch=target,
+            policy=evaluation.policy, policy_generation=evaluation.policy_generation,
+            indexing_id=indexing.indexing_id if indexing else None,
+            event_id=indexing.event_id if indexing else None,
+            manual_reason=evaluation.manual.reason if evaluation.manual else None,
+            requested_by=evaluation.manual.requested_by if evaluation.manual else None,
+        ))
+        conditions = status_raw.get("conditions") or []
+        if result.outcome is Outcome.MERGED:
+            updated = await self._write(obj, merge_status_patch(
+                evaluation, now=now, target_branch=target, merged=True, conditions=conditions,
+                observed_generation=meta.get("generation"), merge_id=key))
+            if updated is None:
+                return None
+            self._schedule((ns, name), None)
+            await self._announce(updated)
+            return MergeDecision.MERGED
+        if result.outcome is Outcome.CONFLICT:
+            return await self._conflicted(obj, result, key, target, now)
+        return await self._failed(obj, evaluation, result, key, failed_before, target, now)
+
+    async def _conflicted(
+        self, obj: Obj, result: MergeResult, key: str, target: str, now: datetime
+    ) -> MergeDecision | None:
+        """409 from the merge endpoint: record OMS's conflicts, so the branch waits for them to be resolved."""
+        meta, status_raw = obj["metadata"], obj.get("status") or {}
+        # Re-decided with the conflicts OMS reported (and without the merge request, already consumed).
+        evaluation = await self._evaluate(obj, now, None, conflicts=result.conflicts)
+        if evaluation.decision is MergeDecision.MERGED:
+            # The policy does not block on conflicts, but OMS refused: that is a failed merge.
+            return await self._failed(obj, evaluation, result, key, 0, target, now)
         patch = merge_status_patch(evaluation, now=now, target_branch=target, merged=False,
                                    conditions=status_raw.get("conditions") or [],
                                    observed_generation=meta.get("generation"))
-        try:
-            await self.kube.patch_branch_status(ns, name, patch, resource_version=meta.get("resourceVersion"))
-        except (Conflict, NotFound):
-            return None  # the newer version triggers its own reconciliation
-        if evaluation.decision == MergeDecision.WOULD_MERGE:
-            await self.kube.post_event(obj, type_="Normal", reason="WouldMerge", message=evaluation.message)
-        else:
-            await self.kube.post_event(obj, type_="Warning", reason="MergeBlocked", message=evaluation.message)
-            await self.emitter.audit(self._record(
-                obj, AuditAction.BRANCH_MERGE_BLOCKED, now, status,
-                reason=",".join(str(getattr(r, "value", r)) for r in evaluation.reasons),
-                seed_extra="|".join([status.indexing.event_id or "" if status.indexing else "",
-                                     *(str(getattr(r, "value", r)) for r in evaluation.reasons)]),
-                from_state=Phase.READY.value, to_state=Phase.READY.value,
-                details={"message": evaluation.message, "policy": evaluation.policy},
-            ))
+        patch["conflicts"] = [c.wire() for c in result.conflicts]
+        updated = await self._write(obj, patch)
+        if updated is None:
+            return None
+        self._schedule((meta["namespace"], meta["name"]), evaluation.next_evaluation)
+        await self.kube.post_event(updated, type_="Warning", reason="MergeConflict",
+                                   message=f"OMS refused the merge into {target}: {result.detail}")
+        await self._report(updated, evaluation, now)
         return evaluation.decision
 
-    async def _merge(self, obj: Obj, evaluation: Any, target: str, now: datetime) -> None:
-        meta = obj["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        status_raw = obj.get("status") or {}
-        # Also moves the phase READY -> ACTIVE; written with the resourceVersion the decision was made on.
-        patch = merge_status_patch(evaluation, now=now, target_branch=target, merged=True,
-                                   conditions=status_raw.get("conditions") or [],
-                                   observed_generation=meta.get("generation"))
-        try:
-            await self.kube.patch_branch_status(ns, name, patch, resource_version=meta.get("resourceVersion"))
-        except (Conflict, NotFound):
-            log.info("branch %s/%s changed before merge; re-evaluating on the next event", ns, name)
-            return
+    async def _failed(self, obj: Obj, evaluation: MergeEvaluation, result: MergeResult, key: str,
+                      failed_before: int, target: str, now: datetime) -> MergeDecision | None:
+        meta, status_raw = obj["metadata"], obj.get("status") or {}
+        attempts = failed_before + 1
+        retry_at = now + timedelta(seconds=self.settings.merge_retry_interval_seconds)
+        updated = await self._write(obj, merge_status_patch(
+            evaluation, now=now, target_branch=target, merged=False, conditions=status_raw.get("conditions") or [],
+            observed_generation=meta.get("generation"), merge_error=result.detail, merge_id=key,
+            attempts=attempts, retry_at=retry_at))
+        if updated is None:
+            return None
+        self._schedule((meta["namespace"], meta["name"]), retry_at)
+        message = (f"Merging into {target} failed ({result.detail}); the branch stays READY and is tried "
+                   f"again at {rfc3339(retry_at)}.")
+        await self.kube.post_event(updated, type_="Warning", reason="MergeFailed", message=message)
+        await self.emitter.audit(self._record(
+            updated, AUDIT_MERGE_FAILED, now, seed_extra=f"{key}|{attempts}", reason="MergeFailed",
+            from_state=Phase.READY.value, to_state=Phase.READY.value,
+            details={"merge_id": key, "attempts": attempts, "error": result.detail, "backend": self.backend.name,
+                     "policy": evaluation.policy},
+        ))
+        if failed_before == 0:
+            # One notification per merge that starts failing; later retries post Events only.
+            await self.emitter.notify(
+                msg_id=f"merge-failed:{key}", kind="merge_failed", branch_name=str(obj["spec"]["branchName"]),
+                data={"namespace": meta["namespace"], "branch": meta["name"],
+                      "branch_name": obj["spec"]["branchName"], "target_branch": target, "merge_id": key,
+                      "reason": result.detail, "retry_at": rfc3339(retry_at), "policy": evaluation.policy},
+            )
+        return MergeDecision.FAILED
+
+    # ---------------------------------------------------------------------------------- announcing
+
+    async def _announce(self, obj: Obj) -> None:
+        """Tell the world about a merge recorded in status; safe to repeat (every id is deterministic)."""
+        meta, status_raw = obj["metadata"], obj.get("status") or {}
+        merge = status_raw.get("merge") or {}
+        key = str(merge.get("mergeId"))
+        merged_at = _parse_time(merge.get("mergedAt")) or self.clock()
+        target = str(merge.get("targetBranch") or (obj.get("spec") or {}).get("targetBranch", "main"))
         status = BranchStatus.model_validate(status_raw)
         indexing = status.indexing
-        merge_key = f"{meta.get('uid')}|{indexing.indexing_id if indexing else ''}|{indexing.event_id if indexing else ''}"
-        await self.kube.post_event(obj, type_="Normal", reason="AutoMerged",
-                                   message=f"Merged into {target} by policy {evaluation.policy}")
+        manual = merge.get("manualRequest") or {}
+        by = f" (merge request of {manual.get('requestedBy') or 'unknown'}: {manual.get('reason')})" if manual else ""
+        await self._event_once(obj, key, reason="AutoMerged" if not manual else "ManualMerge",
+                               message=f"Merged into {target} by policy {merge.get('policy')}{by}")
         await self.emitter.branch_merged(
-            msg_id=f"merged:{merge_key}", namespace=ns, name=name, branch_name=obj["spec"]["branchName"],
-            target_branch=target, policy=evaluation.policy,
-            indexing_id=indexing.indexing_id if indexing else None, merged_at=now,
+            msg_id=f"merged:{key}", namespace=meta["namespace"], name=meta["name"],
+            branch_name=obj["spec"]["branchName"], target_branch=target, policy=merge.get("policy"),
+            indexing_id=indexing.indexing_id if indexing else None, merged_at=merged_at,
             correlation_id=indexing.event_id if indexing else None,
         )
+        details: dict[str, Any] = {"policy": merge.get("policy"), "policy_generation": merge.get("policyGeneration"),
+                                   "target_branch": target, "merge_id": key, "backend": self.backend.name}
+        if manual:
+            details.update(request_reason=manual.get("reason"), requested_by=manual.get("requestedBy"))
         for action in (AuditAction.BRANCH_MERGED, AuditAction.BRANCH_STATE_CHANGED):
             await self.emitter.audit(self._record(
-                obj, action, now, status, reason="AutoMerged", seed_extra=merge_key,
-                from_state=Phase.READY.value, to_state=Phase.ACTIVE.value,
-                details={"policy": evaluation.policy, "target_branch": target},
+                obj, action, merged_at, seed_extra=key, reason="ManualMerge" if manual else "AutoMerged",
+                from_state=Phase.READY.value, to_state=Phase.ACTIVE.value, details=details,
             ))
+        if manual:
+            await self.emitter.audit(self._record(
+                obj, AUDIT_MERGE_REQUESTED, merged_at, seed_extra=key, reason="Merged",
+                from_state=Phase.READY.value, to_state=Phase.ACTIVE.value,
+                details={**details, "outcome": "merged"},
+            ))
+        try:
+            await self.kube.patch_branch_status(
+                meta["namespace"], meta["name"], {"merge": {"announcedAt": rfc3339(self.clock())}},
+                resource_version=None)
+        except NotFound:
+            return
 
-    def _record(
-        self, obj: Obj, action: AuditAction, now: datetime, status: BranchStatus, *, seed_extra: str,
-        **fields: Any,
-    ) -> AuditRecord:
+    async def _event_once(self, obj: Obj, key: str, *, reason: str, message: str) -> None:
+        """A Normal Event with a name derived from the merge key: posting it again is an AlreadyExists."""
         meta = obj["metadata"]
+        ns = meta["namespace"]
+        suffix = "." + hashlib.sha256(key.encode()).hexdigest()[:16]
+        ts = now_rfc3339()
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta['name'][: 253 - len(suffix)]}{suffix}", "namespace": ns},
+            "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
+                               "namespace": ns, "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")},
+            "type": "Normal", "reason": reason, "message": message[:1024], "action": "Merge",
+            "source": {"component": self.kube.component}, "reportingComponent": self.kube.component,
+            "reportingInstance": self.kube.instance[:128], "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
+        }
+        try:
+            await self.kube.core.create_namespaced_event(ns, cast(Any, copy.deepcopy(body)))
+        except ApiException as exc:
+            if exc.status != 409:
+                log.warning("could not post Event %s on %s/%s: %s", reason, ns, meta["name"], exc.reason)
+        except Exception as exc:  # an Event is best-effort, like KubeClient.post_event
+            log.warning("could not post Event %s on %s/%s: %s", reason, ns, meta["name"], exc)
+
+    def _record(self, obj: Obj, action: AuditAction | str, when: datetime, *, seed_extra: str,
+                **fields: Any) -> AuditRecord:
+        meta = obj["metadata"]
+        status = BranchStatus.model_validate(obj.get("status") or {})
         indexing = status.indexing
+        action_value = action.value if isinstance(action, AuditAction) else action
         return AuditRecord.build(
             action,
             branch_name=obj["spec"]["branchName"],
-            when=now,
-            seed=f"{meta.get('uid')}|{action.value}|{seed_extra}",
+            when=when,
+            seed=f"{meta.get('uid')}|{action_value}|{seed_extra}",
             actor=self.settings.operator_id,
             namespace=meta["namespace"],
             branch=meta["name"],

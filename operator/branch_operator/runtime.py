@@ -13,14 +13,20 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from .admin_exec import AdminExecutor
 from .config import Settings
 from .consumer import IndexingConsumer
 from .domain.policy import PolicyRef
 from .emit import Emitter
 from .kube import KubeClient, KubeError
+from .lock_lifecycle import LockLifecycle
+from .merge_backend import build_backend
+from .metrics import OperatorMetrics
 from .nats_io import NatsBus
+from .notify import IncidentWatch, Notifier
 from .processor import EventProcessor
 from .reconciler import MergeReconciler
+from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +70,31 @@ class Runtime:
         self.lookup = IndexLookup()
         self.emitter = Emitter(bus, settings)
         self.processor = EventProcessor(kube, self.emitter, settings, self.lookup, clock)
-        self.reconciler = MergeReconciler(kube, self.emitter, settings, self.lookup, clock)
+        self.reconciler = MergeReconciler(kube, self.emitter, settings, self.lookup, clock,
+                                          backend=build_backend(settings))
+        # Issue 4: wakes a branch's merge evaluation when a window opens, a freeze ends, a timeout passes.
+        self.scheduler = Scheduler(clock, self.reconciler.reconcile_key)
+        self.reconciler.scheduler = self.scheduler
+        if hasattr(clock, "subscribe"):  # a ManualClock: moving it wakes the scheduler
+            clock.subscribe(self.scheduler.poke)
         self.consumer = IndexingConsumer(bus, self.processor, self.emitter, settings, clock)
         self.tasks: list[asyncio.Task[None]] = []
         self.watching = False
+        # Operating it (issue 5): metrics, incident notifications, lock lifecycle, admin requests.
+        self.clock = clock
+        self.metrics = OperatorMetrics() if settings.metrics_enabled else None
+        self.notifier = Notifier.from_settings(settings, self.emitter, self.metrics)
+        self.emitter.audit_observers.append(self.notifier.observe_audit)
+        self.incidents = IncidentWatch(kube, self.notifier, settings, clock)
+        self.lock_lifecycle = LockLifecycle(kube, self.emitter, settings, notifier=self.notifier,
+                                            metrics=self.metrics, clock=clock)
+        self.admin = AdminExecutor(kube, self.emitter, settings, clock=clock)
+        if hasattr(clock, "subscribe"):  # a ManualClock: moving it re-checks lock expiries and blocked merges
+            clock.subscribe(self.lock_lifecycle.scheduler.poke)
+            clock.subscribe(self.incidents.scheduler.poke)
+        if self.metrics is not None:
+            self.metrics.attach(self)
+        self.http_url: str | None = None  # where /metrics, /healthz and /readyz are served
 
     @property
     def ready(self) -> bool:
@@ -84,12 +111,22 @@ class Runtime:
         self.tasks = [
             asyncio.create_task(self._nats(), name="oms-nats"),
             asyncio.create_task(self._resync(), name="oms-resync"),
+            asyncio.create_task(self.scheduler.run(), name="oms-merge-scheduler"),
+            asyncio.create_task(self.lock_lifecycle.run(), name="oms-lock-expiry"),
+            asyncio.create_task(self.incidents.run(), name="oms-blocked-merges"),
+            asyncio.create_task(self.notifier.run(), name="oms-notifier"),
         ]
 
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if hasattr(self.clock, "unsubscribe"):
+            self.clock.unsubscribe(self.scheduler.poke)
+        with contextlib.suppress(Exception):
+            await self.reconciler.backend.close()
+        with contextlib.suppress(Exception):
+            await self.notifier.close()
         with contextlib.suppress(Exception):
             await self.bus.close()
         with contextlib.suppress(Exception):

@@ -4,6 +4,7 @@ each test works in its own namespace so tests don't see each other's objects."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable
@@ -62,7 +63,8 @@ class Oms:
 
     async def create_branch(self, name: str, branch_name: str, **spec: Any) -> dict[str, Any]:
         obj = await self.kube.create(Branch.PLURAL, self.namespace, {
-            "apiVersion": API_VERSION, "kind": Branch.KIND, "metadata": {"name": name, "labels": spec.pop("labels", {})},
+            "apiVersion": API_VERSION, "kind": Branch.KIND,
+            "metadata": {"name": name, "labels": spec.pop("labels", {})},
             "spec": {"branchName": branch_name, **spec}})
         await self.wait_phase(name, "ACTIVE")
         return obj
@@ -124,7 +126,9 @@ class Oms:
         items = [self.kube.api.sanitize_for_serialization(i) for i in result.items]
         return [e for e in items if e.get("involvedObject", {}).get("name") == name]
 
-    async def stream_messages(self, stream: str, subject_filter: str | None = None) -> list[tuple[dict[str, str], bytes]]:
+    async def stream_messages(
+        self, stream: str, subject_filter: str | None = None
+    ) -> list[tuple[dict[str, str], bytes]]:
         """Every message in a JetStream stream (read with an ephemeral ordered consumer)."""
         nc = await nats.connect(self.env.nats_url)
         out: list[tuple[dict[str, str], bytes]] = []
@@ -168,3 +172,72 @@ async def oms(embedded: tuple[EmbeddedEnv, OperatorHandle]) -> AsyncIterator[Oms
     operator.runtime.emitter.audit_observers.remove(observer)
     await kube.close()
 
+
+
+@contextlib.asynccontextmanager
+async def open_oms(env: EmbeddedEnv, operator: OperatorHandle) -> AsyncIterator[Oms]:
+    """What the ``oms`` fixture gives, for any environment (e.g. a module's own, for fault injection)."""
+    kube = await KubeClient.connect(str(env.kubeconfig))
+    namespace = f"t{next(_ns_counter)}"
+    await kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    h = Oms(env, operator, kube, namespace)
+    observer = h.audits.append
+    operator.runtime.emitter.audit_observers.append(observer)
+    try:
+        yield h
+    finally:
+        operator.runtime.emitter.audit_observers.remove(observer)
+        await kube.close()
+
+
+# ------------------------------------------------------------------ helpers for the fault tests (issue 3)
+
+
+@dataclass(frozen=True)
+class StreamMsg:
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+async def read_stream(nats_url: str, stream: str) -> list[StreamMsg]:
+    """Every message of a JetStream stream, in order, fetched in batches by an ephemeral consumer."""
+    from nats.js import api as js_api
+
+    nc = await nats.connect(nats_url)
+    out: list[StreamMsg] = []
+    try:
+        js = nc.jetstream()
+        total = (await js.stream_info(stream)).state.messages
+        if not total:
+            return out
+        sub = await js.pull_subscribe("", stream=stream, config=js_api.ConsumerConfig(
+            ack_policy=js_api.AckPolicy.NONE, deliver_policy=js_api.DeliverPolicy.ALL, inactive_threshold=30.0))
+        while len(out) < total:
+            for msg in await sub.fetch(min(1000, total - len(out)), timeout=5.0):
+                out.append(StreamMsg(msg.metadata.sequence.stream, msg.subject, dict(msg.headers or {}),
+                                     msg.data or b""))
+        await sub.unsubscribe()
+    finally:
+        await nc.drain()
+    return out
+
+
+async def consumers_idle(nats_url: str, stream: str, durables: list[str]) -> dict[str, tuple[int, int]]:
+    """{durable: (num_pending, num_ack_pending)} for the durables that still have work (empty: all idle).
+    A message nak'ed with a delay counts as ack-pending until it is redelivered and acknowledged."""
+    nc = await nats.connect(nats_url)
+    busy: dict[str, tuple[int, int]] = {}
+    try:
+        js = nc.jetstream()
+        for durable in durables:
+            info = await js.consumer_info(stream, durable)
+            if info.num_pending or info.num_ack_pending:
+                busy[durable] = (int(info.num_pending or 0), int(info.num_ack_pending or 0))
+    finally:
+        await nc.drain()
+    return busy

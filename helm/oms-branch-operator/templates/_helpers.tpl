@@ -78,22 +78,22 @@ chart grants any more or any less than that module, so edit both together.
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["oms.dev"]
   resources: ["branches/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["oms.dev"]
   resources: ["branchlocks"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: ["oms.dev"]
   resources: ["branchlocks/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["oms.dev"]
   resources: ["automergepolicies"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["oms.dev"]
   resources: ["automergepolicies/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/*
@@ -105,11 +105,11 @@ KopfPeering in each watched namespace.
 {{- if .cluster }}
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
 
 {{/* Cross-field checks that values.schema.json cannot express, failing early with a clear message. */}}

@@ -68,6 +68,10 @@ class BlockReason(enum.StrEnum):
     NO_MATCHING_POLICY = "NoMatchingPolicy"
     EXPIRED = "Expired"
     LOCK_HELD = "LockHeld"
+    FROZEN = "Frozen"
+    INSUFFICIENT_RECORDS = "InsufficientRecords"
+    TARGET_LOCK_HELD = "TargetLockHeld"
+    OUTSIDE_MERGE_WINDOW = "OutsideMergeWindow"
 
 
 class ConditionType(enum.StrEnum):
@@ -75,6 +79,7 @@ class ConditionType(enum.StrEnum):
     VALIDATED = "Validated"
     LOCKED = "Locked"
     MERGEABLE = "Mergeable"
+    ACCEPTED = "Accepted"  # on AutoMergePolicies: the policy is valid and in force
 
 
 class _Model(BaseModel):
@@ -144,6 +149,25 @@ class IndexingStatus(_Model):
     validation: ValidationStatus | None = None
 
 
+class MergeCheck(_Model):
+    """One auto-merge check of the decision trace (see docs/policies.md)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63)]
+    passed: bool
+    reason: Annotated[BlockReason | None, Field(description="What a failure of this check is reported as")] = None
+    evidence: Annotated[str, Field(max_length=1024)] = ""
+
+
+class ManualMergeRequest(_Model):
+    """The last break-glass request (annotation oms.dev/merge-request) for this indexing result, and its outcome."""
+
+    reason: Annotated[str, Field(max_length=1024)]
+    requested_by: Annotated[str | None, Field(max_length=253)] = None
+    outcome: MergeDecision | None = None
+    message: Annotated[str | None, Field(max_length=4096)] = None
+    at: datetime | None = None
+
+
 class MergeStatus(_Model):
     decision: MergeDecision | None = None
     reasons: Annotated[list[BlockReason], Field(max_length=16)] = []
@@ -152,6 +176,16 @@ class MergeStatus(_Model):
     merged_at: datetime | None = None
     target_branch: Annotated[str | None, Field(max_length=MAX_BRANCH_NAME)] = None
     evaluated_at: datetime | None = None
+    policy_generation: Annotated[int | None, Field(ge=0)] = None
+    event_id: Annotated[str | None, Field(max_length=253, description="Indexing CloudEvent id decided on")] = None
+    checks: Annotated[list[MergeCheck], Field(max_length=16)] = []
+    next_evaluation_time: Annotated[
+        datetime | None, Field(description="When the decision may change by the clock alone (window, freeze, expiry)")
+    ] = None
+    merge_id: Annotated[str | None, Field(max_length=253, description="Idempotency key of the merge")] = None
+    announced_at: datetime | None = None
+    attempts: Annotated[int | None, Field(ge=0, description="Failed merge executions for mergeId")] = None
+    manual_request: ManualMergeRequest | None = None
 
 
 class Conflict(_Model):
@@ -174,11 +208,24 @@ class Outbox(_Model):
 
     Written in the same status update as the state change they describe, published after it, and
     re-published (same ids, dropped by JetStream as duplicates) when the event is redelivered — so a
-    crash between the state change and the publish loses nothing and doubles nothing.
+    crash between the state change and the publish loses nothing and doubles nothing. The next event to
+    replace it publishes it once more first, while ``writtenAt`` is inside JetStream's duplicate window.
     """
 
     key: Annotated[str, Field(min_length=1, max_length=253, description="the CloudEvent id these messages belong to")]
     messages: Annotated[list[OutboxMessage], Field(max_length=32)] = []
+    written_at: Annotated[datetime | None, Field(description="When the status write holding it was made")] = None
+
+
+class AdminActionStatus(_Model):
+    """The last administrator request the operator handled (``oms.dev/force-unlock``, ``oms.dev/set-state``)."""
+
+    action: Annotated[str, Field(max_length=63, description="force-unlock or set-state")]
+    requested_by: Annotated[str, Field(max_length=253, description="oms.dev/requested-by, else the last manager")]
+    reason: Annotated[str, Field(max_length=1024)] = ""
+    at: datetime
+    result: Annotated[str, Field(max_length=1024, description="What the operator did")] = ""
+    request_id: Annotated[str | None, Field(max_length=63, description="oms.dev/request-id, if one was set")] = None
 
 
 class BranchStatus(_Model):
@@ -188,6 +235,7 @@ class BranchStatus(_Model):
     indexing: IndexingStatus | None = None
     merge: MergeStatus | None = None
     conflicts: Annotated[list[Conflict], Field(max_length=256)] = []
+    last_admin_action: AdminActionStatus | None = None
     conditions: Annotated[list[Condition], Field(max_length=16)] = []
     recent_event_ids: Annotated[
         list[Annotated[str, Field(max_length=253)]],
@@ -264,6 +312,26 @@ class LabelSelector(_Model):
     match_expressions: list[LabelSelectorRequirement] = []
 
 
+class MergeWindow(_Model):
+    """When merging is allowed or denied, like an Argo CD sync window."""
+
+    kind: Literal["allow", "deny"]
+    schedule: Annotated[
+        str, Field(min_length=1, max_length=128, description="Cron (5 fields) for the window starts, e.g. 0 9 * * 1-5")
+    ]
+    duration: Annotated[
+        str, Field(max_length=32, pattern=r"^([0-9]+(\.[0-9]+)?(h|m|s))+$", description="e.g. 9h, 1h30m (max 31 days)")
+    ]
+    time_zone: Annotated[str, Field(min_length=1, max_length=64, description="IANA time zone, e.g. Asia/Seoul")] = "UTC"
+
+
+class MergeFreeze(_Model):
+    """No auto-merge for any matching branch while set (until ``until``, if given)."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=1024)]
+    until: datetime | None = None
+
+
 class AutoMergePolicySpec(_Model):
     enabled: bool = True
     require_validation: Annotated[bool, Field(description="Block when indexing validation failed")] = True
@@ -283,11 +351,28 @@ class AutoMergePolicySpec(_Model):
     ] = []
     priority: Annotated[int, Field(ge=-1000, le=1000, description="Highest priority wins")] = 0
     dry_run: Annotated[bool, Field(description="Record WouldMerge instead of merging")] = False
+    block_on_locks: Annotated[bool, Field(description="Block while another lock is held on the branch")] = True
+    block_on_target_locks: Annotated[
+        bool, Field(description="Block while a lock is held on the target branch's Branch")
+    ] = True
+    min_records_indexed: Annotated[
+        int | None, Field(ge=0, description="Block when the indexing run indexed fewer records")
+    ] = None
+    merge_windows: Annotated[
+        list[MergeWindow], Field(max_length=32, description="Allow/deny windows; deny beats allow")
+    ] = []
+    freeze: MergeFreeze | None = None
+    allow_manual_merge_with_failed_validation: Annotated[
+        bool, Field(description="Let an oms.dev/merge-request merge a branch whose validation failed")
+    ] = False
 
 
 class AutoMergePolicyStatus(_Model):
     observed_generation: Annotated[int | None, Field(ge=0)] = None
     matched_branches: Annotated[int | None, Field(ge=0)] = None
+    governed_branches: Annotated[
+        int | None, Field(ge=0, description="Matched branches this policy wins (highest priority)")
+    ] = None
     last_evaluation_time: datetime | None = None
     conditions: Annotated[list[Condition], Field(max_length=16)] = []
 
@@ -301,6 +386,8 @@ class AutoMergePolicy(_Model):
         {"name": "Enabled", "type": "boolean", "jsonPath": ".spec.enabled"},
         {"name": "Priority", "type": "integer", "jsonPath": ".spec.priority"},
         {"name": "DryRun", "type": "boolean", "jsonPath": ".spec.dryRun"},
+        {"name": "Accepted", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status"},
+        {"name": "Matched", "type": "integer", "jsonPath": ".status.matchedBranches"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

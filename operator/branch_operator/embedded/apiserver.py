@@ -11,7 +11,10 @@ The modules beside this one each have one job: ``apiserver_ops`` (write semantic
 
 Not emulated: authentication/authorisation, admission webhooks, conversion between versions, field
 ownership of server-side apply (it acts as a merge patch), strategic-merge list semantics (lists are
-replaced), DELETE of collections, ``/openapi`` documents, Table output for kubectl (it prints client-side).
+replaced), DELETE of collections, ``/openapi`` documents (kubectl needs ``--validate=false``), Table output
+for kubectl (it prints client-side), protobuf bodies (kubectl's typed commands such as ``kubectl create
+configmap`` get 415; ``kubectl apply/create -f`` send JSON and work), CEL rules other than
+``self.x == oldSelf.x`` transition rules (skipped with a warning).
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ class RequestRecord:
     status: int
     time: float
     raw_body: bytes | None = None
+    # Tells the operator's own client (``oms-branch-operator/<version>``) from kopf's (``kopf/<version>``)
+    # and from test harnesses or kubectl.
+    user_agent: str = ""
 
     @property
     def body(self) -> Any:
@@ -312,6 +318,7 @@ class EmbeddedApiServer:
                 status,
                 time.time(),
                 raw_body or None,
+                request.headers.get("User-Agent", ""),
             )
         )
 

@@ -4,14 +4,14 @@ running in-process. Shared by ``branch-operator demo``, ``branch-operator dev`` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import kopf
@@ -22,6 +22,18 @@ from .apiserver import EmbeddedApiServer
 from .natsserver import NatsServer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def install_crds(api_url: str) -> None:
+    """POST the operator's CRDs (rendered from the models) to an API server; existing ones are kept."""
+    async with aiohttp.ClientSession() as session:
+        for crd in render_crds():
+            url = f"{api_url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+            async with session.post(url, json=crd) as resp:
+                if resp.status not in (200, 201, 409):
+                    raise RuntimeError(f"installing CRD {crd['metadata']['name']}: {resp.status} {await resp.text()}")
 
 
 class EmbeddedEnv:
@@ -48,14 +60,7 @@ class EmbeddedEnv:
         await self.install_crds()
 
     async def install_crds(self) -> None:
-        async with aiohttp.ClientSession() as session:
-            for crd in render_crds():
-                async with session.post(
-                    f"{self.api_url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd
-                ) as resp:
-                    if resp.status not in (200, 201, 409):
-                        raise RuntimeError(
-                            f"installing CRD {crd['metadata']['name']}: {resp.status} {await resp.text()}")
+        await install_crds(self.api_url)
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.nats.stop)
@@ -71,7 +76,14 @@ class EmbeddedEnv:
 
 
 class OperatorHandle:
-    """The real operator (kopf + handlers.py) running as a task in this event loop."""
+    """The real operator (kopf + handlers.py), in a thread of its own with its own event loop.
+
+    Why a thread: when kopf stops, it cancels every task its loop gained since it started, assuming
+    the loop is its own. Sharing a loop with the embedded API server, a test, or a second operator
+    would make stopping one operator kill the others' tasks (and wait 5 s for them first).
+    Objects of the running operator (``runtime``) belong to that loop: read plain attributes and append
+    observers freely, but run coroutines on it with :meth:`call`.
+    """
 
     def __init__(
         self, settings: Settings, kubeconfig: Path, *, namespaces: list[str] | None = None,
@@ -81,52 +93,73 @@ class OperatorHandle:
         self.kubeconfig = kubeconfig
         self.namespaces = namespaces if namespaces is not None else settings.namespaces
         self.clock = clock
-        self.stop_flag: asyncio.Event = asyncio.Event()
-        self.ready_flag: asyncio.Event = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
+        self.stop_flag = threading.Event()
+        self.ready_flag = threading.Event()
         self.runtime: Any = None
-        self._runtime_ready = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+        self._runtime_ready = threading.Event()
+        self._thread: threading.Thread | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
         from .. import handlers  # noqa: F401  (registers the kopf handlers)
 
+        self._thread = threading.Thread(target=self._main, name="oms-operator", daemon=True)
+        self._thread.start()
+        if not await asyncio.to_thread(self._runtime_ready.wait, timeout):
+            raise TimeoutError(f"operator did not start within {timeout}s: {self.error!r}")
+        await self.wait_ready(timeout)
+
+    def _main(self) -> None:
         memo = kopf.Memo(config=self.settings, kubeconfig=str(self.kubeconfig), on_runtime=self._got_runtime)
         if self.clock is not None:
             memo["clock"] = self.clock
-        self.task = asyncio.create_task(kopf.operator(
-            clusterwide=not self.namespaces,
-            namespaces=self.namespaces or (),
-            standalone=self.settings.peering is None,
-            peering_name=self.settings.peering,
-            memo=memo,
-            stop_flag=self.stop_flag,
-            ready_flag=self.ready_flag,
-        ))
-        await asyncio.wait_for(self._runtime_ready.wait(), timeout)
-        await self.wait_ready(timeout)
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        try:
+            loop.run_until_complete(kopf.operator(
+                clusterwide=not self.namespaces,
+                namespaces=self.namespaces or (),
+                standalone=self.settings.peering is None,
+                peering_name=self.settings.peering,
+                memo=memo,
+                stop_flag=self.stop_flag,
+                ready_flag=self.ready_flag,
+            ))
+        except BaseException as exc:  # reported through wait_ready / stop
+            self.error = exc
+        finally:
+            self._runtime_ready.set()
+            loop.close()
 
     def _got_runtime(self, runtime: Any) -> None:
         self.runtime = runtime
         self._runtime_ready.set()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Until kopf is up and the NATS consumers are attached."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await asyncio.wait_for(self.ready_flag.wait(), timeout)
-        while not (self.runtime is not None and self.runtime.ready):
-            if self.task is not None and self.task.done():
-                self.task.result()
+        while not (self.ready_flag.is_set() and self.runtime is not None and self.runtime.ready):
+            if not self.alive:
+                raise RuntimeError(f"operator exited: {self.error!r}")
             if loop.time() > deadline:
                 raise TimeoutError(f"operator not ready: {self.runtime.readiness() if self.runtime else 'no runtime'}")
             await asyncio.sleep(0.02)  # polling a readiness condition with a deadline
 
-    async def stop(self) -> None:
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the operator's own loop (e.g. ``runtime.reconciler.reconcile(obj)``)."""
+        if self.loop is None:
+            raise RuntimeError("operator not started")
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def stop(self, timeout: float = 30.0) -> None:
         self.stop_flag.set()
-        if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self.task, 20)
-            if not self.task.done():
-                self.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await self.task
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, timeout)
+            if self._thread.is_alive():
+                log.warning("operator thread did not stop within %ss", timeout)

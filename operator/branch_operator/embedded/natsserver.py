@@ -40,7 +40,12 @@ def find_binary() -> str:
 
 
 class NatsServer:
-    """One nats-server process with JetStream in a private store directory."""
+    """One nats-server process with JetStream in a private store directory.
+
+    ``config_file``: a nats-server configuration file (``-c``) for what has no command-line flag, such as
+    TLS with client certificates, NKey users or operator (JWT) mode. The flags set here (JetStream, address,
+    port, store directory, log file) take precedence over the file.
+    """
 
     def __init__(
         self,
@@ -49,12 +54,14 @@ class NatsServer:
         host: str = "127.0.0.1",
         store_dir: Path | None = None,
         extra_args: list[str] | None = None,
+        config_file: Path | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self._own_store = store_dir is None
         self.store_dir = store_dir or Path(tempfile.mkdtemp(prefix="oms-nats-"))
         self.extra_args = extra_args or []
+        self.config_file = config_file
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.store_dir / "nats-server.log"
 
@@ -66,8 +73,10 @@ class NatsServer:
         """Start (or restart, keeping the store) and wait until the port accepts connections."""
         if self.proc is not None and self.proc.poll() is None:
             return self.url
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        config = ["-c", str(self.config_file)] if self.config_file is not None else []
         cmd = [
-            find_binary(), "-js", "-a", self.host, "-p", str(self.port),
+            find_binary(), *config, "-js", "-a", self.host, "-p", str(self.port),
             "-sd", str(self.store_dir), "-l", str(self.log_path), *self.extra_args,
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

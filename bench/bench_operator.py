@@ -1,0 +1,417 @@
+"""Benchmark of the real operator on the embedded default (issue 7, part 2).
+
+Three processes, so CPU and memory figures belong to the right one: the embedded API server
+(bench/_apiserver_proc.py), a real nats-server, and the operator (`branch-operator run`). This process
+plays Funnel (publishes events) and watches Branches.
+
+Measures:
+- throughput: N branches through started -> completed -> auto-merged, events/s until all are ACTIVE;
+- latency: completed published -> READY and -> ACTIVE, p50/p95/p99, at a fixed rate and at saturation;
+- the ceiling: a bare client doing the same writes against the same server, same run;
+- API writes per auto-merged event, by kind, counted at the server;
+- scale: with 10,000 Branches present, operator start to ready, RSS, idle CPU.
+
+Usage: python bench/bench_operator.py [--quick]   (writes bench/results/operator.json and prints a table)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+
+from branch_operator.embedded.natsserver import NatsServer, free_port
+from branch_operator.events import encode_structured, make_event
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+GROUP_PATH = "/apis/oms.dev/v1alpha1"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def proc_stat(pid: int) -> tuple[int, float]:
+    """(RSS KiB, CPU seconds) of a process."""
+    rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss, (int(fields[11]) + int(fields[12])) / ticks
+
+
+class Bench:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.work = Path(tempfile.mkdtemp(prefix="oms-bench-"))
+        self.api_proc: subprocess.Popen[str] | None = None
+        self.op_proc: subprocess.Popen[bytes] | None = None
+        self.nats = NatsServer(store_dir=self.work / "nats")
+        self.api = self.kubeconfig = self.control = ""
+        self.health_port = 0
+        self.http: aiohttp.ClientSession | None = None
+        self.nc: Any = None
+
+    # ------------------------------------------------------------------------------ processes
+
+    def start_api(self) -> None:
+        self.api_proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "_apiserver_proc.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.api_proc.stdout is not None
+        info: dict[str, str] = {}
+        while len(info) < 3:
+            line = self.api_proc.stdout.readline()
+            if not line:
+                raise RuntimeError("API server process died")
+            key, _, value = line.strip().partition("=")
+            info[key] = value
+        self.api, self.kubeconfig, self.control = info["api"], info["kubeconfig"], info["control"]
+
+    def start_operator(self) -> float:
+        self.health_port = free_port()
+        env = {**os.environ, "NATS_URL": self.nats.url, "OMS_HEALTH_PORT": str(self.health_port),
+               "OMS_DEFAULT_NAMESPACE": "default", "OMS_LOG_LEVEL": "WARNING"}
+        log = open(self.work / "operator.log", "ab")  # noqa: SIM115 (lives as long as the process)
+        started = time.monotonic()
+        self.op_proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "branch-operator"), "--log-level", "WARNING", "run",
+             "--kubeconfig", self.kubeconfig], env=env, stdout=log, stderr=log)
+        return started
+
+    async def wait_ready(self, timeout: float = 120) -> None:
+        assert self.http is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                async with self.http.get(f"http://127.0.0.1:{self.health_port}/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)  # polling readiness with a deadline
+        raise TimeoutError("operator never became ready; see " + str(self.work / "operator.log"))
+
+    def stop_operator(self) -> None:
+        if self.op_proc is not None:
+            self.op_proc.terminate()
+            try:
+                self.op_proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.op_proc.kill()
+            self.op_proc = None
+
+    def close(self) -> None:
+        self.stop_operator()
+        self.nats.close()
+        if self.api_proc is not None:
+            assert self.api_proc.stdin is not None
+            self.api_proc.stdin.close()
+            try:
+                self.api_proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.api_proc.kill()
+
+    # ---------------------------------------------------------------------------- API helpers
+
+    async def counts(self) -> dict[str, int]:
+        assert self.http is not None
+        async with self.http.get(f"{self.control}/counts") as r:
+            return dict(await r.json())
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.http is not None
+        async with self.http.post(self.api + path, json=body) as r:
+            if r.status >= 300:
+                raise RuntimeError(f"POST {path}: {r.status} {await r.text()}")
+            return dict(await r.json())
+
+    async def namespace(self, ns: str) -> None:
+        await self.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        await self.post(f"{GROUP_PATH}/namespaces/{ns}/automergepolicies", {
+            "apiVersion": "oms.dev/v1alpha1", "kind": "AutoMergePolicy", "metadata": {"name": "all"},
+            "spec": {"enabled": True, "requireValidation": True, "timeoutHours": 24}})
+
+    async def create_branches(self, ns: str, n: int, concurrency: int = 64) -> list[str]:
+        names = [f"b{i:05d}" for i in range(n)]
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(name: str) -> None:
+            async with sem:
+                await self.post(f"{GROUP_PATH}/namespaces/{ns}/branches", {
+                    "apiVersion": "oms.dev/v1alpha1", "kind": "Branch", "metadata": {"name": name},
+                    "spec": {"branchName": f"feature/{name}"}})
+        await asyncio.gather(*(one(x) for x in names))
+        return names
+
+    async def watch_phases(self, ns: str, seen: dict[str, dict[str, float]], stop: asyncio.Event) -> None:
+        """Record the first time each branch is seen in each phase (monotonic clock)."""
+        assert self.http is not None
+        url = f"{self.api}{GROUP_PATH}/namespaces/{ns}/branches?watch=true&timeoutSeconds=600"
+        async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=None)) as resp:
+            async for line in resp.content:
+                now = time.monotonic()
+                if stop.is_set():
+                    return
+                try:
+                    obj = json.loads(line)["object"]
+                except (ValueError, KeyError):
+                    continue
+                phase = (obj.get("status") or {}).get("phase")
+                if not phase:
+                    continue
+                phases = seen.setdefault(obj["metadata"]["name"], {})
+                if phase == "ACTIVE" and "READY" in phases:
+                    phases.setdefault("MERGED", now)  # ACTIVE again after READY: the merge
+                phases.setdefault(phase, now)
+
+    async def publish(self, ns: str, kind: str, name: str, idx: str) -> None:
+        event = make_event(kind, f"feature/{name}", idx, status="success" if kind == "completed" else None,
+                           records_indexed=100, namespace=ns)
+        payload, headers = encode_structured(event)
+        await self.nc.jetstream().publish(f"funnel.indexing.{kind}", payload, headers=headers)
+
+    @staticmethod
+    async def until(pred: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if time.monotonic() > deadline:
+                raise TimeoutError(what)
+            await asyncio.sleep(0.01)  # polling a condition with a deadline
+
+    # ----------------------------------------------------------------------------- scenarios
+
+    async def throughput(self, n: int) -> dict[str, Any]:
+        ns = f"tp{n}"
+        await self.namespace(ns)
+        seen: dict[str, dict[str, float]] = {}
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(self.watch_phases(ns, seen, stop))
+        names = await self.create_branches(ns, n)
+        await self.until(lambda: all("ACTIVE" in seen.get(x, {}) for x in names), 120, "branches initialised")
+        before = await self.counts()
+        t0 = time.monotonic()
+        for name in names:
+            await self.publish(ns, "started", name, f"idx-{name}")
+        for name in names:
+            await self.publish(ns, "completed", name, f"idx-{name}")
+
+        await self.until(lambda: all("MERGED" in seen.get(x, {}) for x in names), 600, f"{n} branches merged")
+        elapsed = time.monotonic() - t0
+        after = await self.counts()
+        stop.set()
+        watcher.cancel()
+        writes = {k: after.get(k, 0) - before.get(k, 0) for k in after
+                  if k not in ("read", "watch", "GET") and after.get(k, 0) - before.get(k, 0)}
+        return {"branches": n, "events": 2 * n, "seconds": elapsed, "events_per_s": 2 * n / elapsed,
+                "writes_by_kind": writes, "writes_per_branch": sum(writes.values()) / n,
+                "writes_per_merged_event": (sum(writes.values()) - writes.get("lock_create", 0)
+                                            - n  # the started event's status patch
+                                            - n) / n}  # the started event's Event post
+
+    async def latency(self, n: int, rate: float | None) -> dict[str, Any]:
+        ns = f"lat{'sat' if rate is None else int(rate)}"
+        await self.namespace(ns)
+        seen: dict[str, dict[str, float]] = {}
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(self.watch_phases(ns, seen, stop))
+        names = await self.create_branches(ns, n)
+        for name in names:
+            await self.publish(ns, "started", name, f"idx-{name}")
+        await self.until(lambda: all("LOCKED_FOR_WRITE" in seen.get(x, {}) for x in names), 300, "locked")
+        sent: dict[str, float] = {}
+        t0 = time.monotonic()
+        for i, name in enumerate(names):
+            if rate is not None:
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # pacing the publisher at the target rate
+            sent[name] = time.monotonic()
+            await self.publish(ns, "completed", name, f"idx-{name}")
+        await self.until(lambda: all("MERGED" in seen.get(x, {}) for x in names), 300, "latency run merged")
+        stop.set()
+        watcher.cancel()
+        ready = [(seen[x]["READY"] - sent[x]) * 1000 for x in names]
+        active = [(seen[x]["MERGED"] - sent[x]) * 1000 for x in names]
+        return {"events": n, "rate": rate or "saturation",
+                "to_ready_ms": {"p50": pct(ready, 50), "p95": pct(ready, 95), "p99": pct(ready, 99)},
+                "to_active_ms": {"p50": pct(active, 50), "p95": pct(active, 95), "p99": pct(active, 99),
+                                 "mean": statistics.fmean(active)}}
+
+    async def ceiling(self, n: int, writes_by_kind: dict[str, int], concurrency: int = 32) -> dict[str, Any]:
+        """A bare client doing per branch what the operator did per branch, with the same concurrency."""
+        assert self.http is not None
+        ns = f"ceil{n}"
+        await self.namespace(ns)
+        names = await self.create_branches(ns, n)
+        per = {k: v / n for k, v in writes_by_kind.items()}
+        sem = asyncio.Semaphore(concurrency)
+        http = self.http
+
+        async def patch_status(name: str, i: int) -> None:
+            async with http.patch(f"{self.api}{GROUP_PATH}/namespaces/{ns}/branches/{name}/status",
+                                  json={"status": {"phase": ["LOCKED_FOR_WRITE", "READY", "ACTIVE"][i % 3]}},
+                                  headers={"Content-Type": "application/merge-patch+json"}) as r:
+                await r.read()
+
+        async def one(name: str) -> None:
+            async with sem:
+                lock = f"{name}-indexing"
+                for _ in range(round(per.get("lock_create", 0))):
+                    await self.post(f"{GROUP_PATH}/namespaces/{ns}/branchlocks", {
+                        "apiVersion": "oms.dev/v1alpha1", "kind": "BranchLock", "metadata": {"name": lock},
+                        "spec": {"branch": name, "lockType": "INDEXING", "holder": "bench"}})
+                for i in range(round(per.get("status_patch", 0))):
+                    await patch_status(name, i)
+                for _ in range(round(per.get("event_post", 0))):
+                    await self.post(f"/api/v1/namespaces/{ns}/events", {
+                        "apiVersion": "v1", "kind": "Event", "metadata": {"generateName": f"{name}."},
+                        "involvedObject": {"kind": "Branch", "name": name, "namespace": ns},
+                        "reason": "Bench", "message": "bench", "type": "Normal"})
+                for _ in range(round(per.get("lock_delete", 0))):
+                    async with http.delete(f"{self.api}{GROUP_PATH}/namespaces/{ns}/branchlocks/{lock}") as r:
+                        await r.read()
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(x) for x in names))
+        elapsed = time.monotonic() - t0
+        return {"branches": n, "seconds": elapsed, "events_per_s": 2 * n / elapsed,
+                "writes_per_s": sum(writes_by_kind.values()) / elapsed}
+
+    async def scale(self, n: int, idle_seconds: float) -> dict[str, Any]:
+        ns = "scale"
+        await self.namespace(ns)
+        await self.create_branches(ns, n)
+        # Let the running operator initialise them, then measure a cold start with all of them present.
+        await self.until_initialised(ns, n)
+        self.stop_operator()
+        started = self.start_operator()
+        await self.wait_ready(timeout=300)
+        ready_s = time.monotonic() - started
+        # Ready to *act*: an event for the last-created branch is applied.
+        last = f"b{n - 1:05d}"
+        seen: dict[str, dict[str, float]] = {}
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(self.watch_phases(ns, seen, stop))
+        await self.publish(ns, "started", last, "idx-scale")
+        await self.until(lambda: "LOCKED_FOR_WRITE" in seen.get(last, {}), 300, "event on a 10k-branch operator")
+        acting_s = time.monotonic() - started
+        stop.set()
+        watcher.cancel()
+        assert self.op_proc is not None
+        # Idle means after start-up work is done: the API server sees no requests for 3 s in a row.
+        settle_deadline = time.monotonic() + 120
+        last, quiet_since = await self.counts(), time.monotonic()
+        while time.monotonic() - quiet_since < 3 and time.monotonic() < settle_deadline:
+            await asyncio.sleep(0.5)  # sampling the server's counters
+            now_counts = await self.counts()
+            if {k: v for k, v in now_counts.items() if k != "watch"} != {k: v for k, v in last.items() if k != "watch"}:
+                last, quiet_since = now_counts, time.monotonic()
+        rss0, cpu0 = proc_stat(self.op_proc.pid)
+        t0 = time.monotonic()
+        await asyncio.sleep(idle_seconds)  # measuring idle CPU over a fixed window is the point
+        rss1, cpu1 = proc_stat(self.op_proc.pid)
+        return {"branches": n, "start_to_ready_s": ready_s, "start_to_first_event_applied_s": acting_s,
+                "rss_mib": rss1 / 1024, "idle_cpu_percent": 100 * (cpu1 - cpu0) / (time.monotonic() - t0)}
+
+    async def until_initialised(self, ns: str, n: int) -> None:
+        assert self.http is not None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            async with self.http.get(f"{self.api}{GROUP_PATH}/namespaces/{ns}/branches") as r:
+                items = (await r.json())["items"]
+            if sum(1 for i in items if (i.get("status") or {}).get("phase")) >= n:
+                return
+            await asyncio.sleep(0.5)  # polling with a deadline
+        raise TimeoutError("scale branches never initialised")
+
+    async def run(self) -> dict[str, Any]:
+        self.start_api()
+        await self.nats.astart()
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+        self.nc = await nats.connect(self.nats.url)
+        started = self.start_operator()
+        await self.wait_ready()
+        results: dict[str, Any] = {
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform()},
+            "first_ready_s": time.monotonic() - started,
+        }
+        sizes = [100] if self.quick else [100, 1000]
+        results["throughput"] = [await self.throughput(n) for n in sizes]
+        big = results["throughput"][-1]
+        results["ceiling"] = await self.ceiling(big["branches"], big["writes_by_kind"])
+        results["fraction_of_ceiling"] = big["events_per_s"] / results["ceiling"]["events_per_s"]
+        results["latency"] = [await self.latency(100 if self.quick else 500, 50.0),
+                              await self.latency(100 if self.quick else 500, None)]
+        results["scale"] = await self.scale(1000 if self.quick else 10_000, 5.0 if self.quick else 10.0)
+        return results
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = ["| measure | value |", "|---|---|"]
+    for t in r["throughput"]:
+        lines.append(f"| throughput, {t['branches']} branches | {t['events_per_s']:.0f} events/s "
+                     f"({t['seconds']:.1f} s) |")
+        lines.append(f"| API writes per auto-merged event ({t['branches']}) | {t['writes_per_merged_event']:.2f} "
+                     f"(all kinds per branch: {t['writes_by_kind']}) |")
+    lines.append(f"| same-run ceiling (bare client, same writes) | {r['ceiling']['events_per_s']:.0f} events/s |")
+    lines.append(f"| operator / ceiling | {100 * r['fraction_of_ceiling']:.0f}% |")
+    for lat in r["latency"]:
+        a, b = lat["to_ready_ms"], lat["to_active_ms"]
+        lines.append(f"| completed -> READY at {lat['rate']} ev/s, p50/p95/p99 | "
+                     f"{a['p50']:.0f} / {a['p95']:.0f} / {a['p99']:.0f} ms |")
+        lines.append(f"| completed -> ACTIVE at {lat['rate']} ev/s, p50/p95/p99 | "
+                     f"{b['p50']:.0f} / {b['p95']:.0f} / {b['p99']:.0f} ms |")
+    s = r["scale"]
+    lines.append(f"| {s['branches']} branches: start -> ready / -> first event applied | "
+                 f"{s['start_to_ready_s']:.1f} s / {s['start_to_first_event_applied_s']:.1f} s |")
+    lines.append(f"| {s['branches']} branches: RSS, idle CPU | {s['rss_mib']:.0f} MiB, {s['idle_cpu_percent']:.1f}% |")
+    return "\n".join(lines)
+
+
+async def amain(args: argparse.Namespace) -> None:
+    bench = Bench(quick=args.quick)
+    try:
+        results = await bench.run()
+    finally:
+        if bench.nc is not None:
+            await bench.nc.close()
+        if bench.http is not None:
+            await bench.http.close()
+        bench.close()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / ("operator-quick.json" if args.quick else "operator.json")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    text = table(results)
+    (out.with_suffix(".md")).write_text(text + "\n")
+    print(text)
+    print(f"\nwritten to {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    asyncio.run(amain(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""What `kubectl branch` prints: pure functions from API objects (dicts) to text, so they are tested alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+Obj = Mapping[str, Any]
+
+# What to do about each blocking reason (shown by `why`): the runbook in one line each.
+REASON_HINTS: Mapping[str, str] = {
+    "NoMatchingPolicy": "no AutoMergePolicy in this namespace selects this branch and target; add one (GitOps)",
+    "AutoMergeDisabled": "spec.autoMerge is false or the matching policy has enabled: false",
+    "ValidationFailed": "the last indexing run failed validation; fix the schema and re-index",
+    "ConflictsDetected": "OMS reports merge conflicts (status.conflicts); resolve them in OMS",
+    "Expired": "the run completed longer ago than the policy's timeoutHours; re-index to refresh it",
+    "LockHeld": "a WRITE/MERGE lock is held (kubectl branch locks NAME); wait, or kubectl branch unlock",
+}
+
+
+def parse_time(ts: Any) -> datetime | None:
+    if not ts:
+        return None
+    try:
+        dt = datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def human_duration(seconds: float) -> str:
+    """kubectl's short ages: 45s, 5m, 3h, 2d (the largest unit that fits, like `kubectl get`)."""
+    secs = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{max(secs, 0)}s"
+
+
+def age(ts: Any, now: datetime) -> str:
+    then = parse_time(ts)
+    return "<unknown>" if then is None else human_duration((now - then).total_seconds())
+
+
+def condition(status: Obj, ctype: str) -> dict[str, Any]:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == ctype:
+            return dict(cond)
+    return {}
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- list
+
+
+def branch_rows(branches: Iterable[Obj], locks: Iterable[Obj], *, all_namespaces: bool,
+                now: datetime) -> list[list[str]]:
+    held: dict[tuple[str, str], int] = {}
+    for lock in locks:
+        key = (lock["metadata"].get("namespace", ""), (lock.get("spec") or {}).get("branch", ""))
+        held[key] = held.get(key, 0) + 1
+    rows = []
+    for b in sorted(branches, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])):
+        meta, spec, st = b["metadata"], b.get("spec") or {}, b.get("status") or {}
+        indexing = st.get("indexing") or {}
+        validation = indexing.get("validation") or {}
+        row = [
+            meta["name"], spec.get("branchName", ""), st.get("phase", ""),
+            "" if indexing.get("recordsIndexed") is None else str(indexing["recordsIndexed"]),
+            "" if validation.get("passed") is None else str(validation["passed"]).lower(),
+            condition(st, "Mergeable").get("status", ""),
+            str(held.get((meta.get("namespace", ""), meta["name"]), 0)),
+            age(meta.get("creationTimestamp"), now),
+        ]
+        rows.append(([meta.get("namespace", "")] if all_namespaces else []) + row)
+    return rows
+
+
+BRANCH_HEADER = ["NAME", "BRANCH", "PHASE", "RECORDS", "VALID", "MERGEABLE", "LOCKS", "AGE"]
+LOCK_HEADER = ["NAME", "BRANCH", "TYPE", "HOLDER", "ACQUIRED", "RENEWED", "TTL", "EXPIRES", "REASON"]
+
+
+# ------------------------------------------------------------------------------------------- locks
+
+
+def lock_rows(locks: Iterable[Obj], *, all_namespaces: bool, now: datetime) -> list[list[str]]:
+    rows = []
+    for lk in sorted(locks, key=lambda o: (o["metadata"].get("namespace", ""), (o.get("spec") or {}).get("branch", ""),
+                                           o["metadata"]["name"])):
+        meta, spec, st = lk["metadata"], lk.get("spec") or {}, lk.get("status") or {}
+        acquired = st.get("acquiredAt") or meta.get("creationTimestamp")
+        renewed = st.get("renewedAt") or acquired
+        ttl = spec.get("ttlSeconds")
+        expires = "never"
+        base = max(filter(None, (parse_time(renewed), parse_time(acquired))), default=None)
+        if ttl and base is not None:
+            left = base.timestamp() + int(ttl) - now.timestamp()
+            expires = f"in {human_duration(left)}" if left > 0 else "overdue"
+        row = [meta["name"], spec.get("branch", ""), spec.get("lockType", ""), spec.get("holder", ""),
+               age(acquired, now), age(renewed, now), f"{ttl}s" if ttl else "-", expires,
+               _one_line(spec.get("reason") or "", 60)]
+        rows.append(([meta.get("namespace", "")] if all_namespaces else []) + row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- describe
+
+
+def describe_branch(branch: Obj, locks: Sequence[Obj], events: Sequence[Obj], now: datetime) -> str:
+    meta, spec, st = branch["metadata"], branch.get("spec") or {}, branch.get("status") or {}
+    out: list[str] = []
+    add = out.append
+    add(f"Name:           {meta['name']}")
+    add(f"Namespace:      {meta.get('namespace', '')}")
+    add(f"Branch:         {spec.get('branchName', '')}")
+    add(f"Target:         {spec.get('targetBranch', 'main')}")
+    add(f"Auto merge:     {str(spec.get('autoMerge', True)).lower()}")
+    add(f"Phase:          {st.get('phase') or '<none>'}"
+        + (f" (since {st['phaseTransitionTime']}, {age(st['phaseTransitionTime'], now)} ago)"
+           if st.get("phaseTransitionTime") else ""))
+    add(f"Created:        {meta.get('creationTimestamp', '')} ({age(meta.get('creationTimestamp'), now)} ago)")
+    if meta.get("deletionTimestamp"):
+        add(f"Deleting since: {meta['deletionTimestamp']} (finalizers: {', '.join(meta.get('finalizers') or [])})")
+    pending = {k: v for k, v in (meta.get("annotations") or {}).items()
+               if k in ("oms.dev/force-unlock", "oms.dev/set-state", "oms.dev/merge-request")}
+    if pending:
+        add("Pending admin requests:")
+        out.extend(f"  {k}: {v}" for k, v in sorted(pending.items()))
+
+    add("Conditions:")
+    conds = st.get("conditions") or []
+    if conds:
+        rows = [[c.get("type", ""), c.get("status", ""), c.get("reason", ""), age(c.get("lastTransitionTime"), now),
+                 _one_line(c.get("message") or "", 100)] for c in conds]
+        out.extend("  " + line for line in render_table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], rows)
+                   .splitlines())
+    else:
+        add("  <none>")
+
+    add("Last indexing run:")
+    idx = st.get("indexing") or {}
+    if idx:
+        validation = idx.get("validation") or {}
+        duration = idx.get("durationSeconds")
+        add(f"  Indexing id:  {idx.get('indexingId', '')}  (event {idx.get('eventId', '')})")
+        add(f"  Result:       {idx.get('result', '')}")
+        add(f"  Started:      {idx.get('startedAt') or '-'}")
+        add(f"  Completed:    {idx.get('completedAt') or '-'}"
+            + (f"  ({human_duration(duration)})" if isinstance(duration, int | float) else ""))
+        add(f"  Records:      {idx.get('recordsIndexed') if idx.get('recordsIndexed') is not None else '-'}")
+        if validation:
+            add(f"  Validation:   {'passed' if validation.get('passed') else 'FAILED'}")
+            out.extend(f"    - {_one_line(e, 160)}" for e in (validation.get("errors") or [])[:10])
+    else:
+        add("  <none>")
+
+    merge = st.get("merge") or {}
+    add("Merge:")
+    if merge:
+        add(f"  Decision:     {merge.get('decision', '')}"
+            + (f"  ({', '.join(merge.get('reasons') or [])})" if merge.get("reasons") else ""))
+        if merge.get("message"):
+            add(f"  Message:      {_one_line(merge['message'], 200)}")
+        add(f"  Policy:       {merge.get('policy') or '-'}")
+        if merge.get("mergedAt"):
+            add(f"  Merged at:    {merge['mergedAt']} into {merge.get('targetBranch', '')}")
+        add("  (kubectl branch why " + meta["name"] + " explains every reason)")
+    else:
+        add("  <not evaluated>")
+
+    action = st.get("lastAdminAction") or {}
+    if action:
+        add("Last admin action:")
+        add(f"  {action.get('action', '')} by {action.get('requestedBy', '')} at {action.get('at', '')}:"
+            f" {action.get('result', '')}")
+        add(f"  Reason:       {action.get('reason', '')}")
+
+    add("Locks:")
+    if locks:
+        out.extend("  " + line for line in render_table(LOCK_HEADER, lock_rows(locks, all_namespaces=False, now=now))
+                   .splitlines())
+    else:
+        add("  <none>")
+
+    add("Events:")
+    if events:
+        rows = [[e.get("type", ""), e.get("reason", ""),
+                 age(e.get("lastTimestamp") or e.get("eventTime") or (e.get("metadata") or {}).get("creationTimestamp"),
+                     now),
+                 (e.get("source") or {}).get("component") or e.get("reportingComponent") or "",
+                 _one_line(e.get("message") or "", 120)] for e in events]
+        out.extend("  " + line for line in render_table(["TYPE", "REASON", "AGE", "FROM", "MESSAGE"], rows)
+                   .splitlines())
+    else:
+        add("  <none>")
+    return "\n".join(out)
+
+
+def sort_events(events: Iterable[Obj], limit: int = 20) -> list[Obj]:
+    """Oldest first (as kubectl describe prints them), the most recent ``limit``."""
+    def when(e: Obj) -> str:
+        return str(e.get("lastTimestamp") or e.get("eventTime") or (e.get("metadata") or {}).get("creationTimestamp")
+                   or "")
+    return sorted(events, key=when)[-limit:]
+
+
+# --------------------------------------------------------------------------------------------- why
+
+
+def explain_merge(branch: Obj, now: datetime) -> str:
+    meta, spec, st = branch["metadata"], branch.get("spec") or {}, branch.get("status") or {}
+    merge = st.get("merge") or {}
+    phase = st.get("phase") or "<none>"
+    out = [f"Branch {meta['name']} ({spec.get('branchName', '')} -> {spec.get('targetBranch', 'main')}) is {phase}."]
+    if not merge:
+        out.append("No merge decision yet: the operator evaluates merges only for READY branches."
+                   if phase != "READY" else "The merge decision is pending evaluation.")
+        return "\n".join(out)
+    decision = merge.get("decision") or "<none>"
+    evaluated = merge.get("evaluatedAt")
+    out.append(f"Decision: {decision}" + (f" (evaluated {age(evaluated, now)} ago)" if evaluated else ""))
+    if merge.get("policy"):
+        out.append(f"Policy:   {merge['policy']}")
+    if merge.get("mergedAt"):
+        target = merge.get("targetBranch") or spec.get("targetBranch", "main")
+        out.append(f"Merged:   {merge['mergedAt']} into {target}")
+    if merge.get("message"):
+        out.append(f"Message:  {merge['message']}")
+    reasons = merge.get("reasons") or []
+    if reasons:
+        out.append("Blocking reasons:")
+        for reason in reasons:
+            hint = REASON_HINTS.get(str(reason))
+            out.append(f"  - {reason}" + (f": {hint}" if hint else ""))
+    checks = merge.get("checks") or []
+    if checks:
+        out.append("Checks:")
+        for check in checks:
+            mark = "PASS" if check.get("passed") else "FAIL"
+            line = f"  [{mark}] {check.get('name', '')}"
+            if check.get("reason"):
+                line += f": {check['reason']}"
+            out.append(line)
+            evidence = check.get("evidence")
+            if evidence not in (None, "", [], {}):
+                out.append(f"         evidence: {_one_line(_evidence(evidence), 200)}")
+    mergeable = condition(st, "Mergeable")
+    if mergeable:
+        out.append(f"Mergeable condition: {mergeable.get('status')} ({mergeable.get('reason')})"
+                   + (f": {mergeable['message']}" if mergeable.get("message") else ""))
+    if phase != "READY" and decision not in ("Merged",):
+        out.append(f"(The decision above was recorded earlier; the branch is {phase} now.)")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------- audit
+
+
+AUDIT_HEADER = ["TIME", "ACTION", "STATE", "REASON", "ACTOR", "DETAILS"]
+
+
+def audit_rows(records: Iterable[Obj]) -> list[list[str]]:
+    rows = []
+    for r in records:
+        states = ""
+        if r.get("from_state") or r.get("to_state"):
+            states = f"{r.get('from_state') or '-'}->{r.get('to_state') or '-'}"
+        details = r.get("details") or {}
+        brief = ", ".join(f"{k}={_one_line(str(v), 40)}" for k, v in sorted(details.items())
+                          if v not in (None, "", [], {}) and k in _AUDIT_DETAIL_KEYS)
+        rows.append([str(r.get("timestamp", "")), str(r.get("action", "")), states,
+                     _one_line(str(r.get("reason") or ""), 40), str(r.get("actor") or ""), brief])
+    return rows
+
+
+_AUDIT_DETAIL_KEYS = frozenset({"lock", "lock_type", "records_indexed", "duration_seconds", "validation_passed",
+                                "policy", "target_branch", "result", "status", "message", "subject", "holder"})
+
+
+def _evidence(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _one_line(text: str, limit: int) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

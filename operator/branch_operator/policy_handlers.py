@@ -1,0 +1,189 @@
+"""kopf registrations for auto-merge policies (issue 4), imported by handlers.py.
+
+* ``AutoMergePolicy`` status: ``Accepted`` condition, ``observedGeneration``, matched and governed
+  branch counts, ``lastEvaluationTime``; recomputed for a namespace when a policy's spec changes or a
+  Branch appears, disappears or changes what policies match on (name, target, labels), and written
+  only when it changes.
+* Locks on a *target* branch: a READY branch whose ``spec.targetBranch`` is the locked Branch's
+  ``spec.branchName`` is re-evaluated (handlers.lock_changed covers locks on the branch itself).
+* :func:`spec_changed`, which lets the policy watch skip the events of status-only writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from .api.models import GROUP, VERSION, AutoMergePolicy, Branch, BranchLock, Phase
+from .domain.merge_trace import policy_status_patch, policy_statuses
+from .kube import KubeClient, KubeError, NotFound
+from .reconciler import wants as merge_look_wanted
+
+__all__ = ["PolicyStatusKeeper", "merge_look_wanted", "spec_changed"]
+
+log = logging.getLogger(__name__)
+
+_TRACKER_MEMO = "policy_generations"
+_KEEPER_MEMO = "policy_status"
+
+
+class GenerationTracker:
+    """Remembers each object's (uid, generation), to tell spec changes from status-only writes."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[str, int]] = {}
+
+    def changed(self, type_: str | None, body: Mapping[str, Any]) -> bool:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if type_ == "DELETED":
+            self._seen.pop(key, None)
+            return True
+        seen = (str(meta.get("uid") or ""), int(meta.get("generation") or 0))
+        if self._seen.get(key) == seen:
+            return False
+        self._seen[key] = seen
+        return True
+
+
+def spec_changed(memo: Any, type_: str | None, body: Mapping[str, Any]) -> bool:
+    """True for a policy's first sighting, a spec change (new generation) and a deletion."""
+    tracker = memo.get(_TRACKER_MEMO)
+    if tracker is None:
+        tracker = memo[_TRACKER_MEMO] = GenerationTracker()
+    return bool(tracker.changed(type_, body))
+
+
+def _branch_facts(body: Mapping[str, Any]) -> tuple[str, str, frozenset[tuple[str, str]]]:
+    spec = body.get("spec") or {}
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    return str(spec.get("branchName", "")), str(spec.get("targetBranch", "main")), frozenset(labels.items())
+
+
+class PolicyStatusKeeper:
+    """Keeps AutoMergePolicy status true, one namespace at a time, writing only real changes."""
+
+    def __init__(self, kube: KubeClient, clock: Callable[[], datetime]) -> None:
+        self.kube = kube
+        self.clock = clock
+        self.policies = GenerationTracker()
+        self._facts: dict[tuple[str, str], tuple[str, str, frozenset[tuple[str, str]]]] = {}
+        self._dirty: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def branch_changed(self, type_: str | None, body: Mapping[str, Any]) -> bool:
+        """Whether this Branch event can change what policies match (status writes cannot)."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if type_ == "DELETED":
+            return self._facts.pop(key, None) is not None
+        facts = _branch_facts(body)
+        if self._facts.get(key) == facts:
+            return False
+        self._facts[key] = facts
+        return True
+
+    async def refresh(self, namespace: str) -> None:
+        """Recompute the namespace's policy statuses; concurrent calls coalesce into one more pass."""
+        self._dirty.add(namespace)
+        lock = self._locks.setdefault(namespace, asyncio.Lock())
+        if lock.locked():
+            return  # the running pass sees the dirty flag and goes round once more
+        async with lock:
+            while namespace in self._dirty:
+                self._dirty.discard(namespace)
+                try:
+                    await self._refresh_once(namespace)
+                except KubeError as exc:
+                    log.warning("policy status of namespace %s not updated: %s", namespace, exc)
+
+    async def _refresh_once(self, namespace: str) -> None:
+        policies = await self.kube.list_policies(namespace)
+        if not policies:
+            return
+        branches = await self.kube.list_branches(namespace)
+        views = policy_statuses(policies, branches)
+        now = self.clock()
+        for obj in policies:
+            meta = obj["metadata"]
+            view = views.get(meta["name"])
+            if view is None:
+                continue
+            patch = policy_status_patch(view, obj.get("status") or {}, generation=meta.get("generation"), now=now)
+            if patch is None:
+                continue
+            try:
+                await self.kube.patch_status(AutoMergePolicy.PLURAL, namespace, meta["name"], patch,
+                                             resource_version=None)
+            except NotFound:
+                continue
+
+
+def _runtime(memo: Any) -> Any:
+    return getattr(memo, "runtime", None)
+
+
+def _keeper(memo: Any) -> PolicyStatusKeeper | None:
+    runtime = _runtime(memo)
+    if runtime is None:
+        return None
+    keeper = memo.get(_KEEPER_MEMO)
+    if keeper is None:
+        clock = getattr(runtime, "clock", None) or (lambda: datetime.now(UTC))
+        keeper = memo[_KEEPER_MEMO] = PolicyStatusKeeper(runtime.kube, clock)
+    return keeper  # type: ignore[no-any-return]
+
+
+# ----------------------------------------------------------------------------------------- indices
+
+
+@kopf.index(GROUP, VERSION, Branch.PLURAL, field="status.phase", value=Phase.READY.value)
+def ready_by_target(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
+    return {(namespace or "", str(spec.get("targetBranch", "main"))): name}
+
+
+@kopf.index(GROUP, VERSION, Branch.PLURAL)
+def branch_names(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
+    return {(namespace or "", name): str(spec.get("branchName", ""))}
+
+
+# ---------------------------------------------------------------------------------------- watches
+
+
+@kopf.on.event(GROUP, VERSION, AutoMergePolicy.PLURAL)
+async def policy_status(type: str | None, body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> None:
+    keeper = _keeper(memo)
+    if keeper is None or namespace is None or not keeper.policies.changed(type, body):
+        return
+    await keeper.refresh(namespace)
+
+
+@kopf.on.event(GROUP, VERSION, Branch.PLURAL)
+async def branch_for_policy_status(
+    type: str | None, body: kopf.Body, namespace: str | None, memo: Any, **_: Any
+) -> None:
+    keeper = _keeper(memo)
+    if keeper is None or namespace is None or not keeper.branch_changed(type, body):
+        return
+    await keeper.refresh(namespace)
+
+
+@kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
+async def target_lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **kwargs: Any) -> None:
+    """A lock on a Branch that READY branches merge into can block or unblock them."""
+    runtime = _runtime(memo)
+    ready_by_target, branch_names = kwargs.get("ready_by_target"), kwargs.get("branch_names")
+    if runtime is None or namespace is None or ready_by_target is None or branch_names is None:
+        return
+    locked = str(spec.get("branch", ""))
+    for branch_name in sorted(branch_names.get((namespace, locked), [])):
+        for name in sorted(ready_by_target.get((namespace, branch_name), [])):
+            try:
+                await runtime.reconciler.reconcile_key((namespace, name))
+            except KubeError as exc:
+                log.warning("merge reconciliation of %s/%s failed: %s", namespace, name, exc)

@@ -1,0 +1,164 @@
+"""Admin requests: parsing the annotations, finding the requester, and the decisions (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from branch_operator import admin
+from branch_operator.api.models import BranchStatus, Phase
+from branch_operator.domain.states import ALLOWED_MANUAL_TRANSITIONS, check_manual_transition
+
+NOW = datetime(2025, 6, 26, 12, 0, tzinfo=UTC)
+
+
+def branch(phase: str | None = "ACTIVE", **annotations: str) -> dict[str, Any]:
+    status: dict[str, Any] = {"conditions": [
+        {"type": "Locked", "status": "True", "reason": "IndexingInProgress",
+         "lastTransitionTime": "2025-06-26T10:00:00Z"},
+        {"type": "Mergeable", "status": "False", "reason": "NotReady",
+         "lastTransitionTime": "2025-06-26T10:00:00Z"},
+    ]}
+    if phase:
+        status["phase"] = phase
+    return {"metadata": {"name": "b", "namespace": "oms", "generation": 3, "annotations": annotations},
+            "spec": {"branchName": "feature/b"}, "status": status}
+
+
+def lock(name: str, lock_type: str, branch_name: str = "b") -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"branch": branch_name, "lockType": lock_type, "holder": "x"}}
+
+
+def request(action: admin.AdminAction, value: str, reason: str = "because") -> admin.AdminRequest:
+    return admin.AdminRequest(action, value, reason, "alice", "r1")
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+
+def test_no_request() -> None:
+    assert admin.parse_request({"annotations": {"oms.dev/reason": "orphan reason"}}) is None
+    assert not admin.has_request({"oms.dev/merge-request": "ship"})  # the reconciler's, not ours
+
+
+def test_parse_set_state_with_requester_and_id() -> None:
+    meta = branch(**{"oms.dev/set-state": " error ", "oms.dev/reason": " stuck run ",
+                     "oms.dev/requested-by": "alice", "oms.dev/request-id": "abc"})["metadata"]
+    assert admin.parse_request(meta) == admin.AdminRequest(admin.AdminAction.SET_STATE, "error", "stuck run",
+                                                           "alice", "abc")
+
+
+@pytest.mark.parametrize(("annotations", "why"), [
+    ({"oms.dev/set-state": "ERROR"}, "needs a reason"),
+    ({"oms.dev/force-unlock": "all", "oms.dev/reason": "   "}, "needs a reason"),
+    ({"oms.dev/force-unlock": "all", "oms.dev/set-state": "ERROR", "oms.dev/reason": "x"}, "one admin action"),
+])
+def test_invalid_requests_say_why(annotations: dict[str, str], why: str) -> None:
+    result = admin.parse_request({"annotations": annotations})
+    assert isinstance(result, str) and why in result
+
+
+def test_requester_from_managed_fields() -> None:
+    managed = [
+        {"manager": "kube-controller", "operation": "Update", "time": "2025-06-26T11:00:00Z",
+         "fieldsV1": {"f:metadata": {"f:labels": {}}}},
+        {"manager": "kubectl-annotate", "operation": "Update", "time": "2025-06-26T10:00:00Z",
+         "fieldsV1": {"f:metadata": {"f:annotations": {"f:oms.dev/set-state": {}, "f:oms.dev/reason": {}}}}},
+        {"manager": "oms-branch-operator", "operation": "Update", "subresource": "status",
+         "time": "2025-06-26T11:30:00Z", "fieldsV1": {"f:status": {}}},
+    ]
+    meta = {"annotations": {"oms.dev/set-state": "ERROR", "oms.dev/reason": "x"}, "managedFields": managed}
+    req = admin.parse_request(meta)
+    assert isinstance(req, admin.AdminRequest) and req.requested_by == "kubectl-annotate"
+    # Nobody touched that annotation per managedFields: the latest writer; nothing at all: unknown.
+    assert admin.last_manager(managed, "oms.dev/force-unlock") == "oms-branch-operator"
+    assert admin.parse_request({"annotations": {"oms.dev/force-unlock": "all", "oms.dev/reason": "x"}}).requested_by \
+        == "unknown"  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------------- force-unlock
+
+
+def test_force_unlock_all_releases_every_lock() -> None:
+    d = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "all"), branch("READY"),
+                     [lock("w", "WRITE"), lock("m", "MERGE"), lock("other", "WRITE", "another-branch")], NOW)
+    assert d.applied and d.release == ["m", "w"] and d.from_phase == d.to_phase == "READY"
+    assert d.status_patch == {"lastAdminAction": {
+        "action": "force-unlock", "requestedBy": "alice", "reason": "because", "at": "2025-06-26T12:00:00Z",
+        "result": "released 2 locks: m, w", "requestId": "r1"}}
+
+
+def test_force_unlock_by_name_or_type() -> None:
+    locks = [lock("w", "WRITE"), lock("m", "MERGE")]
+    assert admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "merge"), branch(), locks, NOW).release == ["m"]
+    assert admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "w"), branch(), locks, NOW).release == ["w"]
+    refused = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "w,zzz"), branch(), locks, NOW)
+    assert refused.refused == "no lock zzz on this branch (held: m, w)" and refused.status_patch == {}
+
+
+def test_force_unlock_keeps_a_running_runs_indexing_lock() -> None:
+    locks = [lock("idx", "INDEXING"), lock("w", "WRITE")]
+    d = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "all"), branch("LOCKED_FOR_WRITE"), locks, NOW)
+    assert d.release == ["w"] and d.kept == ["idx"] and "kept the running run's INDEXING lock idx" in d.result
+    only = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "INDEXING"), branch("LOCKED_FOR_WRITE"), locks, NOW)
+    assert not only.applied and "set-state ERROR or ACTIVE" in (only.refused or "")
+    # An INDEXING lock left behind on a branch that is no longer indexing is fair game.
+    stale = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "INDEXING"), branch("READY"), locks, NOW)
+    assert stale.release == ["idx"]
+
+
+def test_force_unlock_without_locks_is_refused() -> None:
+    d = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, ""), branch(), [], NOW)
+    assert d.refused == "the branch holds no locks"
+
+
+# ---------------------------------------------------------------------------------------- set-state
+
+
+def test_set_state_error_to_active_releases_locks_and_records() -> None:
+    d = admin.decide(request(admin.AdminAction.SET_STATE, "active"), branch("ERROR"), [lock("w", "WRITE")], NOW)
+    assert d.applied and (d.from_phase, d.to_phase) == ("ERROR", "ACTIVE") and d.release == ["w"]
+    patch = d.status_patch
+    assert patch["phase"] == "ACTIVE" and patch["phaseTransitionTime"] == "2025-06-26T12:00:00Z"
+    conditions = {c["type"]: c for c in patch["conditions"]}
+    assert conditions["Locked"]["status"] == "False" and conditions["Locked"]["reason"] == "LocksReleased"
+    assert conditions["Mergeable"]["reason"] == "SetByAdmin" and "alice" in conditions["Mergeable"]["message"]
+    assert patch["lastAdminAction"]["result"] == ("ERROR -> ACTIVE (abandon the failed run and reopen the branch); "
+                                                  "released w")
+    BranchStatus.model_validate(patch)  # what the CRD accepts
+
+
+def test_set_state_to_ready_leaves_mergeable_to_the_policy() -> None:
+    d = admin.decide(request(admin.AdminAction.SET_STATE, "READY"), branch("ERROR"), [], NOW)
+    mergeable = next(c for c in d.status_patch["conditions"] if c["type"] == "Mergeable")
+    assert (mergeable["status"], mergeable["reason"]) == ("Unknown", "EvaluationPending")
+
+
+def test_quarantine_keeps_locks() -> None:
+    d = admin.decide(request(admin.AdminAction.SET_STATE, "ERROR"), branch("ACTIVE"), [lock("w", "WRITE")], NOW)
+    assert d.applied and d.release == []
+    assert next(c for c in d.status_patch["conditions"] if c["type"] == "Locked")["status"] == "True"
+
+
+@pytest.mark.parametrize(("phase", "target", "why"), [
+    ("ACTIVE", "READY", "ACTIVE -> READY is not allowed"),
+    ("READY", "LOCKED_FOR_WRITE", "only an indexing run takes the INDEXING lock"),
+    ("ERROR", "ERROR", "already ERROR"),
+    ("ERROR", "DONE", "unknown state 'DONE'"),
+    (None, "READY", "ACTIVE -> READY"),  # no phase yet = ACTIVE
+])
+def test_set_state_refusals(phase: str | None, target: str, why: str) -> None:
+    d = admin.decide(request(admin.AdminAction.SET_STATE, target), branch(phase), [lock("w", "WRITE")], NOW)
+    assert not d.applied and why in (d.refused or "") and d.release == [] and d.status_patch == {}
+
+
+def test_the_manual_table_covers_every_pair() -> None:
+    """Every (from, to) pair is either allowed with a reason or refused with one; none falls through."""
+    for current in Phase:
+        for target in Phase:
+            why_not = check_manual_transition(current, target)
+            assert (why_not is None) == ((current, target) in ALLOWED_MANUAL_TRANSITIONS)
+            if why_not is not None:
+                assert "not an allowed manual transition" not in why_not, (current, target)

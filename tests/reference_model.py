@@ -149,10 +149,17 @@ class Workload:
     branches: list[str]  # OMS names of the Branches that exist
     waves: list[list[Event]]  # publication batches, each already shuffled
     unknown_branches: list[str]
+    _originals: dict[str, Event] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def events(self) -> list[Event]:
         return [e for wave in self.waves for e in wave]
+
+    def originals(self) -> dict[str, Event]:
+        """CloudEvent id -> the event (malformed messages have none)."""
+        if self._originals is None:
+            self._originals = {e.event_id: e for e in self.events if e.copy == 0 and e.malformed is None}
+        return self._originals
 
     def causal(self, wave: Sequence[Event]) -> list[Event]:
         """The wave in causal order: originals before copies, a run's started before its result."""

@@ -18,6 +18,7 @@ from branch_operator.api.models import (
     BranchStatus,
     IndexingStatus,
     LockType,
+    PendingResult,
     Phase,
 )
 from branch_operator.domain.states import (
@@ -291,18 +292,46 @@ def test_unexpected_branch_state_completed_for_active_branch() -> None:
     assert plan.from_phase is plan.to_phase is Phase.ACTIVE
     assert "phase" not in plan.status_patch
     assert "indexing" not in plan.status_patch
-    assert plan.status_patch == {"recentEventIds": ["evt-c"]}
+    # No transition; the result is kept (the I/O layer stores it as status.pendingResult) in case its
+    # started event is only late.
+    assert plan.status_patch == {} and plan.park
     assert plan.release_locks == "none" and plan.acquire_lock is None
     assert (plan.event_type, plan.event_reason, plan.audit_action) == (
         "Warning",
         "UnexpectedEvent",
-        "event.unexpected",
+        "event.pending",
     )
     assert "ACTIVE" in plan.event_message
 
     # A redelivery of the same event is then a quiet duplicate, not a second warning.
-    again = plan_indexing_event(apply(current, plan), completed(), now=NOW)
+    kept = current.model_copy(update={"pending_result": _kept(completed())})
+    again = plan_indexing_event(kept, completed(), now=NOW)
     assert again.outcome is Outcome.DUPLICATE
+
+
+def _kept(event: FakeEvent) -> PendingResult:
+    return PendingResult(event_id=event.id, indexing_id=event.data.indexing_id,
+                         subject="funnel.indexing.completed", event="{}")
+
+
+def test_a_kept_result_applies_after_its_started_and_is_then_cleared() -> None:
+    result = completed("idx-late")
+    current = status(Phase.ACTIVE, indexing_id="idx-old").model_copy(update={"pending_result": _kept(result)})
+
+    start = plan_indexing_event(current, started("idx-late"), now=NOW)
+    assert start.outcome is Outcome.APPLIED and start.to_phase is Phase.LOCKED_FOR_WRITE
+    assert "pendingResult" not in start.status_patch  # still needed: the I/O layer replays it next
+    locked = apply(current, start)
+
+    end = plan_indexing_event(locked, result, now=NOW)
+    assert end.outcome is Outcome.APPLIED and end.to_phase is Phase.READY
+    assert end.status_patch["pendingResult"] is None
+
+
+def test_a_kept_result_is_dropped_when_another_run_starts() -> None:
+    current = status(Phase.ACTIVE).model_copy(update={"pending_result": _kept(completed("idx-a"))})
+    plan = plan_indexing_event(current, started("idx-b"), now=NOW)
+    assert plan.outcome is Outcome.APPLIED and plan.status_patch["pendingResult"] is None
 
 
 def test_branch_without_phase_is_treated_as_active() -> None:
@@ -373,7 +402,9 @@ def test_transition(phase: Phase, kind: EventKind, match: RunMatch) -> None:
             "event.duplicate",
         )
     if outcome is Outcome.UNEXPECTED:
-        assert patch == {"recentEventIds": ["evt-new"]}
+        # A result with no run on an ACTIVE branch is kept for its started event instead of remembered.
+        kept = phase is Phase.ACTIVE and match is RunMatch.OTHER and kind is not EventKind.STARTED
+        assert patch == ({} if kept else {"recentEventIds": ["evt-new"]}) and plan.park is kept
         assert (plan.event_type, plan.event_reason) == ("Warning", "UnexpectedEvent")
     if outcome is Outcome.STALE:
         # Recorded (audit + Normal Event), and remembered so a redelivery is a quiet duplicate.

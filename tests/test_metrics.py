@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 from prometheus_client import generate_latest
 
 from branch_operator.domain.audit import AuditRecord
@@ -113,14 +112,11 @@ def test_attach_uses_the_hooks_that_exist() -> None:
     assert runtime.consumer.results == [m.observe_result] and runtime.consumer.timings == [m.observe_timing]
 
 
-@pytest.mark.xfail(strict=True, reason="needs IndexingConsumer.received: (event_id, kind) per delivery, which "
-                                       "the consumer does not offer yet; a duplicate writes no audit record, so "
-                                       "its kind is unknown without it")
 def test_duplicates_are_counted_under_their_type() -> None:
     from branch_operator.consumer import IndexingConsumer
 
     consumer = IndexingConsumer.__new__(IndexingConsumer)
-    consumer.results, consumer.timings = [], []
+    consumer.results, consumer.timings, consumer.received = [], [], []
     runtime = SimpleNamespace(emitter=SimpleNamespace(audit_observers=[]), consumer=consumer)
     m = OperatorMetrics()
     m.attach(runtime)

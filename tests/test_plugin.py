@@ -68,3 +68,10 @@ def test_audit_filtering_and_rows() -> None:
                        "to_state": "ACTIVE", "reason": "fixed", "actor": "alice",
                        "details": {"status": "applied", "request_id": "r", "released_locks": []}}])
     assert row == [["2025-06-26T10:00:00Z", "admin.set_state", "ERROR->ACTIVE", "fixed", "alice", "status=applied"]]
+
+
+def test_every_block_reason_has_a_hint() -> None:
+    from branch_operator.api.models import BlockReason
+    from branch_operator.plugin_render import REASON_HINTS
+
+    assert set(REASON_HINTS) == {r.value for r in BlockReason}

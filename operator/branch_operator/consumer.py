@@ -25,7 +25,7 @@ from . import guard
 from .config import Settings
 from .domain.audit import AuditAction, AuditRecord
 from .emit import Emitter
-from .events import EventRejected, parse_message
+from .events import EventRejected, parse_message, subjects_from_settings
 from .kube import Invalid, KubeError
 from .nats_io import NatsBus
 from .processor import EventProcessor, Outcome, Result
@@ -57,6 +57,9 @@ class IndexingConsumer:
         self.results: list[Callable[[str, Result | None, Disposition], None]] = []
         # (event kind, seconds from receipt to acknowledgement after the Kubernetes writes)
         self.timings: list[Callable[[str, float], None]] = []
+        # (event id, event kind) for every message that parsed, before anything is decided about it
+        self.received: list[Callable[[str, str], None]] = []
+        self._subjects: dict[str, str] = {str(k): v for k, v in subjects_from_settings(settings).items()}
 
     @property
     def ready(self) -> bool:
@@ -132,12 +135,15 @@ class IndexingConsumer:
     async def handle_msg(self, msg: Msg) -> Disposition:
         delivered = _delivered(msg)
         try:
-            event = parse_message(msg.subject, msg.data, msg.headers, max_bytes=self.settings.max_event_bytes)
+            event = parse_message(msg.subject, msg.data, msg.headers, max_bytes=self.settings.max_event_bytes,
+                                  subjects=self._subjects)
             guard.check_event(event, self.settings)  # only the watched namespaces
         except EventRejected as rejected:
             return await self._dead_letter(msg, rejected.reason_code, str(rejected), delivered,
                                            event_id=rejected.event_id, branch_name=rejected.branch_name)
 
+        for seen in self.received:
+            seen(event.id, event.kind)
         started = time.monotonic()
         try:
             result = await self.processor.handle(event, may_wait=delivered < self.settings.early_event_retries)

@@ -1,8 +1,9 @@
 """kopf registrations: indices, watches that trigger merge reconciliation, and the operator lifecycle.
 
-Only ``on.event`` handlers and indices are used for Branches: they need no per-object state in
-annotations and no finalizers, so the operator adds nothing to objects it does not own, and every
-reaction is level-triggered on the object as it is now.
+Branch reactions are ``on.event`` handlers and indices: level-triggered on the object as it is now,
+with no per-object state in annotations. The one exception is the deletion handler in
+admin_handlers.py, which makes kopf put the finalizer ``oms.dev/finalizer`` on Branches so that their
+locks are released and audited before a Branch goes away.
 """
 
 from __future__ import annotations

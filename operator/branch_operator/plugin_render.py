@@ -16,6 +16,10 @@ REASON_HINTS: Mapping[str, str] = {
     "ConflictsDetected": "OMS reports merge conflicts (status.conflicts); resolve them in OMS",
     "Expired": "the run completed longer ago than the policy's timeoutHours; re-index to refresh it",
     "LockHeld": "a WRITE/MERGE lock is held (kubectl branch locks NAME); wait, or kubectl branch unlock",
+    "Frozen": "the governing policy has a freeze (spec.freeze); it lifts at its `until`, or when removed in Git",
+    "InsufficientRecords": "the run indexed fewer records than the policy's minRecordsIndexed; check Funnel",
+    "TargetLockHeld": "the target branch is locked (kubectl branch locks on the target's Branch)",
+    "OutsideMergeWindow": "outside the policy's merge windows; it merges when the next window opens by itself",
 }
 
 
@@ -250,6 +254,13 @@ def explain_merge(branch: Obj, now: datetime) -> str:
             evidence = check.get("evidence")
             if evidence not in (None, "", [], {}):
                 out.append(f"         evidence: {_one_line(_evidence(evidence), 200)}")
+    if merge.get("nextEvaluationTime"):
+        out.append(f"Next evaluation: {merge['nextEvaluationTime']} (a window, freeze or timeout may change it)")
+    manual = merge.get("manualRequest") or {}
+    if manual:
+        detail = f": {manual['message']}" if manual.get("message") else ""
+        out.append(f"Manual merge request by {manual.get('requestedBy') or '?'} ({manual.get('reason', '')}): "
+                   f"{manual.get('outcome') or 'pending'}{detail}")
     mergeable = condition(st, "Mergeable")
     if mergeable:
         out.append(f"Mergeable condition: {mergeable.get('status')} ({mergeable.get('reason')})"

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from .domain.audit import AuditAction, AuditRecord
 from .domain.states import EventPlan, plan_indexing_event, rfc3339
 from .domain.states import Outcome as PlanOutcome
 from .emit import Emitter, Outgoing, from_outbox, outbox
-from .events import IndexingEvent
+from .events import EventRejected, IndexingEvent, parse_message
 from .kube import Conflict, KubeClient, NotFound, Obj, Transient
 from .locks import label_value, lock_body, locks_to_release
 from .locks import lock_name as make_lock_name
@@ -45,6 +46,7 @@ class Outcome(enum.StrEnum):
     DUPLICATE = "duplicate"
     STALE = "stale"
     UNEXPECTED = "unexpected"
+    PENDING = "pending"  # a result kept until its run's started event arrives
     UNKNOWN_BRANCH = "unknown_branch"
     WAIT = "wait"  # not applied yet: redeliver later
 
@@ -120,7 +122,7 @@ class EventProcessor:
             return await self._unknown(event, namespace)
 
         new_lock: str | None = None
-        released: set[str] = set()  # kept across conflict retries: a lock deleted once stays deleted
+        deleted: dict[str, str] = {}  # lock name -> type; kept across conflict retries: deleted once stays deleted
         for _attempt in range(MAX_CONFLICT_RETRIES):
             try:
                 obj = await self.kube.get_branch(namespace, name)
@@ -135,7 +137,9 @@ class EventProcessor:
             if plan.outcome is not PlanOutcome.APPLIED:
                 await self._drop_orphaned_lock(obj, event, status)
             if plan.outcome is PlanOutcome.DUPLICATE:
-                await self._repair(obj, event, status)
+                if await self._repair(obj, event, status):
+                    # This started was committed, but applying the result kept for it failed last time.
+                    return Result(Outcome.APPLIED, namespace, name, phase, phase)
                 log.info("event %s already applied to %s/%s", event.id, namespace, name)
                 return Result(Outcome.DUPLICATE, namespace, name, phase, phase)
 
@@ -143,11 +147,14 @@ class EventProcessor:
                 if plan.acquire_lock is not None:
                     new_lock = await self._acquire(obj, event, LockType(plan.acquire_lock))
                 # Released before the commit: whoever sees the new phase never sees the old locks.
-                released |= set(await self._release(obj, plan.release_locks, keep=new_lock))
-            messages = self._messages(obj, event, plan, new_lock, sorted(released))
+                deleted.update(await self._release(obj, plan.release_locks, keep=new_lock))
+            released = _reported_releases(name, status, deleted, new_lock) if plan.applied else []
+            messages = self._messages(obj, event, plan, new_lock, released)
             await self._flush_replaced_outbox(status, event)
             patch = dict(plan.status_patch)
             patch["outbox"] = {**outbox(event.id, messages), "writtenAt": rfc3339(self.clock())}
+            if plan.park:
+                patch["pendingResult"] = self._parked(event)
             try:
                 await self.kube.patch_branch_status(
                     namespace, name, patch, resource_version=obj["metadata"].get("resourceVersion"))
@@ -157,8 +164,10 @@ class EventProcessor:
             await self.kube.post_event(obj, type_=plan.event_type, reason=plan.event_reason,
                                        message=plan.event_message)
             await self.emitter.send(messages)
+            if plan.applied and plan.kind == "started":
+                await self._replay_parked(status, event, namespace)
             outcome = {PlanOutcome.APPLIED: Outcome.APPLIED, PlanOutcome.STALE: Outcome.STALE}.get(
-                plan.outcome, Outcome.UNEXPECTED)
+                plan.outcome, Outcome.PENDING if plan.park else Outcome.UNEXPECTED)
             return Result(outcome, namespace, name, _phase(plan.from_phase), _phase(plan.to_phase),
                           [m.msg_id for m in messages if m.record is not None])
         raise Transient(409, f"gave up on {namespace}/{name} after {MAX_CONFLICT_RETRIES} conflicting writes")
@@ -183,15 +192,17 @@ class EventProcessor:
         lock, _created = await self.kube.create_lock(obj["metadata"]["namespace"], body)
         return str(lock["metadata"]["name"])
 
-    async def _release(self, obj: Obj, scope: str, *, keep: str | None) -> list[str]:
+    async def _release(self, obj: Obj, scope: str, *, keep: str | None) -> dict[str, str]:
+        """Delete the branch's locks in ``scope`` except ``keep``; returns {name: lock type} of those deleted now."""
         if scope == "none":
-            return []
+            return {}
         meta = obj["metadata"]
         locks = await self.kube.list_locks(meta["namespace"], label_value(meta["name"]))
-        released = []
+        types = {lk["metadata"]["name"]: str(lk.get("spec", {}).get("lockType", "")) for lk in locks}
+        released = {}
         for lock_name in locks_to_release(locks, meta["name"], scope, keep=keep):
             if await self.kube.delete_lock(meta["namespace"], lock_name):
-                released.append(lock_name)
+                released[lock_name] = types.get(lock_name, "")
         return released
 
     async def _drop_orphaned_lock(self, obj: Obj, event: IndexingEvent, status: BranchStatusModel) -> None:
@@ -228,19 +239,51 @@ class EventProcessor:
             return
         await self.emitter.republish(from_outbox(box.wire()))
 
-    async def _repair(self, obj: Obj, event: IndexingEvent, status: BranchStatusModel) -> None:
+    async def _repair(self, obj: Obj, event: IndexingEvent, status: BranchStatusModel) -> bool:
         """A redelivery of the event applied last: finish what a crash after the commit may have left.
 
         Lock releases are repeated (idempotent) and the outbox is published again; JetStream drops the
         messages it already stored, by their ids.
         """
+        replayed = False
+        if status.phase == Phase.LOCKED_FOR_WRITE and event.kind == "started":
+            # Killed between this started's commit and applying the result that was waiting for it.
+            replayed = await self._replay_parked(status, event, obj["metadata"]["namespace"])
         if status.outbox is None or status.outbox.key != event.id:
-            return
+            return replayed
         if status.phase == Phase.READY:
             await self._release(obj, "indexing", keep=None)
         elif status.phase == Phase.ERROR:
             await self._release(obj, "all", keep=None)
         await self.emitter.republish(from_outbox(status.outbox.wire()))
+        return replayed
+
+    def _parked(self, event: IndexingEvent) -> dict[str, Any]:
+        """The result event as it will be re-read when its run's started event arrives (structured JSON)."""
+        doc: dict[str, Any] = {"specversion": "1.0", "id": event.id, "source": event.source, "type": event.type,
+                               "data": event.data.model_dump(mode="json", exclude_none=True)}
+        if event.time is not None:
+            doc["time"] = rfc3339(event.time)
+        if event.namespace and not event.data.namespace:
+            doc["namespace"] = event.namespace
+        return {"eventId": event.id, "indexingId": event.data.indexing_id, "subject": event.subject,
+                "event": json.dumps(doc, separators=(",", ":")), "receivedAt": rfc3339(self.clock())}
+
+    async def _replay_parked(self, before: BranchStatusModel, started: IndexingEvent, namespace: str) -> bool:
+        """Apply the result that arrived before this started event, now that its run has started."""
+        parked = before.pending_result
+        if parked is None or parked.indexing_id != started.data.indexing_id:
+            return False
+        try:
+            result = parse_message(parked.subject, parked.event.encode(),
+                                   {"content-type": "application/cloudevents+json"},
+                                   max_bytes=max(self.settings.max_event_bytes, len(parked.event) + 1))
+        except EventRejected as exc:  # it parsed once; if not now, keep the branch's state and say so
+            log.error("kept result %s of run %s no longer parses: %s", parked.event_id, parked.indexing_id, exc)
+            return False
+        log.info("applying result %s kept for run %s", result.id, parked.indexing_id)
+        await self._handle(result, namespace, may_wait=False)
+        return True
 
     def _messages(
         self, obj: Obj, event: IndexingEvent, plan: EventPlan, new_lock: str | None, released: list[str]
@@ -303,6 +346,27 @@ class EventProcessor:
             indexing_id=event.data.indexing_id,
             **fields,
         )
+
+
+def _reported_releases(
+    branch: str, status: BranchStatusModel, deleted: Mapping[str, str], new_lock: str | None
+) -> list[str]:
+    """The locks an applied event's commit reports released (one ``lock.released`` record each).
+
+    The INDEXING lock of the run the event ends (the branch is LOCKED_FOR_WRITE for it) is reported even if
+    someone else deleted it: a losing copy of this event on another replica, or a killed attempt — neither
+    committed, so neither reported it. Other locks this event's attempts deleted are reported too, except
+    INDEXING locks of other runs: an attempt that lost a conflict may have deleted the lock of a run that the
+    winning commit ended and reported (or an orphan whose acquisition was never reported either).
+    """
+    recorded = status.indexing.indexing_id if status.indexing else None
+    ending = None
+    if status.phase == Phase.LOCKED_FOR_WRITE and recorded:
+        ending = make_lock_name(branch, LockType.INDEXING, recorded)
+    names = {n for n, kind in deleted.items() if kind != LockType.INDEXING.value or n == ending}
+    if ending is not None and ending != new_lock:
+        names.add(ending)
+    return sorted(names)
 
 
 def _phase(value: Any) -> str | None:

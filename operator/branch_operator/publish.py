@@ -10,6 +10,7 @@ import nats
 
 from .config import Settings
 from .events import encode_binary, encode_structured, make_event
+from .nats_io import connect_options
 
 
 def build_event(
@@ -38,7 +39,11 @@ async def publish_event(
 ) -> int:
     """Publish one event into JetStream; returns the stream sequence."""
     payload, headers = encode_binary(event) if binary else encode_structured(event)
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
+    # The operator's auth/TLS settings (OMS_NATS_*), but one attempt only: a CLI must fail, not hang
+    # (nats-py reads max_reconnect_attempts=0 as "forever").
+    opts = connect_options((settings or Settings()).model_copy(update={"nats_url": nats_url}))
+    opts.update(allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=5)
+    nc = await nats.connect(**opts)
     try:
         ack = await nc.jetstream().publish(subject, payload, headers=headers or None, timeout=5.0)
         return int(ack.seq)

@@ -13,7 +13,9 @@ compares the end with what the reference model predicts:
 
 Faults: API errors (5xx, 409) and delays on status PATCH and lock POST/DELETE (soak, two replicas);
 SIGKILL of an operator process at random points (crash test). Dedicated environments, so the shared
-session operator is not disturbed.
+session operator is not disturbed. The operators run with the default overtaking budget: a result that
+overtakes its started by longer than the short wait is kept in status.pendingResult and applied when the
+started arrives (test_result_overtaking_a_slow_started_reaches_the_model_state).
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -53,11 +55,14 @@ from .conftest import consumers_idle, read_stream
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-log = logging.getLogger(__name__)
-
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# How often a result that may have overtaken its started is redelivered (waits 0.25+0.5+1+2+2+2+2 s) before it
+# is taken as unexpected. The default, 4 (~1.75 s), is exceeded by the soak's own backlog now and then, and by
+# every crash (a killed process's messages come back after ack_wait): the branch then stays LOCKED_FOR_WRITE
+# for good — the open defect test_result_overtaking_a_slow_started_reaches_the_model_state pins down.
+OVERTAKE_RETRIES = Settings.model_fields["early_event_retries"].default
 FIRST_OUTCOME_ACTIONS = frozenset(
-    {"indexing.started", "indexing.completed", "indexing.failed", "event.stale", "event.unexpected"})
+    {"indexing.started", "indexing.completed", "indexing.failed", "event.stale", "event.unexpected", "event.pending"})
 
 
 async def poll_until(check: Callable[[], Awaitable[str | None]], timeout: float, what: str,
@@ -79,36 +84,70 @@ async def poll_until(check: Callable[[], Awaitable[str | None]], timeout: float,
 
 @dataclass
 class Tally:
-    """Final dispositions reported by ``IndexingConsumer.results``; a retry (incl. ``wait``) is not final."""
+    """Final dispositions reported by ``IndexingConsumer.results``; a retry (incl. ``wait``) is not final.
+    Called on the operator's thread (OperatorHandle runs it in a loop of its own), read on the test's."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
     per_event: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     retries: int = 0
+    final: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __call__(self, event_id: str, result: Result | None, disposition: Disposition) -> None:
-        if disposition is Disposition.RETRY:
-            self.retries += 1
-            return
-        if disposition is Disposition.DEAD_LETTERED or result is None:
-            outcome = "dead_lettered"
-        else:
-            outcome = str(result.outcome.value)
-        self.outcomes[outcome] += 1
-        self.per_event[event_id].append(outcome)
-
-    @property
-    def final(self) -> int:
-        return sum(self.outcomes.values())
+        with self._lock:
+            if disposition is Disposition.RETRY:
+                self.retries += 1
+                return
+            if disposition is Disposition.DEAD_LETTERED or result is None:
+                outcome = "dead_lettered"
+            else:
+                outcome = str(result.outcome.value)
+            self.outcomes[outcome] += 1
+            self.per_event[event_id].append(outcome)
+            self.final += 1
 
     @staticmethod
     def combined(tallies: Iterable[Tally]) -> Tally:
         out = Tally()
         for t in tallies:
-            out.outcomes.update(t.outcomes)
-            out.retries += t.retries
-            for eid, outcomes in t.per_event.items():
-                out.per_event[eid].extend(outcomes)
+            with t._lock:
+                out.outcomes.update(t.outcomes)
+                out.retries += t.retries
+                out.final += t.final
+                for eid, outcomes in t.per_event.items():
+                    out.per_event[eid].extend(outcomes)
         return out
+
+
+class Handled:
+    """The final outcome of each event id, from ``IndexingConsumer.results`` (called on the operator's thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outcomes: dict[str, str] = {}
+
+    def __call__(self, event_id: str, result: Result | None, disposition: Disposition) -> None:
+        if disposition is Disposition.RETRY:
+            return
+        with self._lock:
+            self._outcomes[event_id] = str(result.outcome.value) if result else "dead_lettered"
+
+    def snapshot(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._outcomes)
+
+    async def wait(self, *event_ids: str, timeout: float = 20.0) -> dict[str, str]:
+        async def check() -> str | None:
+            missing = [e for e in event_ids if e not in self.snapshot()]
+            return f"not handled yet: {missing}" if missing else None
+        await poll_until(check, timeout, f"events {list(event_ids)} handled", interval=0.02)
+        return self.snapshot()
+
+    async def take(self, event_id: str) -> str:
+        """Wait for ``event_id``'s outcome and forget it (the next delivery of the same id is awaited anew)."""
+        await self.wait(event_id)
+        with self._lock:
+            return self._outcomes.pop(event_id)
 
 
 # -------------------------------------------------------------------------------------------- faults
@@ -128,9 +167,8 @@ class Faults:
         self.env.api.inject_fault(method=method, path_regex=regex, status=status, delay=delay, times=times)
         self.injected[label] += times
 
-    def sprinkle(self, branches: Sequence[str], *, no_5xx_on: set[str]) -> None:
-        """``branches``: Kubernetes names with events in the coming wave. ``no_5xx_on``: branches whose started
-        must not be delayed by a 5xx retry (see test_soak_matches_reference_model: the overtaking budget)."""
+    def sprinkle(self, branches: Sequence[str]) -> None:
+        """``branches``: Kubernetes names of the branches with events in the coming wave."""
         ns = self.namespace
         rng = self.rng
 
@@ -138,10 +176,9 @@ class Faults:
             return rng.sample(list(pool), min(n, len(pool)))
 
         status = f"/namespaces/{ns}/branches/{{}}/status$"
-        retryable = [b for b in branches if b not in no_5xx_on]
-        for name in pick(6, retryable):
+        for name in pick(6, branches):
             self._inject("status PATCH 503", "PATCH", status.format(name), status=503)
-        for name in pick(3, retryable):
+        for name in pick(3, branches):
             self._inject("status PATCH 500", "PATCH", status.format(name), status=500)
         for name in pick(6, branches):
             self._inject("status PATCH 409", "PATCH", status.format(name), status=409)
@@ -315,6 +352,10 @@ class Harness:
         for r in records:
             if r["action"] in FIRST_OUTCOME_ACTIONS and r.get("correlation_id"):
                 first[r["correlation_id"]].append(r)
+        # A result kept for a late started has an interim `event.pending` record, then its real outcome.
+        for eid, rs in first.items():
+            if len(rs) > 1:
+                first[eid] = [r for r in rs if r["action"] != "event.pending"]
         event_ids = {e.event_id for e in w.events if e.malformed is None}
         missing = sorted(event_ids - set(first))
         assert not missing, f"{len(missing)} events without an audit record, e.g. {missing[:3]}"
@@ -323,8 +364,19 @@ class Harness:
         assert set(first) == event_ids
         observed_first = {eid: _outcome_of(rs[0]) for eid, rs in first.items()}
         self._check_outcomes(model, observed_first)
+        malformed = sum(e.malformed is not None for e in w.events)
         rejected = [r for r in records if r["action"] == "event.rejected"]
-        assert len(rejected) == sum(e.malformed is not None for e in w.events)
+        assert len(rejected) == malformed
+        parked = await read_stream(self.env.nats_url, self.settings.dlq_stream)
+        assert len(parked) == malformed, [m.headers.get("Oms-Dlq-Reason-Code") for m in parked]
+        # Lock trail: every lock whose acquisition was audited has its release audited exactly once (by the
+        # commit that ended its run, whoever deleted it), unless it is still held.
+        held = {lock["metadata"]["name"] for lock in locks}
+        acquired = Counter(r["details"]["lock"] for r in records if r["action"] == "lock.acquired")
+        released = Counter(r["details"]["lock"] for r in records if r["action"] == "lock.released")
+        assert all(n == 1 for n in acquired.values()), acquired.most_common(3)
+        unreleased = sorted(name for name in acquired if name not in held and released[name] != 1)
+        assert not unreleased, f"locks acquired but not released once: {[(n, released[n]) for n in unreleased[:5]]}"
         merge_audits = Counter(r["branch_name"] for r in records if r["action"] == "branch.merged")
         assert dict(merge_audits) == {n: len(r) for n, r in expected_merges.items()}
 
@@ -354,6 +406,9 @@ class Harness:
             if expected == "dead_lettered":
                 continue  # malformed: no CloudEvent id to correlate (counted via event.rejected)
             got = observed.get(eid)
+            if got == "pending" and expected in ("applied", "unexpected"):
+                # Kept for its started: applied once that arrived (the state checks prove it), else unexpected.
+                continue
             if got == expected:
                 continue
             event = by_id[eid]
@@ -371,9 +426,13 @@ class Harness:
             assert len(firsts) == 1, f"{eid}: {outcomes} (exactly one copy may take effect)"
         expected = model.outcomes
         got = tally.outcomes
-        for outcome in ("duplicate", "unexpected", "unknown_branch", "dead_lettered"):
+        for outcome in ("duplicate", "unknown_branch", "dead_lettered"):
             assert got[outcome] == expected[outcome], (outcome, dict(got), dict(expected))
-        assert got["applied"] + got["stale"] == expected["applied"] + expected["stale"], (dict(got), dict(expected))
+        # A result that arrives before its started is kept ("pending") and applied when the started comes; one
+        # whose started never comes stays pending: the model's "unexpected".
+        assert got["unexpected"] + got["pending"] >= expected["unexpected"], (dict(got), dict(expected))
+        assert got["applied"] + got["stale"] + got["unexpected"] + got["pending"] == (
+            expected["applied"] + expected["stale"] + expected["unexpected"]), (dict(got), dict(expected))
         assert got["wait"] == 0  # a wait is never final
 
 
@@ -396,17 +455,13 @@ def _outcome_of(record: dict[str, Any]) -> str:
         return "applied"
     if action == "event.stale":
         return "stale"
+    if action == "event.pending":
+        return "pending"
     return "unknown_branch" if record.get("reason") == "UnknownBranch" else "unexpected"
 
 
-_BY_ID: dict[int, dict[str, Event]] = {}
-
-
 def _by_id(workload: Workload) -> dict[str, Event]:
-    key = id(workload)
-    if key not in _BY_ID:
-        _BY_ID[key] = {e.event_id: e for e in workload.events if e.copy == 0 and e.malformed is None}
-    return _BY_ID[key]
+    return workload.originals()
 
 
 async def run_waves(h: Harness, consumed: Callable[[], Awaitable[str | None]], *,
@@ -439,8 +494,8 @@ async def soak_env() -> AsyncIterator[tuple[EmbeddedEnv, OperatorHandle]]:
     # The request log is how the test counts the faults that fired: keep all of it.
     env.api.requests = type(env.api.requests)(maxlen=500_000)
     # A merge write that hits an injected fault is retried by the periodic resync: keep it short.
-    operator = OperatorHandle(env.settings(default_namespace=SOAK_NS, reconcile_interval_seconds=2.0),
-                              env.kubeconfig)
+    operator = OperatorHandle(env.settings(default_namespace=SOAK_NS, reconcile_interval_seconds=2.0,
+                                           early_event_retries=OVERTAKE_RETRIES), env.kubeconfig)
     await operator.start()
     yield env, operator
     await operator.stop()
@@ -450,14 +505,12 @@ async def soak_env() -> AsyncIterator[tuple[EmbeddedEnv, OperatorHandle]]:
 async def test_soak_matches_reference_model(soak_env: tuple[EmbeddedEnv, OperatorHandle]) -> None:
     """1,000 events over 100 branches with API faults end exactly as the reference model says.
 
-    Faults: per wave, 5xx once on ~9 branches' status PATCH, 409 once on 6, delays on 8, a 503 and delays on
-    lock POST, 503 and delays on a few lock DELETEs. A 5xx is retried by redelivery 0.5 s later. 5xx faults
-    on the status of a branch that is ACTIVE when the wave starts are left out: there a result that
-    overtakes its started waits for it only ~1.75 s (``early_event_retries``), and two faults in a row on the
-    started can exceed that — see the report of issue 3 for what then happens.
+    Faults, per wave: 5xx once on ~9 branches' status PATCH (the message is redelivered 0.5 s later), 409
+    once on 6 (re-read and re-decided at once), delays on 8, a 503 and delays on lock POST, 503s and delays
+    on a few lock DELETEs. With ``early_event_retries=OVERTAKE_RETRIES`` (see there why not the default).
     """
     env, operator = soak_env
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     workload = generate(20250626, branches=100, events=1000, prefix=SOAK_NS)
     kube = await KubeClient.connect(str(env.kubeconfig))
     h = Harness(env, kube, SOAK_NS, workload, operator.settings)
@@ -468,13 +521,13 @@ async def test_soak_matches_reference_model(soak_env: tuple[EmbeddedEnv, Operato
         await h.setup()
         await h.wait_initialised()
         h.timings["setup"] = round(time.monotonic() - t0, 2)
-        _, after_wave = workload.expected()
 
         def before_wave(i: int, wave: list[Event]) -> None:
-            previous = after_wave[i - 1] if i else dict.fromkeys(workload.branches, "ACTIVE")
-            names = sorted({k8s_name(e.branch) for e in wave if e.branch in previous})
-            active = {k8s_name(b) for b, p in previous.items() if p == "ACTIVE"}
-            faults.sprinkle(names, no_5xx_on=active)
+            # Not in the late wave: its results for ACTIVE branches wait out all their deliveries before they
+            # count as unexpected, and a transient error after that is retried with the backoff of the delivery
+            # count, waits included (30 s at the 8th): correct, but it would double the test's time.
+            if i < len(workload.waves) - 1:
+                faults.sprinkle(sorted({k8s_name(e.branch) for e in wave if e.branch in workload.branches}))
 
         async def consumed() -> str | None:
             return None if tally.final >= h.published else f"{h.published - tally.final} messages not final yet"
@@ -485,6 +538,8 @@ async def test_soak_matches_reference_model(soak_env: tuple[EmbeddedEnv, Operato
         numbers = await h.verify(model, tally)
         h.timings["verify"] = round(time.monotonic() - t_verify, 2)
         h.timings["total"] = round(time.monotonic() - t0, 2)
+        # CPU of this process (API server, operator, test; nats-server is another process) vs wall time.
+        h.timings["cpu"] = round(time.process_time() - cpu0, 2)
         print(f"\nsoak: {numbers}\nfaults injected: {dict(faults.injected)}\nerror responses: "
               f"{dict(faults.fired_errors())}\ntimings (s): {h.timings}")
         assert numbers["published"] == 1000
@@ -495,7 +550,6 @@ async def test_soak_matches_reference_model(soak_env: tuple[EmbeddedEnv, Operato
         await kube.close()
 
 
-
 async def test_started_that_lost_its_race_leaves_no_lock(soak_env: tuple[EmbeddedEnv, OperatorHandle]) -> None:
     """What the two-replica race leaves when a started loses its commit to its own run's result (the lock is
     taken before the commit, the re-plan says stale/duplicate): a redelivery removes the orphaned lock,
@@ -503,13 +557,9 @@ async def test_started_that_lost_its_race_leaves_no_lock(soak_env: tuple[Embedde
     env, operator = soak_env
     ns = "orphans"
     kube = await KubeClient.connect(str(env.kubeconfig))
-    done: dict[str, str] = {}
+    handled = Handled()
 
-    def record(event_id: str, result: Result | None, disposition: Disposition) -> None:
-        if disposition is not Disposition.RETRY:
-            done[event_id] = str(result.outcome.value) if result else "dead_lettered"
-
-    operator.runtime.consumer.results.append(record)
+    operator.runtime.consumer.results.append(handled)
     nc = await nats.connect(env.nats_url)
     try:
         await kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
@@ -522,10 +572,7 @@ async def test_started_that_lost_its_race_leaves_no_lock(soak_env: tuple[Embedde
             payload, headers = encode_structured(funnel_event(event, ns))
             await nc.jetstream().publish(f"funnel.indexing.{event.kind}", payload, headers=headers)
 
-            async def check() -> str | None:
-                return None if event.event_id in done else f"{event.event_id} not handled"
-            await poll_until(check, 20, f"{event.kind} {event.run.indexing_id}", interval=0.02)
-            assert done.pop(event.event_id) == expect
+            assert await handled.take(event.event_id) == expect
 
         def make(branch: str, run: int, ending: str) -> tuple[Event, Event]:
             at = time_base() + timedelta(minutes=run)
@@ -553,10 +600,9 @@ async def test_started_that_lost_its_race_leaves_no_lock(soak_env: tuple[Embedde
         assert [lk["spec"]["indexingId"] for lk in running_locks] == [running_start.run.indexing_id]
         assert orphan["metadata"]["name"] not in [lk["metadata"]["name"] for lk in running_locks]
     finally:
-        operator.runtime.consumer.results.remove(record)
+        operator.runtime.consumer.results.remove(handled)
         await nc.drain()
         await kube.close()
-
 
 
 async def test_audit_survives_a_failed_publish_and_a_newer_outbox(soak_env: tuple[EmbeddedEnv, OperatorHandle]) -> None:
@@ -567,11 +613,7 @@ async def test_audit_survives_a_failed_publish_and_a_newer_outbox(soak_env: tupl
     ns = "outbox"
     kube = await KubeClient.connect(str(env.kubeconfig))
     emitter = operator.runtime.emitter
-    done: dict[str, str] = {}
-
-    def record(event_id: str, result: Result | None, disposition: Disposition) -> None:
-        if disposition is not Disposition.RETRY:
-            done[event_id] = str(result.outcome.value) if result else "dead_lettered"
+    handled = Handled()
 
     at = time_base()
     run = Run("o/late-audit", "late-audit-run1", at, at + timedelta(seconds=30), "validation_failed")
@@ -588,7 +630,7 @@ async def test_audit_survives_a_failed_publish_and_a_newer_outbox(soak_env: tupl
 
     original = emitter.republish
     emitter.republish = publish_failing_once  # type: ignore[method-assign]
-    operator.runtime.consumer.results.append(record)
+    operator.runtime.consumer.results.append(handled)
     nc = await nats.connect(env.nats_url)
     try:
         await kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
@@ -605,11 +647,9 @@ async def test_audit_survives_a_failed_publish_and_a_newer_outbox(soak_env: tupl
         payload, headers = encode_structured(funnel_event(completed, ns))
         await js.publish("funnel.indexing.completed", payload, headers=headers)
 
-        async def handled() -> str | None:
-            return None if {started.event_id, completed.event_id} <= set(done) else f"handled: {done}"
-        await poll_until(handled, 20, "both events handled", interval=0.02)
         # The completed overtook the started's redelivery; the redelivered started is then a duplicate.
-        assert done == {completed.event_id: "applied", started.event_id: "duplicate"}
+        assert await handled.wait(started.event_id, completed.event_id) == {
+            completed.event_id: "applied", started.event_id: "duplicate"}
         records = [m.json() for m in await read_stream(env.nats_url, operator.settings.audit_stream)
                    if m.json().get("namespace") == ns]
         actions = Counter((r["action"], r["correlation_id"]) for r in records)
@@ -618,7 +658,56 @@ async def test_audit_survives_a_failed_publish_and_a_newer_outbox(soak_env: tupl
         assert actions[("indexing.completed", completed.event_id)] == 1
     finally:
         emitter.republish = original  # type: ignore[method-assign]
-        operator.runtime.consumer.results.remove(record)
+        operator.runtime.consumer.results.remove(handled)
+        await nc.drain()
+        await kube.close()
+
+
+async def test_result_overtaking_a_slow_started_reaches_the_model_state(
+    soak_env: tuple[EmbeddedEnv, OperatorHandle],
+) -> None:
+    """Default settings; the started's lock POST fails three times (redelivered after 0.5, 1 and 2 s), while its
+    completed is already there. The model (causal order) says READY, with no lock left."""
+    env, operator = soak_env
+    ns = "overtake"
+    kube = await KubeClient.connect(str(env.kubeconfig))
+    handled = Handled()
+
+    at = time_base()
+    run = Run("o/slow-start", "slow-start-run1", at, at + timedelta(seconds=30), "validation_failed")
+    started, completed = Event("slow-start-s", run.branch, "started", run), Event(
+        "slow-start-c", run.branch, "completed", run)
+    model = Model([run.branch])
+    for event in (started, completed):
+        model.apply(event)
+    # The default overtaking budget, not the one this module's operators run with.
+    settings = operator.runtime.consumer.settings
+    budget = settings.early_event_retries
+    settings.early_event_retries = Settings.model_fields["early_event_retries"].default
+    operator.runtime.consumer.results.append(handled)
+    nc = await nats.connect(env.nats_url)
+    try:
+        await kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        await kube.create(Branch.PLURAL, ns, {"apiVersion": API_VERSION, "kind": Branch.KIND,
+                                              "metadata": {"name": "slow-start"}, "spec": {"branchName": run.branch}})
+
+        async def initialised() -> str | None:
+            phase = ((await kube.get_branch(ns, "slow-start")).get("status") or {}).get("phase")
+            return None if phase == "ACTIVE" else f"phase {phase}"
+        await poll_until(initialised, 20, "the Branch initialised", interval=0.02)
+        env.api.inject_fault(method="POST", path_regex=f"/namespaces/{ns}/branchlocks$", status=503, times=3)
+        for event in (started, completed):
+            payload, headers = encode_structured(funnel_event(event, ns))
+            await nc.jetstream().publish(f"funnel.indexing.{event.kind}", payload, headers=headers)
+
+        outcomes = await handled.wait(started.event_id, completed.event_id, timeout=30)
+        branch = await kube.get_branch(ns, "slow-start")
+        assert {run.branch: branch["status"]["phase"]} == model.phases(), outcomes
+        assert await kube.list_locks(ns, "slow-start") == []
+    finally:
+        settings.early_event_retries = budget
+        env.api.clear_faults()
+        operator.runtime.consumer.results.remove(handled)
         await nc.drain()
         await kube.close()
 
@@ -637,7 +726,8 @@ async def duo_env() -> AsyncIterator[tuple[EmbeddedEnv, list[OperatorHandle]]]:
     env = EmbeddedEnv()
     await env.start()
     env.api.requests = type(env.api.requests)(maxlen=500_000)
-    settings = env.settings(default_namespace=DUO_NS, reconcile_interval_seconds=2.0)
+    settings = env.settings(default_namespace=DUO_NS, reconcile_interval_seconds=2.0,
+                            early_event_retries=OVERTAKE_RETRIES)
     # Two replicas in one process: peering off (standalone), the same durable consumers, the same API server.
     operators = [OperatorHandle(settings, env.kubeconfig) for _ in range(2)]
     for operator in operators:
@@ -663,12 +753,13 @@ async def test_two_replicas_match_reference_model(duo_env: tuple[EmbeddedEnv, li
     try:
         await h.setup()
         await h.wait_initialised()
-        _, after_wave = workload.expected()
 
         def before_wave(i: int, wave: list[Event]) -> None:
-            previous = after_wave[i - 1] if i else dict.fromkeys(workload.branches, "ACTIVE")
-            names = sorted({k8s_name(e.branch) for e in wave if e.branch in previous})
-            faults.sprinkle(names, no_5xx_on={k8s_name(b) for b, p in previous.items() if p == "ACTIVE"})
+            # Not in the late wave: its results for ACTIVE branches wait out all their deliveries before they
+            # count as unexpected, and a transient error after that is retried with the backoff of the delivery
+            # count, waits included (30 s at the 8th): correct, but it would double the test's time.
+            if i < len(workload.waves) - 1:
+                faults.sprinkle(sorted({k8s_name(e.branch) for e in wave if e.branch in workload.branches}))
 
         async def consumed() -> str | None:
             final = sum(t.final for t in tallies)
@@ -779,10 +870,8 @@ async def test_sigkill_at_random_moments_matches_reference_model(crash_env: Embe
         "OMS_HEALTH_PORT": "0", "OMS_DEFAULT_NAMESPACE": CRASH_NS,
         # A message whose handler was killed is redelivered after ack_wait: keep it short for the test.
         "OMS_ACK_WAIT_SECONDS": "3", "OMS_RECONCILE_INTERVAL_SECONDS": "2",
-        # A result overtaking a started the killed process held must wait longer than ack_wait + a restart
-        # (waits 0.25+0.5+1+2+2+2+2 s): with the default 4 (1.75 s) it is taken as unexpected and the branch
-        # stays LOCKED_FOR_WRITE — test_result_overtaking_a_slow_started_reaches_the_model_state.
-        "OMS_EARLY_EVENT_RETRIES": "8",
+        # A result overtaking a started the killed process held must wait longer than ack_wait + a restart.
+        "OMS_EARLY_EVENT_RETRIES": str(OVERTAKE_RETRIES),
     })
     kube = await KubeClient.connect(str(env.kubeconfig))
     h = Harness(env, kube, CRASH_NS, workload, settings)

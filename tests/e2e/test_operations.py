@@ -184,10 +184,11 @@ async def test_unlock_releases_lock_records_and_unblocks_merge(oms: Oms) -> None
     assert not {"oms.dev/force-unlock", "oms.dev/reason"} & set(merged["metadata"].get("annotations") or {})
     assert await locks_of(oms, "held") == []
 
-    record = next(a for a in oms.audits_for("feature/held", "admin.force_unlock"))
+    record = (await wait_for(lambda: oms.audits_for("feature/held", "admin.force_unlock"), what="audit"))[0]
     assert record.actor == "alice" and record.reason == "editor crashed"
     assert record.details["status"] == "applied" and record.details["released_locks"] == [lock["metadata"]["name"]]
-    released = [a for a in oms.audits_for("feature/held", "lock.released") if a.actor == "alice"]
+    released = await wait_for(lambda: [a for a in oms.audits_for("feature/held", "lock.released")
+                                       if a.actor == "alice"], what="lock.released by alice")
     assert [a.details["lock"] for a in released] == [lock["metadata"]["name"]]
     assert any(e["reason"] == "AdminForceUnlock" and "alice" in e["message"] for e in await oms.k8s_events("held"))
     # The audit command reads the same trail back from JetStream.
@@ -213,7 +214,7 @@ async def test_unlock_refusals_change_nothing(oms: Oms) -> None:
     after = await request_cleared(oms, "indexing")
     assert status(after)["phase"] == "LOCKED_FOR_WRITE" and "lastAdminAction" not in status(after)
     assert len(await locks_of(oms, "indexing")) == 2
-    refused = oms.audits_for("feature/indexing", "admin.force_unlock")
+    refused = await wait_for(lambda: oms.audits_for("feature/indexing", "admin.force_unlock"), what="audit")
     assert len(refused) == 1 and refused[0].details["status"] == "refused"
     # `all` while indexing: the WRITE lock goes, the run's INDEXING lock stays.
     code, out, err = await kb(oms, "unlock", "indexing", "--reason", "editor gone")
@@ -240,10 +241,11 @@ async def test_set_state_recovers_error_branch(oms: Oms) -> None:
     st = status(obj)
     assert st["phase"] == "ACTIVE" and st["lastAdminAction"]["action"] == "set-state"
     assert next(c for c in st["conditions"] if c["type"] == "Mergeable")["reason"] == "SetByAdmin"
-    changed = [a for a in oms.audits_for("problematic-branch", "branch.state_changed")
-               if a.from_state == "ERROR" and a.to_state == "ACTIVE"]
+    changed = await wait_for(lambda: [a for a in oms.audits_for("problematic-branch", "branch.state_changed")
+                                      if a.from_state == "ERROR" and a.to_state == "ACTIVE"], what="transition")
     assert len(changed) == 1 and changed[0].reason == "AdminSetState"
-    admin_record = oms.audits_for("problematic-branch", "admin.set_state")[0]
+    admin_record = (await wait_for(lambda: oms.audits_for("problematic-branch", "admin.set_state"),
+                                   what="admin.set_state"))[0]
     assert (admin_record.from_state, admin_record.to_state) == ("ERROR", "ACTIVE")
     assert admin_record.reason == "Funnel fixed; abandon run" and admin_record.actor
     assert any(e["reason"] == "AdminSetState" for e in await oms.k8s_events("problematic-branch"))
@@ -361,7 +363,9 @@ async def test_lock_is_stamped_and_expires_after_its_ttl(oms: Oms) -> None:
     record = await wait_for(lambda: oms.audits_for("feature/leased", "lock.expired"), what="lock.expired")
     assert record[0].details["lock"] == name and record[0].details["ttl_seconds"] == 1
     assert record[0].reason == "TTLExpired"
-    assert any(e["reason"] == "LockExpired" and name in e["message"] for e in await oms.k8s_events("leased"))
+    async def warned() -> bool:
+        return any(e["reason"] == "LockExpired" and name in e["message"] for e in await oms.k8s_events("leased"))
+    await wait_for(warned, what="LockExpired Event")
 
     async def notified() -> bool:
         return any(n["type"] == "com.oms.branch.lock_expired" and n["data"]["details"]["lock"] == name
@@ -392,7 +396,7 @@ async def test_renewal_extends_a_lock(oms: Oms) -> None:
         return not any(lk["metadata"]["name"] == name for lk in await locks_of(oms, "renewed"))
     await wait_for(gone, timeout=15, what="the renewed lock expired")
     # Not before renewedAt + ttl: the renewal moved the deadline.
-    expired = oms.audits_for("feature/renewed", "lock.expired")[0]
+    expired = (await wait_for(lambda: oms.audits_for("feature/renewed", "lock.expired"), what="lock.expired"))[0]
     assert expired.details["renewed_at"].startswith(renewed_at.strftime("%Y-%m-%dT%H:%M:%S"))
     assert datetime.now(UTC) >= renewed_at + timedelta(seconds=1) - timedelta(milliseconds=50)
 
@@ -412,7 +416,7 @@ async def test_deleting_a_branch_releases_and_audits_its_locks(oms: Oms) -> None
         return False
     await wait_for(deleted, what="the Branch gone once its finalizer ran")
     assert await locks_of(oms, "doomed") == []
-    records = oms.audits_for("feature/doomed", "lock.released")
+    records = await wait_for(lambda: oms.audits_for("feature/doomed", "lock.released"), what="lock.released")
     assert [(r.reason, r.details["lock"]) for r in records] == [("BranchDeleted", lock["metadata"]["name"])]
     # Its audit trail outlives it.
     code, out, _ = await kb(oms, "audit", "doomed", "--nats", oms.env.nats_url)
@@ -580,7 +584,6 @@ async def test_notifications_one_per_incident_to_nats_and_webhook(
         await write_lock(oms, branch, key="k", ttl_seconds=1)
         await wait_for(lambda: hook.kinds("lease"), what="the expired lock on the webhook")
 
-        await operator.runtime.notifier.join()
         await wait_for(lambda: oms.consumer_idle(oms.settings.consumer_failed), what="both copies acknowledged")
         assert hook.kinds("failing") == ["indexing_failed"]  # once, though the event came twice
         assert hook.kinds("stalled") == ["merge_blocked"]
@@ -595,8 +598,10 @@ async def test_notifications_one_per_incident_to_nats_and_webhook(
         assert ("com.oms.branch.merge_failed", "merge-fails") in kinds
         assert ("com.oms.branch.lock_expired", "lease") in kinds
         _, text = await scrape(operator.runtime.http_url)
-        assert sample(text, "oms_branch_operator_notifications_total", kind="merge_blocked", sink="webhook",
+        assert sample(text, "oms_branch_operator_notifications_total", kind="indexing_failed", sink="webhook",
                       result="sent") == 1
+        assert sample(text, "oms_branch_operator_notifications_total", kind="lock_expired", sink="nats",
+                      result="sent") >= 1
 
 
 async def test_readiness_follows_nats_down_and_back(ops_env: tuple[EmbeddedEnv, OperatorHandle, Webhook]) -> None:

@@ -123,8 +123,12 @@ async def test_scenario_3_failed_validation_blocks_merge(oms: Oms) -> None:
     mergeable = condition(blocked, "Mergeable")
     assert mergeable["status"] == "False" and "ValidationFailed" in (mergeable["reason"] + mergeable["message"])
     assert condition(blocked, "Validated")["status"] == "False"
-    assert oms.audits_for("feature/invalid", "branch.merge_blocked")
-    assert any(e["reason"] == "MergeBlocked" for e in await oms.k8s_events("feature-invalid"))
+    # The audit record and Event follow the status write: wait for them rather than race them.
+    await wait_for(lambda: oms.audits_for("feature/invalid", "branch.merge_blocked"), what="merge_blocked audit")
+
+    async def blocked_event() -> bool:
+        return any(e["reason"] == "MergeBlocked" for e in await oms.k8s_events("feature-invalid"))
+    await wait_for(blocked_event, what="MergeBlocked Event")
 
 
 async def test_no_policy_blocks_with_every_reason(oms: Oms) -> None:
@@ -191,10 +195,30 @@ async def test_completed_for_active_branch_is_unexpected(oms: Oms) -> None:
     # ACTIVE from creation is exactly the "unexpected branch state" of the original design.
     await oms.publish("completed", event)
     record = await wait_for(lambda: [a for a in oms.audits if a.correlation_id == event["id"]])
-    assert str(getattr(record[0].action, "value", record[0].action)) == "event.unexpected"
+    # No transition, a Warning; the result is kept in case its started event is only late (issue 3).
+    assert str(getattr(record[0].action, "value", record[0].action)) == "event.pending"
     after = await oms.branch("steady")
     assert phase(after) == "ACTIVE" == phase(before)
     assert any(e["type"] == "Warning" for e in await oms.k8s_events("steady"))
+    assert after["status"]["pendingResult"]["eventId"] == event["id"]
+
+
+async def test_result_kept_for_a_late_started_is_applied_when_it_arrives(oms: Oms) -> None:
+    await oms.create_policy()
+    await oms.create_branch("late-start", "feature/late-start")
+    completed = oms.event("completed", "feature/late-start", "idx-late", records=7)
+    await oms.publish("completed", completed)
+    await oms.wait_branch("late-start", lambda o: ((o.get("status") or {}).get("pendingResult") or {}).get(
+        "eventId") == completed["id"], what="result kept in status.pendingResult")
+    assert phase(await oms.branch("late-start")) == "ACTIVE"
+
+    await oms.publish("started", oms.event("started", "feature/late-start", "idx-late"))
+    merged = await oms.wait_branch(
+        "late-start", lambda o: (o.get("status") or {}).get("merge", {}).get("decision") == "Merged",
+        what="the kept result applied and merged")
+    assert merged["status"]["indexing"]["recordsIndexed"] == 7
+    assert merged["status"].get("pendingResult") is None
+    assert await oms.kube.list_locks(oms.namespace, "late-start") == []
 
 
 async def test_malformed_json_is_dead_lettered_not_redelivered(oms: Oms) -> None:

@@ -140,7 +140,7 @@ async def test_rbac_rules_are_exactly_what_the_code_uses(tmp_path: Path) -> None
         await operator.start()
         await _scenario(env, kube, ns)
     finally:
-        await kube.close()  # first: its keep-alive connection is a task kopf would wait for
+        await kube.close()
         await operator.stop()
         await env.stop()
 
@@ -193,6 +193,10 @@ async def _scenario(env: EmbeddedEnv, kube: KubeClient, ns: str) -> None:
     await kube.create("automergepolicies", ns, {
         "apiVersion": "oms.dev/v1alpha1", "kind": "AutoMergePolicy", "metadata": {"name": "features"},
         "spec": {"enabled": True, "branchNamePatterns": ["feature/**"]}})
+
+    async def policy_status() -> bool:  # the operator reports on each policy in its status
+        return bool((await kube.get("automergepolicies", ns, "features")).get("status"))
+    await poll(policy_status, "the policy's status")
 
     # 1. Indexing then merge. The first status write fails once, so the redelivery finds its lock
     #    already there (create -> 409 -> get).

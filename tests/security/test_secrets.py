@@ -185,7 +185,6 @@ async def run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run]:
         operator.runtime.emitter.audit_observers.append(r.audits.append)
         yield r
     finally:
-        # The harness's client first: its keep-alive connection is a task kopf would wait 5 s for.
         await kube.close()
         await operator.stop()
         await env.stop()
@@ -212,7 +211,6 @@ async def test_a_busy_run_leaks_no_secret(run: Run) -> None:
     run.env.api.inject_fault(method="PATCH", path_regex=r"/branches/feature-bad/status$", status=500, times=1)
     await run.event("failed", "feature/bad", "idx-2", errors=["boom"], passed=False)
     await run.phase("feature-bad", "ERROR")
-    await run.logs.wait_for(lambda line: "redelivery" in line)
     # An unknown branch and a dead-lettered message.
     unknown = await run.event("started", "feature/nobody", "idx-3")
     await run.publish(s.subject_started, b"{not json", {"Content-Type": "application/cloudevents+json"})

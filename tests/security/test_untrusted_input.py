@@ -258,6 +258,13 @@ class Watched:
         found: dict[str, str] = await poll(find, f"{event_id} in the dead-letter stream")
         return found
 
+    async def audit(self, event_id: str, action: str) -> AuditRecord:
+        """The audit record ``action`` for an event (records are published just after the Kubernetes writes)."""
+        async def find() -> AuditRecord | None:
+            return next((a for a in self.audits if a.correlation_id == event_id and str(a.action) == action), None)
+        found: AuditRecord = await poll(find, f"the {action} audit record of {event_id}")
+        return found
+
     async def create_branch(self, namespace: str, name: str, branch_name: str) -> None:
         await self.kube.create("branches", namespace, {
             "apiVersion": "oms.dev/v1alpha1", "kind": "Branch", "metadata": {"name": name},
@@ -299,7 +306,6 @@ async def watched(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Wat
         operator.runtime.emitter.audit_observers.append(w.audits.append)
         yield w
     finally:
-        # The harness's client first: its keep-alive connection is a task kopf would wait 5 s for.
         await kube.close()
         await operator.stop()
         await env.stop()
@@ -320,9 +326,8 @@ async def test_event_for_an_unwatched_namespace_is_dead_lettered_not_written(wat
     headers = await watched.dead_letter(event["id"])
     assert headers["Oms-Dlq-Reason-Code"] == "NamespaceNotAllowed"
     assert "'team-c'" in headers["Oms-Dlq-Reason"] and "team-a, team-b" in headers["Oms-Dlq-Reason"]
-    audit = next(a for a in watched.audits if a.correlation_id == event["id"])
-    assert (str(audit.action), audit.reason, audit.branch_name) == ("event.rejected", "NamespaceNotAllowed",
-                                                                    "feature/x")
+    audit = await watched.audit(event["id"], "event.rejected")
+    assert (audit.reason, audit.branch_name) == ("NamespaceNotAllowed", "feature/x")
 
     # Nothing was read or written in team-c on the event's behalf.
     assert _paths_touching(list(watched.env.api.requests)[before:], "team-c") == []
@@ -360,14 +365,19 @@ async def test_hostile_validation_errors_are_escaped_everywhere(watched: Watched
     stored = obj["status"]["indexing"]["validation"]["errors"]
     assert stored == [escape_controls(e) for e in errors]
     texts: list[str] = [json.dumps(obj["status"], ensure_ascii=False)]
-    events = await watched.kube.core.list_namespaced_event("team-a")
-    messages = [e.message or "" for e in events.items if e.involved_object.name == "feature-esc"]
-    assert any("terminal takeover" in m for m in messages), messages
-    texts += messages
+    async def event_messages() -> list[str] | None:
+        # The Event is posted right after the status write: wait for it.
+        events = await watched.kube.core.list_namespaced_event("team-a")
+        messages = [e.message or "" for e in events.items if e.involved_object.name == "feature-esc"]
+        return messages if any("terminal takeover" in m for m in messages) else None
+    texts += await poll(event_messages, "the Warning Event quoting the errors")
+    await watched.audit(failed["id"], "indexing.failed")
+
+    async def notifications() -> list[str]:
+        return [body.decode() for _h, body in await watched.stream(watched.settings.notifications_stream)
+                if failed["id"].encode() in body]
+    notes = await poll(notifications, "the failure notification")
     texts += [a.to_json() for a in watched.audits if a.correlation_id == failed["id"]]
-    notes = [body.decode() for _h, body in await watched.stream(watched.settings.notifications_stream)
-             if failed["id"].encode() in body]
-    assert notes
     texts += [json.dumps(json.loads(n), ensure_ascii=False) for n in notes]  # decoded, as a consumer reads it
     for text in texts:
         assert dangerous(text) == [], text
@@ -380,7 +390,7 @@ async def test_hostile_branch_name_is_dead_lettered_with_an_unknown_slug(watched
     headers = await watched.dead_letter(event["id"])
     assert headers["Oms-Dlq-Reason-Code"] == "InvalidData"
     assert headers["Oms-Dlq-Reason"].startswith("InvalidData: data.branch_name: ")
-    audit = next(a for a in watched.audits if a.correlation_id == event["id"])
+    audit = await watched.audit(event["id"], "event.rejected")
     assert audit.branch_name is None
     assert audit.audit_id.startswith("audit-oms:branch:unknown:event.rejected:")
 

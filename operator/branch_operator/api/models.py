@@ -228,6 +228,21 @@ class AdminActionStatus(_Model):
     request_id: Annotated[str | None, Field(max_length=63, description="oms.dev/request-id, if one was set")] = None
 
 
+class PendingResult(_Model):
+    """A result (completed/failed) that arrived before its run's started event, kept until it does.
+
+    Funnel's subjects are consumed independently, so a result can overtake its started event by longer
+    than the consumer's short redelivery wait (a crash, a backlog, API errors). Instead of losing it,
+    the operator keeps it here and applies it right after the started event of the same run.
+    """
+
+    event_id: Annotated[str, Field(min_length=1, max_length=253)]
+    indexing_id: Annotated[str, Field(min_length=1, max_length=253)]
+    subject: Annotated[str, Field(min_length=1, max_length=253)]
+    event: Annotated[str, Field(max_length=65536, description="the CloudEvent, structured JSON")]
+    received_at: datetime | None = None
+
+
 class BranchStatus(_Model):
     phase: Phase | None = None
     phase_transition_time: datetime | None = None
@@ -242,6 +257,7 @@ class BranchStatus(_Model):
         Field(max_length=MAX_RECENT_EVENTS, description="CloudEvent ids recently applied (idempotency)"),
     ] = []
     outbox: Outbox | None = None
+    pending_result: PendingResult | None = None
 
 
 class Branch(_Model):

@@ -63,6 +63,7 @@ class AuditAction(enum.StrEnum):
     EVENT_REJECTED = "event.rejected"
     EVENT_STALE = "event.stale"
     EVENT_UNEXPECTED = "event.unexpected"
+    EVENT_PENDING = "event.pending"  # a result kept until its run's started event arrives
     EVENT_DUPLICATE = "event.duplicate"
     ADMIN_FORCE_UNLOCK = "admin.force_unlock"
     ADMIN_SET_STATE = "admin.set_state"

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
@@ -264,6 +264,7 @@ class EventPlan:
     notify: bool
     audit_action: str
     reason: str
+    park: bool = False  # keep the event in status.pendingResult until its run's started event arrives
 
     @property
     def applied(self) -> bool:
@@ -294,8 +295,12 @@ def plan_indexing_event(
     same_run = recorded.indexing_id is not None and recorded.indexing_id == indexing_id
     match = RunMatch.SAME if same_run else RunMatch.OTHER
 
+    parked = status.pending_result
     if event.id in status.recent_event_ids or event.id == recorded.event_id:
         rule = _rule(Outcome.DUPLICATE, f"event {event.id} was already applied")
+    elif parked is not None and parked.event_id == event.id and recorded.indexing_id != parked.indexing_id:
+        # Its run has not started yet: a redelivered copy of a result already kept.
+        rule = _rule(Outcome.DUPLICATE, f"event {event.id} is already kept until its run starts")
     else:
         rule = TRANSITIONS[(from_phase, kind, match)]
         if rule.outcome is Outcome.APPLIED and match is RunMatch.OTHER and _is_older(event, recorded):
@@ -319,6 +324,12 @@ def plan_indexing_event(
         remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
         return _ignored_plan(rule, kind, event, from_phase, patch=remember)
     if rule.outcome is Outcome.UNEXPECTED:
+        if from_phase is Phase.ACTIVE and match is RunMatch.OTHER and kind is not EventKind.STARTED:
+            # A result with no run to apply to: no transition (the original design's unexpected state), but
+            # it is kept (the I/O layer adds ``pendingResult``) in case its started event is only late.
+            rule = _rule(Outcome.UNEXPECTED, f"{rule.why}; kept until run {indexing_id} starts")
+            plan = _ignored_plan(rule, kind, event, from_phase, patch={})
+            return replace(plan, park=True, audit_action="event.pending")
         # Recording the id makes a redelivery a quiet Duplicate instead of a second Warning.
         remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
         return _ignored_plan(rule, kind, event, from_phase, patch=remember)
@@ -332,6 +343,9 @@ def plan_indexing_event(
     # Every applied event starts or ends a run, which makes any earlier merge evaluation meaningless.
     patch["merge"] = None
     patch["recentEventIds"] = _remember(status.recent_event_ids, event.id)
+    if parked is not None and (kind is not EventKind.STARTED or parked.indexing_id != indexing_id):
+        # Applied now, or belongs to a run that a newer run has superseded.
+        patch["pendingResult"] = None
     conditions = [c.wire() for c in status.conditions]
 
     def cond(type_: ConditionType, st: ConditionStatus, reason: str, message: str) -> None:

@@ -96,7 +96,7 @@ def test_every_action_fits_the_format() -> None:
     assert {a.value for a in AuditAction} == {
         "indexing.started", "indexing.completed", "indexing.failed", "branch.state_changed", "branch.merged",
         "branch.merge_blocked", "lock.acquired", "lock.released", "lock.expired", "event.rejected", "event.stale",
-        "event.unexpected", "event.duplicate", "admin.force_unlock", "admin.set_state",
+        "event.unexpected", "event.pending", "event.duplicate", "admin.force_unlock", "admin.set_state",
     }  # fmt: skip
 
 

@@ -128,7 +128,7 @@ def test_dev_publish_and_kubectl_branch_list(dev: dict[str, str]) -> None:
     listing = run(str(BIN / "kubectl-branch"), "--kubeconfig", dev["kubeconfig"], "list")
     assert listing.returncode == 0, listing.stderr
     header, *rows = listing.stdout.splitlines()
-    assert header.split() == ["NAME", "BRANCH", "PHASE", "RECORDS", "VALID", "MERGEABLE", "LOCKS", "AGE"]
+    assert header.split() == ["NAME", "BRANCH", "PHASE", "RECORDS", "VALID", "MERGEABLE", "REASONS", "LOCKS", "AGE"]
     row = next(r.split() for r in rows if r.startswith("cli-branch"))
     assert row[1:5] == ["feature/cli", "READY", "42", "true"]
 

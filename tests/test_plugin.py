@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 
 from branch_operator import plugin
 from branch_operator.plugin_audit import matches
-from branch_operator.plugin_render import audit_rows, describe_branch, explain_merge, human_duration, lock_rows
+from branch_operator.plugin_render import (
+    BRANCH_HEADER,
+    audit_rows,
+    branch_rows,
+    describe_branch,
+    explain_merge,
+    human_duration,
+    lock_rows,
+)
 
 NOW = datetime(2025, 6, 26, 12, 0, tzinfo=UTC)
 
@@ -75,3 +83,24 @@ def test_every_block_reason_has_a_hint() -> None:
     from branch_operator.plugin_render import REASON_HINTS
 
     assert set(REASON_HINTS) == {r.value for r in BlockReason}
+
+
+def test_list_shows_every_reason_a_ready_branch_is_not_merging() -> None:
+    def br(name: str, status: dict[str, object] | None) -> dict[str, object]:
+        meta = {"name": name, "namespace": "oms", "creationTimestamp": "2025-06-26T11:00:00Z"}
+        obj: dict[str, object] = {"metadata": meta, "spec": {"branchName": f"feature/{name}"}}
+        if status is not None:
+            obj["status"] = status
+        return obj
+
+    reasons = ["ValidationFailed", "LockHeld", "OutsideMergeWindow"]
+    blocked = br("blocked", {"phase": "READY", "merge": {"decision": "Blocked", "reasons": reasons}})
+    merged = br("merged", {"phase": "ACTIVE", "merge": {"decision": "Merged", "reasons": []}})
+    fresh = br("fresh", None)
+    rows = {r[0]: dict(zip(BRANCH_HEADER, r, strict=True)) for r in branch_rows([blocked, merged, fresh], [],
+                                                                                  all_namespaces=False, now=NOW)}
+    # Every reason, in the operator's order, spelled as `kubectl get branches` prints the Reasons column.
+    assert rows["blocked"]["REASONS"] == '["ValidationFailed","LockHeld","OutsideMergeWindow"]'
+    assert rows["merged"]["REASONS"] == "[]"
+    assert rows["fresh"]["REASONS"] == ""
+    assert BRANCH_HEADER.index("REASONS") == BRANCH_HEADER.index("MERGEABLE") + 1

@@ -10,6 +10,7 @@ what the README says, and that ``kubectl branch list`` agrees with it.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -116,6 +117,12 @@ def human_duration(delta: timedelta) -> str:
     return f"{hours // 24 // 365}y"
 
 
+def go_json(value: Any) -> str:
+    """encoding/json.Marshal: compact, non-ASCII kept, and <, >, & escaped as \\u003c, \\u003e, \\u0026."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def cell(column: dict[str, Any], obj: dict[str, Any], now: datetime) -> Any:
     """apiextensions-apiserver's tableconvertor: first result only; a typed cell, or None."""
     results = find_results(obj, column["jsonPath"])
@@ -124,7 +131,10 @@ def cell(column: dict[str, Any], obj: dict[str, Any], now: datetime) -> Any:
     value = results[0]
     kind = column["type"]
     if kind == "string":
-        # jsonpath PrintResults: strings raw, other scalars in their JSON/Go spelling.
+        # jsonpath PrintResults: strings raw, lists/maps as compact JSON (Go's json.Marshal), other scalars in
+        # their JSON/Go spelling.
+        if isinstance(value, list | dict):
+            return go_json(value)
         return value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
     if value is None:
         return None
@@ -193,12 +203,16 @@ MERGED = branch("feature-user-schema", "feature/user-schema", {
     # Mergeable is not the first condition: the filter, not the position, must find it.
     "conditions": [_cond("Indexed", "True", "IndexingSucceeded"), _cond("Validated", "True", "ValidationPassed"),
                    _cond("Locked", "False", "LockReleased"), _cond("Mergeable", "False", "Merged")],
+    "merge": {"decision": "Merged", "reasons": [], "policy": "default-feature-branches"},
 })
 BLOCKED = branch("feature-invalid", "feature/invalid", {
     "phase": "READY",
     "indexing": {"indexingId": "idx-7", "recordsIndexed": 0, "result": "success",
                  "validation": {"passed": False, "errors": ["ObjectType User: email has no type"]}},
     "conditions": [_cond("Mergeable", "False", "ValidationFailed"), _cond("Indexed", "True", "IndexingSucceeded")],
+    # Every reason, not just the first: on-call sees all of them in `kubectl get branches`.
+    "merge": {"decision": "Blocked", "reasons": ["ValidationFailed", "InsufficientRecords", "LockHeld"],
+              "policy": "default-feature-branches"},
 }, age=timedelta(hours=3, minutes=20))
 NEW = branch("just-created", "feature/new", age=timedelta(seconds=42))
 
@@ -206,19 +220,21 @@ NEW = branch("just-created", "feature/new", age=timedelta(seconds=42))
 def test_kubectl_get_branches_shows_what_the_readme_says() -> None:
     readme = (ROOT / "README.md").read_text().splitlines()
     at = next(i for i, line in enumerate(readme) if line.startswith("kubectl get branches"))
-    readme_header, readme_row = readme[at + 1].split(), readme[at + 2].split()
-    header, rows = kubectl_get("oms.dev_branches.yaml", [MERGED])
+    readme_header, readme_rows = readme[at + 1].split(), [readme[at + 2].split(), readme[at + 3].split()]
+    header, rows = kubectl_get("oms.dev_branches.yaml", [MERGED, BLOCKED])
     assert header == readme_header
-    assert rows[0] == readme_row
+    # The merged branch, and a blocked READY branch showing every reason it is not merging.
+    assert rows == readme_rows
 
 
 def test_branch_columns_on_other_objects() -> None:
     header, rows = kubectl_get("oms.dev_branches.yaml", [BLOCKED, NEW])
-    assert header == ["NAME", "BRANCH", "PHASE", "RECORDS", "VALID", "MERGEABLE", "AGE"]
-    # 0 records and a failed validation are values, not blanks.
-    assert rows[0] == ["feature-invalid", "feature/invalid", "READY", "0", "false", "False", "3h20m"]
+    assert header == ["NAME", "BRANCH", "PHASE", "RECORDS", "VALID", "MERGEABLE", "REASONS", "AGE"]
+    # 0 records and a failed validation are values, not blanks; a blocked branch shows every reason.
+    assert rows[0] == ["feature-invalid", "feature/invalid", "READY", "0", "false", "False",
+                       '["ValidationFailed","InsufficientRecords","LockHeld"]', "3h20m"]
     # Not yet initialised by the operator: only what the spec and metadata say.
-    assert rows[1] == ["just-created", "feature/new", "", "", "", "", "42s"]
+    assert rows[1] == ["just-created", "feature/new", "", "", "", "", "", "42s"]
 
 
 def test_branch_column_types_and_paths_match_the_model() -> None:
@@ -229,6 +245,9 @@ def test_branch_column_types_and_paths_match_the_model() -> None:
     assert cell(columns["Records"], MERGED, NOW) == 1250
     assert cell(columns["Valid"], MERGED, NOW) is True
     assert cell(columns["Mergeable"], BLOCKED, NOW) == "False"
+    assert cell(columns["Reasons"], BLOCKED, NOW) == '["ValidationFailed","InsufficientRecords","LockHeld"]'
+    assert cell(columns["Reasons"], MERGED, NOW) == "[]"
+    assert cell(columns["Reasons"], NEW, NOW) is None
 
 
 def test_kubectl_branch_list_agrees_with_kubectl_get() -> None:
@@ -236,6 +255,7 @@ def test_kubectl_branch_list_agrees_with_kubectl_get() -> None:
     header, rows = kubectl_get("oms.dev_branches.yaml", objs)
     plugin_rows = branch_rows(objs, [], all_namespaces=False, now=NOW)
     shared = [h for h in header if h in BRANCH_HEADER and h != "AGE"]
+    assert "REASONS" in shared
     for get_row, list_row in zip(rows, plugin_rows, strict=True):
         assert [get_row[header.index(h)] for h in shared] == [list_row[BRANCH_HEADER.index(h)] for h in shared]
 

@@ -75,7 +75,7 @@ async def admin_requested(type: str, body: kopf.Body, memo: Any, **_: Any) -> No
 
 
 @kopf.on.event(GROUP, VERSION, Branch.PLURAL)
-def branch_incidents(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
+async def branch_incidents(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     if runtime is not None:
         runtime.incidents.observe(type, copy.deepcopy(dict(body)))

@@ -5,11 +5,34 @@ Every setting has a production-sensible default; the Helm chart sets these varia
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """``url`` (or a comma-separated list of URLs, as ``NATS_URL`` allows) with any password in its
+    ``user:password@`` replaced by ``***``. The user name stays; a lone ``token@`` is masked too, since NATS
+    reads a user with no password as a token. Unparseable parts are masked whole after the scheme."""
+    return ",".join(_mask_one(part) for part in url.split(","))
+
+
+def _mask_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:  # nats-py reads "host:port" (and "user:pass@host") as nats://
+        scheme, rest = "", url
+    netloc_end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:netloc_end], rest[netloc_end:]
+    if "@" not in netloc:
+        return url
+    userinfo, host = netloc.rsplit("@", 1)  # the last @: an unencoded @ in a password stays on the masked side
+    user, has_password, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{f'{user}:{MASK}' if has_password else MASK}@{host}{tail}"
 
 
 class Settings(BaseSettings):
@@ -96,6 +119,12 @@ class Settings(BaseSettings):
     notify_webhook_timeout_seconds: float = 5.0
     # A READY branch whose merge stays blocked this long is an incident (0 = never notify).
     notify_blocked_after_seconds: float = 3600.0
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # repr() and str() (and so any log line that formats Settings) show NATS_URL without its password;
+        # the field itself keeps the real value for connect_options().
+        for name, value in super().__repr_args__():
+            yield name, (mask_url(value) if name == "nats_url" and isinstance(value, str) else value)
 
     @field_validator("watch_namespaces")
     @classmethod

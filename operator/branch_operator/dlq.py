@@ -39,7 +39,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from .config import Settings
+from .config import Settings, mask_url
 from .nats_io import connect_options
 
 DLQ_HEADER_PREFIX = "Oms-Dlq-"
@@ -357,7 +357,7 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(action(args, settings))
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        print(f"error: {settings.nats_url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"error: {mask_url(settings.nats_url)}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
 

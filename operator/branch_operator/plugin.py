@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    command("list", cmd_list, "branches with phase, records, validation, mergeable, locks, age", ["ls"])
+    command("list", cmd_list, "branches: phase, records, validation, mergeable, blocking reasons, locks, age", ["ls"])
     d = command("describe", cmd_describe, "status, conditions, last indexing run, locks and recent Events")
     d.add_argument("name")
     w = command("why", cmd_why, "the merge decision and every reason")

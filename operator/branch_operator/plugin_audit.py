@@ -12,6 +12,8 @@ import nats.errors
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
+from .config import mask_url
+
 FETCH_BATCH = 256
 
 
@@ -42,14 +44,14 @@ async def read_audit(nats_url: str, stream: str, subject: str, *, timeout: float
     try:
         nc = await connect(nats_url, timeout)
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        raise AuditUnavailable(f"cannot connect to NATS at {nats_url}: {exc or type(exc).__name__}") from exc
+        raise AuditUnavailable(f"cannot connect to NATS at {mask_url(nats_url)}: {exc or type(exc).__name__}") from exc
     records: list[dict[str, Any]] = []
     try:
         js = nc.jetstream()
         try:
             info = await js.stream_info(stream)
         except NotFoundError as exc:
-            raise AuditUnavailable(f"no JetStream stream {stream} at {nats_url}") from exc
+            raise AuditUnavailable(f"no JetStream stream {stream} at {mask_url(nats_url)}") from exc
         if not info.state.messages:
             return []
         sub = await js.pull_subscribe(subject, stream=stream, config=js_api.ConsumerConfig(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -79,6 +80,7 @@ def branch_rows(branches: Iterable[Obj], locks: Iterable[Obj], *, all_namespaces
             "" if indexing.get("recordsIndexed") is None else str(indexing["recordsIndexed"]),
             "" if validation.get("passed") is None else str(validation["passed"]).lower(),
             condition(st, "Mergeable").get("status", ""),
+            merge_reasons_cell(st),
             str(held.get((meta.get("namespace", ""), meta["name"]), 0)),
             age(meta.get("creationTimestamp"), now),
         ]
@@ -86,7 +88,17 @@ def branch_rows(branches: Iterable[Obj], locks: Iterable[Obj], *, all_namespaces
     return rows
 
 
-BRANCH_HEADER = ["NAME", "BRANCH", "PHASE", "RECORDS", "VALID", "MERGEABLE", "LOCKS", "AGE"]
+BRANCH_HEADER = ["NAME", "BRANCH", "PHASE", "RECORDS", "VALID", "MERGEABLE", "REASONS", "LOCKS", "AGE"]
+
+
+def merge_reasons_cell(status: Obj) -> str:
+    """``status.merge.reasons`` as ``kubectl get branches`` prints its Reasons column: the list as compact JSON
+    (Go's encoding/json), empty when the operator has not decided yet."""
+    merge = status.get("merge")
+    if not isinstance(merge, dict) or "reasons" not in merge:
+        return ""
+    text = json.dumps(merge["reasons"], separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 LOCK_HEADER = ["NAME", "BRANCH", "TYPE", "HOLDER", "ACQUIRED", "RENEWED", "TTL", "EXPIRES", "REASON"]
 
 

@@ -65,6 +65,9 @@ def _branch_facts(body: Mapping[str, Any]) -> tuple[str, str, frozenset[tuple[st
     return str(spec.get("branchName", "")), str(spec.get("targetBranch", "main")), frozenset(labels.items())
 
 
+REFRESH_DEBOUNCE_SECONDS = 1.0
+
+
 class PolicyStatusKeeper:
     """Keeps AutoMergePolicy status true, one namespace at a time, writing only real changes."""
 
@@ -74,7 +77,7 @@ class PolicyStatusKeeper:
         self.policies = GenerationTracker()
         self._facts: dict[tuple[str, str], tuple[str, str, frozenset[tuple[str, str]]]] = {}
         self._dirty: set[str] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def branch_changed(self, type_: str | None, body: Mapping[str, Any]) -> bool:
         """Whether this Branch event can change what policies match (status writes cannot)."""
@@ -89,24 +92,41 @@ class PolicyStatusKeeper:
         return True
 
     async def refresh(self, namespace: str) -> None:
-        """Recompute the namespace's policy statuses; concurrent calls coalesce into one more pass."""
+        """Ask for the namespace's policy statuses to be recomputed; returns at once.
+
+        The pass runs in a task of its own: a kopf handler that waited for it would hold up the next
+        events of its object, and a policy's newer generation must reach the index without delay.
+        Requests arriving while a pass is pending or running coalesce into one more pass.
+        """
         self._dirty.add(namespace)
-        lock = self._locks.setdefault(namespace, asyncio.Lock())
-        if lock.locked():
-            return  # the running pass sees the dirty flag and goes round once more
-        async with lock:
-            while namespace in self._dirty:
-                self._dirty.discard(namespace)
-                try:
-                    await self._refresh_once(namespace)
-                except KubeError as exc:
-                    log.warning("policy status of namespace %s not updated: %s", namespace, exc)
+        task = self._tasks.get(namespace)
+        if task is None or task.done():
+            self._tasks[namespace] = asyncio.create_task(self._run(namespace), name=f"policy-status-{namespace}")
+
+    async def _run(self, namespace: str) -> None:
+        while namespace in self._dirty:
+            # Gather a burst (e.g. GitOps applying many Branches) into one pass.
+            await asyncio.sleep(REFRESH_DEBOUNCE_SECONDS)
+            self._dirty.discard(namespace)
+            try:
+                await self._refresh_once(namespace)
+            except Exception as exc:  # a background task: report, never die silently or crash the loop
+                log.warning("policy status of namespace %s not updated: %s", namespace, exc)
+
+    def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
 
     async def _refresh_once(self, namespace: str) -> None:
         policies = await self.kube.list_policies(namespace)
         if not policies:
             return
-        branches = await self.kube.list_branches(namespace)
+        # From the facts every Branch event already gave us, not a list call: listing and decoding every
+        # Branch of the namespace per pass kept the operator busy for as long as a burst lasted.
+        branches = [
+            {"metadata": {"name": name, "labels": dict(labels)}, "spec": {"branchName": bn, "targetBranch": target}}
+            for (ns, name), (bn, target, labels) in list(self._facts.items()) if ns == namespace
+        ]
         views = policy_statuses(policies, branches)
         now = self.clock()
         for obj in policies:
@@ -132,10 +152,13 @@ def _keeper(memo: Any) -> PolicyStatusKeeper | None:
     runtime = _runtime(memo)
     if runtime is None:
         return None
-    keeper = memo.get(_KEEPER_MEMO)
+    # On the runtime, not in memo: kopf hands each object its own shallow copy of memo, so state kept in
+    # memo would be per object, and this keeper must see every Branch of a namespace.
+    keeper = getattr(runtime, _KEEPER_MEMO, None)
     if keeper is None:
         clock = getattr(runtime, "clock", None) or (lambda: datetime.now(UTC))
-        keeper = memo[_KEEPER_MEMO] = PolicyStatusKeeper(runtime.kube, clock)
+        keeper = PolicyStatusKeeper(runtime.kube, clock)
+        setattr(runtime, _KEEPER_MEMO, keeper)
     return keeper  # type: ignore[no-any-return]
 
 

@@ -42,7 +42,6 @@ from .domain.policy import (
     evaluate_merge,
     review_policies,
     select_policy,
-    target_branch_object,
 )
 from .domain.states import rfc3339
 from .emit import Emitter
@@ -231,12 +230,10 @@ class MergeReconciler:
         )
 
     async def _target_name(self, ns: str, target: str) -> str | None:
-        found = self.policy_source.find(ns, target)
-        if found is not None:
-            return found
-        # The index may not know the Branch yet (just created); the API server has the last word.
-        obj = target_branch_object(await self.kube.list_branches(ns), target)
-        return str(obj["metadata"]["name"]) if obj is not None else None
+        # From the index only: listing every Branch of the namespace on each evaluation made reconciling
+        # O(branches). A target Branch the index does not know yet triggers its own event, and the
+        # READY branches merging into it are re-evaluated then (policy_handlers.target_lock_changed).
+        return self.policy_source.find(ns, target)
 
     async def _write(self, obj: Obj, patch: Mapping[str, Any]) -> Obj | None:
         meta = obj["metadata"]

@@ -118,6 +118,9 @@ class Runtime:
         ]
 
     async def stop(self) -> None:
+        keeper = getattr(self, "policy_status", None)  # set by policy_handlers on first use
+        if keeper is not None:
+            keeper.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

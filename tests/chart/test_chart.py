@@ -13,6 +13,7 @@ What is validated how:
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tarfile
 import tomllib
@@ -88,6 +89,26 @@ SCENARIOS: dict[str, Obj] = {
         }
     },
     "servicemonitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "merge-webhook-notify": {
+        "merge": {
+            "backend": "webhook",
+            "retryIntervalSeconds": 120,
+            "webhook": {
+                "url": "https://oms.oms.svc.cluster.local/api/v1/merge",
+                "timeoutSeconds": 2.5,
+                "retries": 6,
+                "authHeaderSecret": {"name": "oms-merge-auth", "key": "authorization"},
+            },
+        },
+        "notifications": {
+            "blockedAfterSeconds": 0,
+            "webhook": {"urlSecret": {"name": "oms-notify-webhook", "key": "url"}, "format": "slack"},
+        },
+        "metrics": {"port": 9090},
+        "serviceMonitor": {"enabled": True},
+        "networkPolicy": {"enabled": True},
+    },
+    "metrics-off": {"metrics": {"enabled": False}},
     "networkpolicy": {
         "networkPolicy": {
             "enabled": True,
@@ -515,10 +536,13 @@ def test_objects_are_wired_together(renderer: Renderer, scenario: str) -> None:
         if name.endswith("_FILE"):
             assert any(var["value"].startswith(m["mountPath"] + "/") for m in mounts.values()), name
 
+    # /metrics is on the health port ("http") unless metrics.port gives it a container port of its own.
+    metrics_port = "metrics" if _scenario_values(scenario).get("metrics", {}).get("port") else "http"
+    assert {p["name"] for p in container["ports"]} == {"http", metrics_port}
     services = [o for o in objs if o["kind"] == "Service"]
     for svc in services:
         assert svc["spec"]["selector"].items() <= pod_labels.items()
-        assert all(p["targetPort"] == "http" for p in svc["spec"]["ports"])
+        assert all(p["targetPort"] == metrics_port for p in svc["spec"]["ports"])
     for sm in (o for o in objs if o["kind"] == "ServiceMonitor"):
         [svc] = services
         assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
@@ -527,7 +551,7 @@ def test_objects_are_wired_together(renderer: Renderer, scenario: str) -> None:
     for np in (o for o in objs if o["kind"] == "NetworkPolicy"):
         assert np["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
         assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
-        assert [p["port"] for r in np["spec"]["ingress"] for p in r["ports"]] == ["http"]
+        assert [p["port"] for r in np["spec"]["ingress"] for p in r["ports"]] == sorted({"http", metrics_port})
         egress_ports = {p["port"] for r in np["spec"]["egress"] for p in r["ports"]}
         assert {4222, 443, 6443, 53} <= egress_ports
 
@@ -587,10 +611,173 @@ def test_rendered_env_parses_as_settings(renderer: Renderer, scenario: str, monk
     assert settings.namespaces == _scenario_values(scenario).get("watchNamespaces", [])
 
 
+# Every Settings field -> (the chart value that sets it, values that set it to something other than the
+# operator's default). A field the chart deliberately does not expose goes in SETTINGS_NOT_IN_CHART with
+# the reason instead (extraEnv still reaches it). A new Settings field fails the test until it is in one.
+def _secret(name: str, key: str) -> Obj:
+    return {"name": name, "key": key}
+
+
+SETTINGS_IN_CHART: dict[str, tuple[str, Obj]] = {
+    "nats_url": ("nats.url", {"nats": {"url": "tls://nats-0.example:4222"}}),
+    "nats_user": ("nats.auth.user", {"nats": {"auth": {"user": "oms-operator"}}}),
+    "nats_password": (
+        "nats.auth.passwordSecret",
+        {"nats": {"auth": {"user": "oms", "passwordSecret": _secret("nats-user", "password")}}},
+    ),
+    "nats_token": ("nats.auth.tokenSecret", {"nats": {"auth": {"tokenSecret": _secret("nats-token", "token")}}}),
+    "nats_creds_file": ("nats.auth.credsSecret", {"nats": {"auth": {"credsSecret": _secret("nats-creds", "x.creds")}}}),
+    "nats_nkey_seed_file": (
+        "nats.auth.nkeySeedSecret", {"nats": {"auth": {"nkeySeedSecret": _secret("nats-nkey", "seed.nk")}}},
+    ),
+    "nats_tls_ca_file": ("nats.tls.caSecret", {"nats": {"tls": {"caSecret": _secret("nats-ca", "ca.crt")}}}),
+    "nats_tls_cert_file": (
+        "nats.tls.clientCertSecret",
+        {"nats": {"tls": {"clientCertSecret": {"name": "nats-client", "certKey": "tls.crt", "keyKey": "tls.key"}}}},
+    ),
+    "nats_tls_key_file": (
+        "nats.tls.clientCertSecret",
+        {"nats": {"tls": {"clientCertSecret": {"name": "nats-client", "certKey": "tls.crt", "keyKey": "tls.key"}}}},
+    ),
+    "nats_connect_timeout": ("nats.connectTimeoutSeconds", {"nats": {"connectTimeoutSeconds": 12}}),
+    "stream": ("nats.stream.name", {"nats": {"stream": {"name": "FUNNEL_X"}}}),
+    "stream_subjects": ("nats.stream.subjects", {"nats": {"stream": {"subjects": "funnel.x.>"}}}),
+    "manage_streams": ("nats.stream.manage", {"nats": {"stream": {"manage": False}}}),
+    "consumer_started": ("nats.consumers.started", {"nats": {"consumers": {"started": "c-s"}}}),
+    "consumer_completed": ("nats.consumers.completed", {"nats": {"consumers": {"completed": "c-c"}}}),
+    "consumer_failed": ("nats.consumers.failed", {"nats": {"consumers": {"failed": "c-f"}}}),
+    "subject_started": ("nats.subjects.started", {"nats": {"subjects": {"started": "x.started"}}}),
+    "subject_completed": ("nats.subjects.completed", {"nats": {"subjects": {"completed": "x.completed"}}}),
+    "subject_failed": ("nats.subjects.failed", {"nats": {"subjects": {"failed": "x.failed"}}}),
+    "ack_wait_seconds": ("nats.delivery.ackWaitSeconds", {"nats": {"delivery": {"ackWaitSeconds": 45}}}),
+    "max_deliver": ("nats.delivery.maxDeliver", {"nats": {"delivery": {"maxDeliver": 3}}}),
+    "early_event_retries": ("nats.delivery.earlyEventRetries", {"nats": {"delivery": {"earlyEventRetries": 7}}}),
+    "fetch_batch": ("nats.delivery.fetchBatch", {"nats": {"delivery": {"fetchBatch": 8}}}),
+    "max_event_bytes": ("nats.delivery.maxEventBytes", {"nats": {"delivery": {"maxEventBytes": 4096}}}),
+    "audit_stream": ("nats.outputs.audit", {"nats": {"outputs": {"audit": {"stream": "A", "subject": "a.b"}}}}),
+    "audit_subject": ("nats.outputs.audit", {"nats": {"outputs": {"audit": {"stream": "A", "subject": "a.b"}}}}),
+    "branch_events_stream": (
+        "nats.outputs.branchEvents", {"nats": {"outputs": {"branchEvents": {"stream": "B", "mergedSubject": "b.m"}}}},
+    ),
+    "merged_subject": (
+        "nats.outputs.branchEvents", {"nats": {"outputs": {"branchEvents": {"stream": "B", "mergedSubject": "b.m"}}}},
+    ),
+    "notifications_stream": (
+        "nats.outputs.notifications", {"nats": {"outputs": {"notifications": {"stream": "NOTIFY", "subject": "n.b"}}}},
+    ),
+    "notifications_subject": (
+        "nats.outputs.notifications", {"nats": {"outputs": {"notifications": {"stream": "NOTIFY", "subject": "n.b"}}}},
+    ),
+    "dlq_stream": (
+        "nats.outputs.deadLetter", {"nats": {"outputs": {"deadLetter": {"stream": "D", "subjectPrefix": "d"}}}},
+    ),
+    "dlq_subject_prefix": (
+        "nats.outputs.deadLetter", {"nats": {"outputs": {"deadLetter": {"stream": "D", "subjectPrefix": "d"}}}},
+    ),
+    "default_namespace": ("defaultNamespace", {"defaultNamespace": "team-a"}),
+    "watch_namespaces": ("watchNamespaces", {"watchNamespaces": ["team-a", "team-b"]}),
+    "operator_id": ("operatorId", {"operatorId": "oms-operator-2"}),
+    "reconcile_interval_seconds": ("reconcileIntervalSeconds", {"reconcileIntervalSeconds": 120}),
+    "peering": ("peering.name", {"replicaCount": 2, "peering": {"name": "oms-peers"}}),
+    "merge_backend": ("merge.backend", {"merge": {"backend": "webhook", "webhook": {"url": "https://oms/merge"}}}),
+    "merge_webhook_url": ("merge.webhook.url", {"merge": {"webhook": {"url": "https://oms/merge"}}}),
+    "merge_webhook_timeout_seconds": ("merge.webhook.timeoutSeconds", {"merge": {"webhook": {"timeoutSeconds": 3}}}),
+    "merge_webhook_retries": ("merge.webhook.retries", {"merge": {"webhook": {"retries": 0}}}),
+    "merge_webhook_backoff_seconds": ("merge.webhook.backoffSeconds", {"merge": {"webhook": {"backoffSeconds": 0.5}}}),
+    "merge_webhook_backoff_max_seconds": (
+        "merge.webhook.backoffMaxSeconds", {"merge": {"webhook": {"backoffMaxSeconds": 60}}},
+    ),
+    "merge_webhook_auth_header_file": (
+        "merge.webhook.authHeaderSecret",
+        {"merge": {"webhook": {"authHeaderSecret": _secret("oms-merge-auth", "authorization")}}},
+    ),
+    "merge_retry_interval_seconds": ("merge.retryIntervalSeconds", {"merge": {"retryIntervalSeconds": 30}}),
+    "health_port": ("healthPort", {"healthPort": 8081}),
+    "metrics_enabled": ("metrics.enabled", {"metrics": {"enabled": False}}),
+    "metrics_port": ("metrics.port", {"metrics": {"port": 9090}}),
+    "notify_webhook_url": (
+        "notifications.webhook.urlSecret",
+        {"notifications": {"webhook": {"urlSecret": _secret("oms-notify-webhook", "url")}}},
+    ),
+    "notify_webhook_format": ("notifications.webhook.format", {"notifications": {"webhook": {"format": "slack"}}}),
+    "notify_webhook_retries": ("notifications.webhook.retries", {"notifications": {"webhook": {"retries": 1}}}),
+    "notify_webhook_timeout_seconds": (
+        "notifications.webhook.timeoutSeconds", {"notifications": {"webhook": {"timeoutSeconds": 9}}},
+    ),
+    "notify_blocked_after_seconds": (
+        "notifications.blockedAfterSeconds", {"notifications": {"blockedAfterSeconds": 600}},
+    ),
+}
+
+# Settings the chart deliberately does not expose, with the reason. Empty today: every setting is one
+# a platform engineer may need. Keep reasons concrete (e.g. "internal tuning, tests only").
+SETTINGS_NOT_IN_CHART: dict[str, str] = {}
+
+
+def _env_names_of(field: str) -> set[str]:
+    return {name for name, f in _settings_env_names().items() if f == field}
+
+
+def test_every_setting_is_a_chart_value_or_allowlisted() -> None:
+    fields = set(Settings.model_fields)
+    mapped, allowed = set(SETTINGS_IN_CHART), set(SETTINGS_NOT_IN_CHART)
+    assert not mapped & allowed, f"both mapped and allowlisted: {sorted(mapped & allowed)}"
+    missing = sorted(fields - mapped - allowed)
+    assert not missing, (
+        f"Settings fields neither settable through the chart nor allowlisted: {missing} "
+        f"(env {sorted(n for f in missing for n in _env_names_of(f))}); add a value to values.yaml, "
+        "values.schema.json, templates/deployment.yaml and docs/installation.md, or allowlist it with a reason"
+    )
+    assert not (mapped | allowed) - fields, f"stale entries: {sorted((mapped | allowed) - fields)}"
+    assert all(reason.strip() for reason in SETTINGS_NOT_IN_CHART.values())
+    leaves = _leaf_paths(VALUES)
+    documented = _documented_keys()
+    for field, (path, _) in SETTINGS_IN_CHART.items():
+        assert path in leaves, f"{field}: {path} is not in values.yaml"
+        ancestors = {".".join(path.split(".")[:i]) for i in range(1, path.count(".") + 2)}
+        # Its own row, or a row for the object holding it (e.g. `nats.consumers` covers all three names).
+        assert (ancestors - {path.split(".")[0]}) & documented or path in documented, (
+            f"{field}: {path} has no row in docs/installation.md"
+        )
+
+
+@pytest.mark.parametrize("field", sorted(SETTINGS_IN_CHART))
+def test_chart_value_reaches_setting(
+    renderer: Renderer, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setting the named chart value renders the field's env var, and the operator reads a non-default
+    value from it (secrets: a secretKeyRef to the named Secret, or a file in that Secret's read-only mount)."""
+    _, values = SETTINGS_IN_CHART[field]
+    objs = renderer.render(values)
+    env = _env(objs)
+    # POD_NAMESPACE (downward API) is always rendered as default_namespace's fallback; the value sets the other.
+    rendered = sorted(_env_names_of(field) & set(env) - {"POD_NAMESPACE"})
+    assert len(rendered) == 1, f"{field}: expected one of {sorted(_env_names_of(field))} for {values}, got {rendered}"
+    [name] = rendered
+    var = env[name]
+    if "valueFrom" in var:
+        ref = var["valueFrom"]["secretKeyRef"]
+        assert ref["name"] in json.dumps(values) and ref["key"] in json.dumps(values)
+        return
+    if name.endswith("_FILE"):
+        pod = _deployment(objs)["spec"]["template"]["spec"]
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        [mount] = [m for m in _container(objs)["volumeMounts"] if var["value"].startswith(m["mountPath"] + "/")]
+        assert mount["readOnly"] and secrets[mount["name"]] in json.dumps(values)
+    for other in list(_settings_env_names()):
+        monkeypatch.delenv(other, raising=False)
+    default = getattr(Settings(), field)
+    for n, v in env.items():
+        if "value" in v:
+            monkeypatch.setenv(n, v["value"])
+    assert getattr(Settings(), field) != default, f"{field}: {values} did not change it"
+
+
 # -------------------------------------------------------------------------------------- secrets
 
 
-SENSITIVE = re.compile(r"PASSWORD|TOKEN|SECRET|CREDS|SEED|KEY", re.IGNORECASE)
+# NOTIFY_WEBHOOK_URL: a Slack incoming-webhook URL is itself a credential; AUTH: the merge webhook's header.
+SENSITIVE = re.compile(r"PASSWORD|TOKEN|SECRET|CREDS|SEED|KEY|AUTH|NOTIFY_WEBHOOK_URL", re.IGNORECASE)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))

@@ -85,8 +85,11 @@ async def test_list_describe_why_and_locks(oms: Oms) -> None:
     code, out, _ = await kb(oms, "list")
     assert code == 0
     header, *rows = out.splitlines()
-    assert header.split() == ["NAME", "BRANCH", "PHASE", "RECORDS", "VALID", "MERGEABLE", "LOCKS", "AGE"]
-    assert rows[0].split()[:7] == ["feature-invalid", "feature/invalid", "READY", "3", "false", "False", "1"]
+    assert header.split() == ["NAME", "BRANCH", "PHASE", "RECORDS", "VALID", "MERGEABLE", "REASONS", "LOCKS", "AGE"]
+    row = rows[0].split()
+    assert row[:6] + row[7:8] == ["feature-invalid", "feature/invalid", "READY", "3", "false", "False", "1"]
+    # Every reason the READY branch is not merging, as `kubectl get branches` prints them.
+    assert {"ValidationFailed", "LockHeld"} <= set(json.loads(row[6]))
     code, out, _ = await kb(oms, "list", "-A", namespace=False)  # flags after the command, like kubectl
     assert code == 0 and out.splitlines()[0].split()[0] == "NAMESPACE"
     assert any(line.split()[:2] == [oms.namespace, "feature-invalid"] for line in out.splitlines())

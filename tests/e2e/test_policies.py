@@ -118,7 +118,10 @@ async def test_policy_applied_after_ready_merges_with_a_full_trace_announced_onc
     assert len(await merged_messages(oms, "late")) == 1  # JetStream dropped the copy by Nats-Msg-Id
     assert [e["reason"] for e in await oms.k8s_events("late")].count("AutoMerged") == 1
 
-    status = await policy_status(oms, "gitops-applied")
+    async def status_written() -> dict[str, Any] | None:  # policy status is written after a short debounce
+        st = await policy_status(oms, "gitops-applied")
+        return st if st.get("conditions") and st.get("governedBranches") == 1 else None
+    status = await wait_for(status_written, what="policy status")
     accepted = next(c for c in status["conditions"] if c["type"] == "Accepted")
     assert (accepted["status"], accepted["reason"]) == ("True", "Valid")
     assert (status["observedGeneration"], status["matchedBranches"], status["governedBranches"]) == (1, 1, 1)

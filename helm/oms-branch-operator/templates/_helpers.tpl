@@ -132,4 +132,24 @@ KopfPeering in each watched namespace.
 {{- if and .Values.serviceMonitor.enabled (not .Values.service.enabled) }}
 {{- fail "serviceMonitor.enabled needs service.enabled: the ServiceMonitor scrapes through the Service" }}
 {{- end }}
+{{- if and .Values.serviceMonitor.enabled (not .Values.metrics.enabled) }}
+{{- fail "serviceMonitor.enabled needs metrics.enabled: there would be no /metrics to scrape" }}
+{{- end }}
+{{- $metricsPort := include "oms-branch-operator.metricsPort" . }}
+{{- if and $metricsPort (eq $metricsPort (.Values.healthPort | int64 | toString)) }}
+{{- fail "metrics.port must differ from healthPort (leave it null to serve /metrics on healthPort)" }}
+{{- end }}
+{{- if and (eq .Values.merge.backend "webhook") (not .Values.merge.webhook.url) }}
+{{- fail "merge.backend=webhook needs merge.webhook.url (the OMS merge endpoint)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The separate /metrics port as a string, or "" when /metrics is served on healthPort (metrics.port null)
+or metrics are off.
+*/}}
+{{- define "oms-branch-operator.metricsPort" -}}
+{{- if and .Values.metrics.enabled (not (kindIs "invalid" .Values.metrics.port)) -}}
+{{- .Values.metrics.port | int64 | toString -}}
+{{- end -}}
 {{- end }}

@@ -283,7 +283,9 @@ def render_schema(model_cls: ResourceModel) -> JSON:
 def _printer_columns(model_cls: ResourceModel) -> list[JSON]:
     columns: list[JSON] = []
     for column in model_cls.PRINTER_COLUMNS:
-        if column.get("type") not in PRINTER_COLUMN_TYPES or not column.get("jsonPath", "").startswith("."):
+        json_path, priority = column.get("jsonPath", ""), column.get("priority", 0)
+        if (column.get("type") not in PRINTER_COLUMN_TYPES or not isinstance(json_path, str)
+                or not json_path.startswith(".") or not isinstance(priority, int) or priority < 0):
             raise CRDRenderError(model_cls.KIND, f"invalid printer column {column!r}")
         columns.append(dict(column))
     return columns

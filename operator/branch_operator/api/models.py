@@ -265,12 +265,14 @@ class Branch(_Model):
     PLURAL: ClassVar[str] = "branches"
     SINGULAR: ClassVar[str] = "branch"
     SHORT_NAMES: ClassVar[list[str]] = ["br"]
-    PRINTER_COLUMNS: ClassVar[list[dict[str, str]]] = [
+    PRINTER_COLUMNS: ClassVar[list[dict[str, str | int]]] = [
         {"name": "Branch", "type": "string", "jsonPath": ".spec.branchName"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Records", "type": "integer", "jsonPath": ".status.indexing.recordsIndexed"},
         {"name": "Valid", "type": "boolean", "jsonPath": ".status.indexing.validation.passed"},
         {"name": "Mergeable", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Mergeable\")].status"},
+        # Every reason a READY branch is not merging; kubectl prints the list as compact JSON.
+        {"name": "Reasons", "type": "string", "jsonPath": ".status.merge.reasons", "priority": 0},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 
@@ -303,7 +305,7 @@ class BranchLock(_Model):
     PLURAL: ClassVar[str] = "branchlocks"
     SINGULAR: ClassVar[str] = "branchlock"
     SHORT_NAMES: ClassVar[list[str]] = ["brl"]
-    PRINTER_COLUMNS: ClassVar[list[dict[str, str]]] = [
+    PRINTER_COLUMNS: ClassVar[list[dict[str, str | int]]] = [
         {"name": "Branch", "type": "string", "jsonPath": ".spec.branch"},
         {"name": "Type", "type": "string", "jsonPath": ".spec.lockType"},
         {"name": "Holder", "type": "string", "jsonPath": ".spec.holder"},
@@ -398,7 +400,7 @@ class AutoMergePolicy(_Model):
     PLURAL: ClassVar[str] = "automergepolicies"
     SINGULAR: ClassVar[str] = "automergepolicy"
     SHORT_NAMES: ClassVar[list[str]] = ["amp"]
-    PRINTER_COLUMNS: ClassVar[list[dict[str, str]]] = [
+    PRINTER_COLUMNS: ClassVar[list[dict[str, str | int]]] = [
         {"name": "Enabled", "type": "boolean", "jsonPath": ".spec.enabled"},
         {"name": "Priority", "type": "integer", "jsonPath": ".spec.priority"},
         {"name": "DryRun", "type": "boolean", "jsonPath": ".spec.dryRun"},

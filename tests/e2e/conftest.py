@@ -3,7 +3,6 @@ each test works in its own namespace so tests don't see each other's objects."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
@@ -20,22 +19,9 @@ from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.kube import KubeClient
 from branch_operator.publish import build_event, publish_event, subject_for
 
+from ..waiting import wait_for
+
 _ns_counter = itertools.count(1)
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll an (async or sync) predicate until it returns something truthy, or fail at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while loop.time() < deadline:
-        last = predicate()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

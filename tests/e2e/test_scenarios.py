@@ -48,6 +48,8 @@ async def test_scenario_1_success_is_auto_merged(oms: Oms) -> None:
     assert condition(merged, "Mergeable")["reason"] == "Merged"
     assert await oms.kube.list_locks(oms.namespace, "feature-user-schema") == []
 
+    # Audit records are published right after the status write they describe: wait, don't race them.
+    await wait_for(lambda: oms.audits_for("feature/user-schema", "branch.merged"), what="branch.merged audit")
     actions = [str(a.action.value if hasattr(a.action, "value") else a.action)
                for a in oms.audits_for("feature/user-schema")]
     for wanted in ("indexing.started", "lock.acquired", "indexing.completed", "lock.released",
@@ -59,8 +61,10 @@ async def test_scenario_1_success_is_auto_merged(oms: Oms) -> None:
     done = oms.audits_for("feature/user-schema", "indexing.completed")[0]
     assert done.correlation_id == completed["id"]
 
-    reasons = [e["reason"] for e in await oms.k8s_events("feature-user-schema")]
-    assert {"IndexingStarted", "IndexingCompleted", "AutoMerged"} <= set(reasons), reasons
+    async def all_events() -> bool:
+        reasons = {e["reason"] for e in await oms.k8s_events("feature-user-schema")}
+        return {"IndexingStarted", "IndexingCompleted", "AutoMerged"} <= reasons
+    await wait_for(all_events, what="IndexingStarted, IndexingCompleted and AutoMerged Events")
 
     async def announced() -> bool:
         return any(m["data"]["branch"] == "feature-user-schema" and m["data"]["namespace"] == oms.namespace
@@ -87,8 +91,12 @@ async def test_scenario_2_failure_releases_every_lock_and_notifies(oms: Oms) -> 
     assert errored["status"]["indexing"]["result"] == "failed"
     assert await oms.kube.list_locks(oms.namespace, "problematic-branch") == []
 
-    warnings = [e for e in await oms.k8s_events("problematic-branch") if e["type"] == "Warning"]
-    assert any(e["reason"] == "IndexingFailed" for e in warnings)
+    async def failed_warning() -> bool:
+        return any(e["type"] == "Warning" and e["reason"] == "IndexingFailed"
+                   for e in await oms.k8s_events("problematic-branch"))
+    await wait_for(failed_warning, what="IndexingFailed Warning")
+    await wait_for(lambda: len(oms.audits_for("problematic-branch", "lock.released")) == 2,
+                   what="lock.released audits")
     failed_audit = oms.audits_for("problematic-branch", "indexing.failed")
     assert len(failed_audit) == 1 and failed_audit[0].audit_id.startswith(
         "audit-oms:branch:problematic-branch:indexing.failed:")

@@ -23,6 +23,7 @@ from branch_operator.events import encode_structured, make_event
 from branch_operator.kube import KubeClient
 from branch_operator.nats_io import NatsBus, connect_options
 
+from ..waiting import poll as _poll
 from .conftest import LogCapture, NatsFactory, Pki, make_operator_mode, make_pki, new_nkey, tls_block
 
 PASSWORD = "pw-Zq8#n!4rT"
@@ -300,16 +301,6 @@ async def test_operator_applies_an_event_over_mutual_tls_with_password(
         await env.stop()
 
 
-async def _poll(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Poll with a deadline: there is no notification for a status the operator wrote."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def _audit_records(settings: Settings) -> list[dict[str, Any]]:

@@ -8,8 +8,7 @@ with the reason). ``tests/chart`` proves the chart and the kustomize base grant 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.events import encode_structured, make_event
 from branch_operator.kube import USER_AGENT, KubeClient, NotFound
 from branch_operator.locks import lock_body
+
+from ..waiting import poll
 
 Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
@@ -115,16 +116,6 @@ def used_by_operator(requests: Iterable[RequestRecord]) -> dict[Grant, list[str]
 # --------------------------------------------------------------------------------- the scenario
 
 
-async def poll(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Poll with a deadline: nothing notifies the test when the operator has written."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_rbac_rules_are_exactly_what_the_code_uses(tmp_path: Path) -> None:

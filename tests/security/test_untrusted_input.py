@@ -11,12 +11,11 @@ tests/test_audit.py the audit-id slugs; this module adds what they leave out:
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +33,7 @@ from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.events import EventRejected, encode_structured, escape_controls, make_event, parse_message
 from branch_operator.kube import KubeClient
 
+from ..waiting import poll
 from .conftest import LogCapture
 
 STARTED, COMPLETED, FAILED = "funnel.indexing.started", "funnel.indexing.completed", "funnel.indexing.failed"
@@ -278,16 +278,6 @@ class Watched:
         return found
 
 
-async def poll(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Poll with a deadline: nothing notifies the test when the operator has written."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

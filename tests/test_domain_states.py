@@ -329,9 +329,13 @@ def test_a_kept_result_applies_after_its_started_and_is_then_cleared() -> None:
 
 
 def test_a_kept_result_is_dropped_when_another_run_starts() -> None:
-    current = status(Phase.ACTIVE).model_copy(update={"pending_result": _kept(completed("idx-a"))})
+    kept = completed("idx-a")
+    current = status(Phase.ACTIVE).model_copy(update={"pending_result": _kept(kept)})
     plan = plan_indexing_event(current, started("idx-b"), now=NOW)
     assert plan.outcome is Outcome.APPLIED and plan.status_patch["pendingResult"] is None
+    # A later copy of the dropped result is a duplicate, not kept a second time.
+    again = plan_indexing_event(apply(current, plan), kept, now=NOW)
+    assert again.outcome is Outcome.DUPLICATE
 
 
 def test_branch_without_phase_is_treated_as_active() -> None:

@@ -346,6 +346,9 @@ def plan_indexing_event(
     if parked is not None and (kind is not EventKind.STARTED or parked.indexing_id != indexing_id):
         # Applied now, or belongs to a run that a newer run has superseded.
         patch["pendingResult"] = None
+        if parked.event_id != event.id:
+            # Dropped unapplied: remember its id so a later copy is a duplicate, not kept again.
+            patch["recentEventIds"] = _remember(_remember(status.recent_event_ids, parked.event_id), event.id)
     conditions = [c.wire() for c in status.conditions]
 
     def cond(type_: ConditionType, st: ConditionStatus, reason: str, message: str) -> None:

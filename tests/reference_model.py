@@ -108,7 +108,7 @@ class Model:
         current = state.run
         kind = event.effective_kind
         if current is not None and event.run.started_at < current.started_at:
-            return "unexpected" if state.phase == "ACTIVE" and kind != "started" else "stale"
+            return "stale"  # a run older than the recorded one: late, whatever the phase
         if kind == "started":
             if current is not None and event.run.indexing_id == current.indexing_id:
                 return "stale"  # not produced by generate(): one started per run

@@ -325,10 +325,20 @@ def plan_indexing_event(
         return _ignored_plan(rule, kind, event, from_phase, patch=remember)
     if rule.outcome is Outcome.UNEXPECTED:
         if from_phase is Phase.ACTIVE and match is RunMatch.OTHER and kind is not EventKind.STARTED:
+            if _is_older(event, recorded):
+                # A result of a run older than the one recorded can never apply: late, not early.
+                rule = _rule(Outcome.STALE, f"run {indexing_id} started before the recorded run "
+                                            f"{recorded.indexing_id}")
+                remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
+                return _ignored_plan(rule, kind, event, from_phase, patch=remember)
             # A result with no run to apply to: no transition (the original design's unexpected state), but
             # it is kept (the I/O layer adds ``pendingResult``) in case its started event is only late.
             rule = _rule(Outcome.UNEXPECTED, f"{rule.why}; kept until run {indexing_id} starts")
-            plan = _ignored_plan(rule, kind, event, from_phase, patch={})
+            keep: dict[str, Any] = {}
+            if parked is not None and parked.event_id != event.id:
+                # It replaces another kept result: remember that one, so a later copy of it is a duplicate.
+                keep["recentEventIds"] = _remember(status.recent_event_ids, parked.event_id)
+            plan = _ignored_plan(rule, kind, event, from_phase, patch=keep)
             return replace(plan, park=True, audit_action="event.pending")
         # Recording the id makes a redelivery a quiet Duplicate instead of a second Warning.
         remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import Settings
+from .publish import add_event_arguments
 
 
 def _setup_logging(level: str) -> None:
@@ -105,20 +106,12 @@ def _cmd_crds(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from .publish import build_event, publish_event, subject_for
+    from .publish import event_from_args, publish_event, subject_for
 
     settings = Settings()
-    kind = args.kind
-    status = None
-    if kind == "completed" and args.status:
-        status = args.status
-    event = build_event(
-        kind, args.branch, indexing_id=args.indexing_id, records=args.records,
-        passed=not args.validation_failed, errors=args.error or (), status=status,
-        namespace=args.event_namespace, event_id=args.id,
-    )
+    event = event_from_args(args, namespace=args.event_namespace)
     nats_url = args.nats or settings.nats_url
-    seq = asyncio.run(publish_event(nats_url, subject_for(kind, settings), event, binary=args.binary))
+    seq = asyncio.run(publish_event(nats_url, subject_for(args.kind, settings), event, binary=args.binary))
     print(f"published {event['type']} id={event['id']} seq={seq}")
     return 0
 
@@ -150,16 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     crds.set_defaults(fn=_cmd_crds)
 
     pub = sub.add_parser("publish", help="publish a Funnel indexing event (for testing)")
-    pub.add_argument("kind", choices=["started", "completed", "failed"])
-    pub.add_argument("branch", help="OMS branch name, e.g. feature/user-schema")
-    pub.add_argument("--indexing-id", default="idx-manual")
-    pub.add_argument("--records", type=int, default=0)
-    pub.add_argument("--status", choices=["success", "failed"], help="for completed (default success)")
-    pub.add_argument("--validation-failed", action="store_true")
-    pub.add_argument("--error", action="append", help="a validation error (repeatable)")
+    add_event_arguments(pub)
     pub.add_argument("--event-namespace", help="Kubernetes namespace of the Branch (data.namespace)")
-    pub.add_argument("--id", help="CloudEvent id (default: a new uuid)")
-    pub.add_argument("--binary", action="store_true", help="binary mode (ce-* headers) instead of structured")
     pub.add_argument("--nats", help="NATS URL (default $NATS_URL)")
     pub.set_defaults(fn=_cmd_publish)
 

@@ -39,6 +39,7 @@ from .config import Settings
 from .domain.states import check_manual_transition
 from .kube import KubeClient, KubeError, NotFound, Transient
 from .locks import label_value
+from .publish import add_event_arguments
 
 # Re-exported for callers of the first version of this module.
 branch_rows = render.branch_rows
@@ -313,16 +314,11 @@ def _nats_url(args: argparse.Namespace) -> str:
 async def cmd_publish(ctx: Context) -> int:
     from .events import encode_binary, encode_structured
     from .plugin_audit import connect
-    from .publish import build_event, subject_for
+    from .publish import event_from_args, subject_for
 
     args = ctx.args
     settings = Settings()
-    event = build_event(
-        args.kind, args.branch, indexing_id=args.indexing_id, records=args.records,
-        passed=not args.validation_failed, errors=args.error or (),
-        status=args.status if args.kind == "completed" else None,
-        namespace=args.namespace, event_id=args.id,
-    )
+    event = event_from_args(args, namespace=args.namespace)
     payload, headers = encode_binary(event) if args.binary else encode_structured(event)
     url = _nats_url(args)
     try:
@@ -431,15 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(wait=False)
     m.add_argument("--wait", dest="wait", action="store_true", help="wait for and print the decision")
     pub = command("publish", cmd_publish, "publish a Funnel indexing event to NATS (for testing)")
-    pub.add_argument("kind", choices=["started", "completed", "failed"])
-    pub.add_argument("branch", help="OMS branch name, e.g. feature/user-schema")
-    pub.add_argument("--indexing-id", default="idx-manual")
-    pub.add_argument("--records", type=int, default=0)
-    pub.add_argument("--status", choices=["success", "failed"], help="for completed (default success)")
-    pub.add_argument("--validation-failed", action="store_true")
-    pub.add_argument("--error", action="append", help="a validation error (repeatable)")
-    pub.add_argument("--id", help="CloudEvent id (default: a new uuid)")
-    pub.add_argument("--binary", action="store_true", help="binary mode (ce-* headers)")
+    add_event_arguments(pub)
     pub.add_argument("--nats", help="NATS URL (default $NATS_URL)")
     pub.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for NATS (default 10)")
     a = command("audit", cmd_audit, "the branch's audit trail from the JetStream audit stream")

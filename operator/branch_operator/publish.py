@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -49,3 +50,24 @@ async def publish_event(
         return int(ack.seq)
     finally:
         await nc.drain()
+
+
+def add_event_arguments(parser: argparse.ArgumentParser) -> None:
+    """The event-describing arguments shared by `branch-operator publish` and `kubectl branch publish`."""
+    parser.add_argument("kind", choices=["started", "completed", "failed"])
+    parser.add_argument("branch", help="OMS branch name, e.g. feature/user-schema")
+    parser.add_argument("--indexing-id", default="idx-manual")
+    parser.add_argument("--records", type=int, default=0)
+    parser.add_argument("--status", choices=["success", "failed"], help="for completed (default success)")
+    parser.add_argument("--validation-failed", action="store_true")
+    parser.add_argument("--error", action="append", help="a validation error (repeatable)")
+    parser.add_argument("--id", help="CloudEvent id (default: a new uuid)")
+    parser.add_argument("--binary", action="store_true", help="binary mode (ce-* headers) instead of structured")
+
+
+def event_from_args(args: argparse.Namespace, *, namespace: str | None) -> dict[str, Any]:
+    return build_event(
+        args.kind, args.branch, indexing_id=args.indexing_id, records=args.records,
+        passed=not args.validation_failed, errors=args.error or (),
+        status=args.status if args.kind == "completed" else None, namespace=namespace, event_id=args.id,
+    )

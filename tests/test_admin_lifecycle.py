@@ -38,6 +38,12 @@ def test_stamp_uses_the_creation_time() -> None:
     assert stamp_patch(lock(acquiredAt="2025-06-26T10:00:00Z"), T0) is None
 
 
+def test_a_lock_without_a_ttl_is_not_stamped() -> None:
+    forever = lock()
+    del forever["spec"]["ttlSeconds"]
+    assert stamp_patch(forever, T0) is None  # no lease to start: readers use its creationTimestamp
+
+
 def test_expiry_counts_from_the_last_renewal() -> None:
     assert expires_at(lock()) == T0 + timedelta(seconds=60)  # unstamped: from creation
     assert expires_at(lock(acquiredAt="2025-06-26T10:00:00Z", renewedAt="2025-06-26T10:10:00Z")) == \

@@ -7,8 +7,10 @@ Branch status (the outbox) in the same write as the state change they describe.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +23,13 @@ from .nats_io import NatsBus
 
 audit_log = logging.getLogger("oms.audit")
 log = logging.getLogger(__name__)
+
+# An outbox about to be replaced is published once more first, if it is younger than this: JetStream's
+# duplicate window on the output streams (120 s, nats_io.StreamSpec) must still drop what it already has.
+OUTBOX_FLUSH_WINDOW_SECONDS = 90.0
+# Outbox keys this process has published, remembered so that replacing one costs no re-publish. Bounded:
+# a key forgotten early only costs a re-publish that JetStream drops.
+SENT_KEYS_REMEMBERED = 8192
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class Emitter:
         self.settings = settings
         # In-process observers (the demo prints audit ids, metrics count them): called once per record.
         self.audit_observers: list[Callable[[AuditRecord], None]] = []
+        self._sent: OrderedDict[str, None] = OrderedDict()
 
     # ------------------------------------------------------------------------------------ build
 
@@ -101,15 +111,63 @@ class Emitter:
         await self.republish(messages)
 
     async def republish(self, messages: Iterable[Outgoing]) -> None:
-        """Publish again after a redelivery: the stream drops what it already has, nothing is re-logged."""
-        for message in messages:
-            if self.bus is None:
+        """Publish again after a redelivery: the stream drops what it already has, nothing is re-logged.
+
+        The messages are published concurrently (their PUBs still leave in order on the one connection) and
+        this returns once every one is stored: one round trip per batch instead of one per message.
+        """
+        messages = list(messages)
+        if self.bus is None:
+            for message in messages:
                 log.info("would publish on %s: %s", message.subject, message.data)
-                continue
-            # Audit records are plain JSON lines; everything else is a structured CloudEvent.
-            headers = None if message.subject == self.settings.audit_subject else {
-                "Content-Type": "application/cloudevents+json"}
-            await self.bus.publish(message.subject, message.data.encode(), msg_id=message.msg_id, headers=headers)
+            return
+        if len(messages) == 1:
+            await self._publish(messages[0])
+            return
+        results = await asyncio.gather(*(self._publish(m) for m in messages), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _publish(self, message: Outgoing) -> None:
+        assert self.bus is not None
+        # Audit records are plain JSON lines; everything else is a structured CloudEvent.
+        headers = None if message.subject == self.settings.audit_subject else {
+            "Content-Type": "application/cloudevents+json"}
+        await self.bus.publish(message.subject, message.data.encode(), msg_id=message.msg_id, headers=headers)
+
+    # ---------------------------------------------------------------------------------- outboxes
+
+    async def send_outbox(self, key: str, messages: Iterable[Outgoing]) -> None:
+        """:meth:`send` the messages of the outbox ``key``, then remember that it was published."""
+        await self.send(messages)
+        self.mark_sent(key)
+
+    def mark_sent(self, key: str) -> None:
+        self._sent[key] = None
+        self._sent.move_to_end(key)
+        while len(self._sent) > SENT_KEYS_REMEMBERED:
+            self._sent.popitem(last=False)
+
+    def was_sent(self, key: str) -> bool:
+        """Whether this process published the outbox ``key`` (False after a restart: it may not have been)."""
+        return key in self._sent
+
+    async def flush_replaced(self, box: Any, *, new_key: str, now: datetime) -> None:
+        """Publish the outbox a status write is about to replace, in case it never was.
+
+        ``box`` is the Branch's current :class:`~branch_operator.api.models.Outbox` (or None). Its writer
+        committed it, but the publish failed or the process died before it; whoever replaces it must not
+        lose it. Nothing to do when this process published it, or when it is older than the duplicate
+        window (it was almost surely published right after it was written; re-publishing it could double
+        it). JetStream drops the copies it already has.
+        """
+        if box is None or box.key == new_key or not box.messages or box.written_at is None:
+            return
+        if self.was_sent(box.key) or (now - box.written_at).total_seconds() > OUTBOX_FLUSH_WINDOW_SECONDS:
+            return
+        await self.republish(from_outbox(box.wire()))
+        self.mark_sent(box.key)
 
     # ------------------------------------------------------------------------- convenience (send now)
 

@@ -158,7 +158,7 @@ async def branch_changed(type: str, body: kopf.Body, memo: Any, **_: Any) -> Non
     status = obj.get("status") or {}
     if not status.get("phase"):
         await _initialise(runtime.kube, obj)
-    elif policy_handlers.merge_look_wanted(obj):  # READY, a merge request, or a merge to announce
+    elif runtime.reconciler.wants(obj):  # READY, a merge request, or a merge to announce
         await _reconcile(runtime, obj)
 
 

@@ -1,7 +1,7 @@
 """BranchLock lifecycle with Lease-like semantics, and releasing a deleted Branch's locks.
 
 - ``status.acquiredAt`` / ``status.renewedAt``: stamped by the operator the first time it sees a lock
-  without them (acquiredAt = the lock's creationTimestamp, when it really came to exist). Holders renew
+  with a TTL without them (acquiredAt = the lock's creationTimestamp, when it really came to exist). Holders renew
   by patching ``status.renewedAt`` (RFC 3339), like a Lease's renewTime.
 - A lock with ``spec.ttlSeconds`` expires ``ttlSeconds`` after its last renewal (else its acquisition);
   the operator then deletes it (precondition: the resourceVersion it judged, so a renewal that races the
@@ -74,9 +74,14 @@ def expires_at(lock: Mapping[str, Any]) -> datetime | None:
 
 
 def stamp_patch(lock: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
-    """The status patch that gives an unstamped lock its acquiredAt/renewedAt (None: nothing to do)."""
+    """The status patch that gives an unstamped leased lock its acquiredAt/renewedAt (None: nothing to do).
+
+    Only locks with a TTL are stamped: the stamp starts their lease. A lock without one never expires and
+    readers take its creationTimestamp as its acquisition, so stamping it would be one more API write per
+    lock (every indexing run's INDEXING lock) that tells nobody anything.
+    """
     status = lock.get("status") or {}
-    if status.get("acquiredAt"):
+    if status.get("acquiredAt") or not (lock.get("spec") or {}).get("ttlSeconds"):
         return None
     acquired = parse_time((lock.get("metadata") or {}).get("creationTimestamp")) or now
     patch = {"acquiredAt": rfc3339(acquired)}

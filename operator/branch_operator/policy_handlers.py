@@ -22,9 +22,8 @@ import kopf
 from .api.models import GROUP, VERSION, AutoMergePolicy, Branch, BranchLock, Phase
 from .domain.merge_trace import policy_status_patch, policy_statuses
 from .kube import KubeClient, KubeError, NotFound
-from .reconciler import wants as merge_look_wanted
 
-__all__ = ["PolicyStatusKeeper", "merge_look_wanted", "spec_changed"]
+__all__ = ["PolicyStatusKeeper", "spec_changed"]
 
 log = logging.getLogger(__name__)
 

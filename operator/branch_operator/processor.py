@@ -36,9 +36,6 @@ from .locks import lock_name as make_lock_name
 log = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 5
-# An outbox about to be replaced is published once more first, if it is younger than this: JetStream's
-# duplicate window on the output streams (120 s, nats_io.StreamSpec) must still drop what it already has.
-OUTBOX_FLUSH_WINDOW_SECONDS = 90.0
 
 
 class Outcome(enum.StrEnum):
@@ -150,7 +147,9 @@ class EventProcessor:
                 deleted.update(await self._release(obj, plan.release_locks, keep=new_lock))
             released = _reported_releases(name, status, deleted, new_lock) if plan.applied else []
             messages = self._messages(obj, event, plan, new_lock, released)
-            await self._flush_replaced_outbox(status, event)
+            # An outbox committed by an earlier event whose publish failed (or whose process died before
+            # it), with this event arriving before that one's redelivery, which would find only this one's.
+            await self.emitter.flush_replaced(status.outbox, new_key=event.id, now=self.clock())
             patch = dict(plan.status_patch)
             patch["outbox"] = {**outbox(event.id, messages), "writtenAt": rfc3339(self.clock())}
             if plan.park:
@@ -163,7 +162,7 @@ class EventProcessor:
                 continue
             await self.kube.post_event(obj, type_=plan.event_type, reason=plan.event_reason,
                                        message=plan.event_message)
-            await self.emitter.send(messages)
+            await self.emitter.send_outbox(event.id, messages)
             if plan.applied and plan.kind == "started":
                 await self._replay_parked(status, event, namespace)
             outcome = {PlanOutcome.APPLIED: Outcome.APPLIED, PlanOutcome.STALE: Outcome.STALE}.get(
@@ -223,21 +222,6 @@ class EventProcessor:
         if await self.kube.delete_lock(meta["namespace"], orphan):
             log.info("removed INDEXING lock %s of run %s, which is not (any more) the branch's current run",
                      orphan, event.data.indexing_id)
-
-    async def _flush_replaced_outbox(self, status: BranchStatusModel, event: IndexingEvent) -> None:
-        """Publish the outbox this event's commit is about to replace, in case it never was.
-
-        The event that wrote it was committed, but its publish failed or the process died before it, and
-        this event came first, before that event's redelivery (which would only find this event's outbox).
-        JetStream drops the copies it already has; an outbox older than its duplicate window is left alone
-        (it was almost surely published right after it was written; re-publishing it could double it).
-        """
-        box = status.outbox
-        if box is None or box.key == event.id or not box.messages or box.written_at is None:
-            return
-        if (self.clock() - box.written_at).total_seconds() > OUTBOX_FLUSH_WINDOW_SECONDS:
-            return
-        await self.emitter.republish(from_outbox(box.wire()))
 
     async def _repair(self, obj: Obj, event: IndexingEvent, status: BranchStatusModel) -> bool:
         """A redelivery of the event applied last: finish what a crash after the commit may have left.

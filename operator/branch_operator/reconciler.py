@@ -6,10 +6,13 @@ it or records why not. A re-evaluation that changes nothing writes nothing.
 
 Order of effects for a merge (why): the merge backend runs first (the webhook is the real merge; the
 event backend does nothing yet), then the status write READY -> ACTIVE, carrying the resourceVersion
-the decision was made on, is the commit point. Announcements follow it (Event, ``com.oms.branch.merged``,
-audit records), all with ids derived from the merge key and ``status.merge.mergedAt``; then
-``status.merge.announcedAt`` is set. A crash in between leaves ``announcedAt`` empty and the next look
-at the Branch announces again with the same ids, which JetStream and the Event name de-duplicate.
+the decision was made on, is the commit point. The same write holds the announcements as an outbox
+(``com.oms.branch.merged`` and the audit records, ids derived from the merge key and
+``status.merge.mergedAt``), published right after it together with the ``AutoMerged`` Event (its name
+derived from the merge key). A crash or a failed publish in between leaves an outbox this process has not
+published: the next look at the Branch (a retry scheduled a few seconds later, any watch event, or the
+start-up listing of a restarted operator) publishes it again with the same ids, which JetStream and the
+Event name de-duplicate. No separate "announced" write is needed.
 
 A break-glass request (annotation ``oms.dev/merge-request``) is consumed before anything is decided on
 it: the annotation is removed with a resourceVersion precondition, so two replicas (or a retry)
@@ -44,7 +47,7 @@ from .domain.policy import (
     select_policy,
 )
 from .domain.states import rfc3339
-from .emit import Emitter
+from .emit import OUTBOX_FLUSH_WINDOW_SECONDS, Emitter, Outgoing, from_outbox, outbox
 from .kube import Conflict, KubeClient, NotFound, Obj, now_rfc3339
 from .locks import label_value
 from .merge_backend import EventBackend, MergeBackend, MergeRequest, MergeResult, Outcome
@@ -60,6 +63,8 @@ AUDIT_MERGE_FAILED = "branch.merge_failed"
 AUDIT_MERGE_REQUESTED = "branch.merge_requested"
 
 Key = tuple[str, str]
+# After a failed announcement (NATS away), the next attempt; the announcement's ids make it safe to repeat.
+ANNOUNCE_RETRY_SECONDS = 5.0
 
 
 class PolicySource(Protocol):
@@ -77,24 +82,46 @@ def manual_request(meta: Mapping[str, Any]) -> ManualRequest | None:
     return ManualRequest(reason=reason[:1024], requested_by=requested_by[:253] if requested_by else None)
 
 
-def needs_announcement(status: Mapping[str, Any]) -> bool:
+def announcement_key(merge_id: str) -> str:
+    """The key of the outbox a merge's status write holds."""
+    return f"merge:{merge_id}"
+
+
+def needs_announcement(status: Mapping[str, Any], *, now: datetime,
+                       sent: Callable[[str], bool] = lambda _key: False) -> bool:
+    """A merge recorded in ``status`` whose outbox may not have been published yet.
+
+    ``sent`` tells the outboxes this process published. An outbox older than the flush window is taken
+    as published: re-publishing it after JetStream's duplicate window could double it.
+    """
     merge = status.get("merge") or {}
-    return (
-        status.get("phase") == Phase.ACTIVE.value
-        and merge.get("decision") == MergeDecision.MERGED.value
-        and bool(merge.get("mergeId"))
-        and not merge.get("announcedAt")
-    )
+    box = status.get("outbox") or {}
+    if (status.get("phase") != Phase.ACTIVE.value or merge.get("decision") != MergeDecision.MERGED.value
+            or not merge.get("mergeId") or merge.get("announcedAt")):
+        return False
+    key = announcement_key(str(merge["mergeId"]))
+    written = _parse_time(box.get("writtenAt"))
+    return (box.get("key") == key and written is not None and not sent(key)
+            and (now - written).total_seconds() <= OUTBOX_FLUSH_WINDOW_SECONDS)
 
 
-def wants(branch: Mapping[str, Any]) -> bool:
+def wants(branch: Mapping[str, Any], *, now: datetime | None = None,
+          sent: Callable[[str], bool] = lambda _key: False) -> bool:
     """Whether ``branch`` (as a watch saw it) has anything for the reconciler to do."""
     status = branch.get("status") or {}
     return (
         status.get("phase") == Phase.READY.value
         or manual_request(branch.get("metadata") or {}) is not None
-        or needs_announcement(status)
+        or needs_announcement(status, now=now or datetime.now(UTC), sent=sent)
     )
+
+
+def _merged_view(obj: Obj, patch: Mapping[str, Any]) -> Obj:
+    """``obj`` as the merge status write ``patch`` will leave it (enough to build its announcements)."""
+    status = dict(obj.get("status") or {})
+    merge = {**(status.get("merge") or {}), **patch.get("merge", {})}
+    status["merge"] = {k: v for k, v in merge.items() if v is not None}
+    return {**obj, "status": status}
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -137,6 +164,10 @@ class MergeReconciler:
                 del self._users[key]
                 del self._locks[key]
 
+    def wants(self, branch: Mapping[str, Any]) -> bool:
+        """:func:`wants`, knowing which announcements this process has already published."""
+        return wants(branch, now=self.clock(), sent=self.emitter.was_sent)
+
     def _schedule(self, key: Key, when: datetime | None) -> None:
         if self.scheduler is not None:
             self.scheduler.schedule(key, when)
@@ -146,7 +177,7 @@ class MergeReconciler:
 
         ``branch`` only names the Branch and says whether to look: the decision is made on a fresh read.
         """
-        if not wants(branch):
+        if not self.wants(branch):
             return None
         meta = branch["metadata"]
         key = (meta["namespace"], meta["name"])
@@ -170,7 +201,7 @@ class MergeReconciler:
         manual = manual_request(meta)
         if status_raw.get("phase") != Phase.READY.value:
             self._schedule((ns, name), None)
-            if needs_announcement(status_raw):
+            if needs_announcement(status_raw, now=self.clock(), sent=self.emitter.was_sent):
                 await self._announce(obj)
             if manual is not None:
                 await self._refuse_unready(obj, manual)
@@ -332,13 +363,19 @@ class MergeReconciler:
         ))
         conditions = status_raw.get("conditions") or []
         if result.outcome is Outcome.MERGED:
-            updated = await self._write(obj, merge_status_patch(
-                evaluation, now=now, target_branch=target, merged=True, conditions=conditions,
-                observed_generation=meta.get("generation"), merge_id=key))
+            patch = merge_status_patch(evaluation, now=now, target_branch=target, merged=True,
+                                       conditions=conditions, observed_generation=meta.get("generation"),
+                                       merge_id=key)
+            box_key = announcement_key(key)
+            messages = self._announcements(_merged_view(obj, patch))
+            # The outbox this write replaces (the indexing result's) must not be lost if it never went out.
+            await self.emitter.flush_replaced(status.outbox, new_key=box_key, now=self.clock())
+            patch["outbox"] = {**outbox(box_key, messages), "writtenAt": rfc3339(self.clock())}
+            updated = await self._write(obj, patch)
             if updated is None:
                 return None
             self._schedule((ns, name), None)
-            await self._announce(updated)
+            await self._announce(updated, messages)
             return MergeDecision.MERGED
         if result.outcome is Outcome.CONFLICT:
             return await self._conflicted(obj, result, key, target, now)
@@ -400,46 +437,67 @@ class MergeReconciler:
 
     # ---------------------------------------------------------------------------------- announcing
 
-    async def _announce(self, obj: Obj) -> None:
-        """Tell the world about a merge recorded in status; safe to repeat (every id is deterministic)."""
+    def _announcements(self, obj: Obj) -> list[Outgoing]:
+        """The messages announcing the merge recorded in ``obj``'s status; the same ids on every call."""
         meta, status_raw = obj["metadata"], obj.get("status") or {}
         merge = status_raw.get("merge") or {}
         key = str(merge.get("mergeId"))
         merged_at = _parse_time(merge.get("mergedAt")) or self.clock()
         target = str(merge.get("targetBranch") or (obj.get("spec") or {}).get("targetBranch", "main"))
-        status = BranchStatus.model_validate(status_raw)
-        indexing = status.indexing
+        indexing = BranchStatus.model_validate(status_raw).indexing
         manual = merge.get("manualRequest") or {}
-        by = f" (merge request of {manual.get('requestedBy') or 'unknown'}: {manual.get('reason')})" if manual else ""
-        await self._event_once(obj, key, reason="AutoMerged" if not manual else "ManualMerge",
-                               message=f"Merged into {target} by policy {merge.get('policy')}{by}")
-        await self.emitter.branch_merged(
+        messages = [self.emitter.merged_message(
             msg_id=f"merged:{key}", namespace=meta["namespace"], name=meta["name"],
             branch_name=obj["spec"]["branchName"], target_branch=target, policy=merge.get("policy"),
             indexing_id=indexing.indexing_id if indexing else None, merged_at=merged_at,
             correlation_id=indexing.event_id if indexing else None,
-        )
+        )]
         details: dict[str, Any] = {"policy": merge.get("policy"), "policy_generation": merge.get("policyGeneration"),
                                    "target_branch": target, "merge_id": key, "backend": self.backend.name}
         if manual:
             details.update(request_reason=manual.get("reason"), requested_by=manual.get("requestedBy"))
         for action in (AuditAction.BRANCH_MERGED, AuditAction.BRANCH_STATE_CHANGED):
-            await self.emitter.audit(self._record(
+            messages.append(self.emitter.audit_message(self._record(
                 obj, action, merged_at, seed_extra=key, reason="ManualMerge" if manual else "AutoMerged",
                 from_state=Phase.READY.value, to_state=Phase.ACTIVE.value, details=details,
-            ))
+            )))
         if manual:
-            await self.emitter.audit(self._record(
+            messages.append(self.emitter.audit_message(self._record(
                 obj, AUDIT_MERGE_REQUESTED, merged_at, seed_extra=key, reason="Merged",
                 from_state=Phase.READY.value, to_state=Phase.ACTIVE.value,
                 details={**details, "outcome": "merged"},
-            ))
+            )))
+        return messages
+
+    async def _announce(self, obj: Obj, messages: list[Outgoing] | None = None) -> None:
+        """Tell the world about a merge recorded in status; safe to repeat (every id is deterministic).
+
+        ``messages``: the outbox just committed (first announcement, logged and observed); without them
+        the committed outbox is published again (a later look; JetStream drops what it already has).
+        """
+        meta, status_raw = obj["metadata"], obj.get("status") or {}
+        merge = status_raw.get("merge") or {}
+        key = str(merge.get("mergeId"))
+        target = str(merge.get("targetBranch") or (obj.get("spec") or {}).get("targetBranch", "main"))
+        manual = merge.get("manualRequest") or {}
+        by = f" (merge request of {manual.get('requestedBy') or 'unknown'}: {manual.get('reason')})" if manual else ""
+        box_key = announcement_key(key)
         try:
-            await self.kube.patch_branch_status(
-                meta["namespace"], meta["name"], {"merge": {"announcedAt": rfc3339(self.clock())}},
-                resource_version=None)
-        except NotFound:
-            return
+            await asyncio.gather(
+                self._event_once(obj, key, reason="AutoMerged" if not manual else "ManualMerge",
+                                 message=f"Merged into {target} by policy {merge.get('policy')}{by}"),
+                self.emitter.send_outbox(box_key, messages) if messages is not None
+                else self._republish(box_key, status_raw.get("outbox")),
+            )
+        except Exception as exc:  # NATS away: the merge is committed, its announcement is retried
+            retry_at = self.clock() + timedelta(seconds=ANNOUNCE_RETRY_SECONDS)
+            log.warning("announcing merge %s of %s/%s failed (%s); retrying at %s", key, meta["namespace"],
+                        meta["name"], exc, rfc3339(retry_at))
+            self._schedule((meta["namespace"], meta["name"]), retry_at)
+
+    async def _republish(self, box_key: str, box: Mapping[str, Any] | None) -> None:
+        await self.emitter.republish(from_outbox(box))
+        self.emitter.mark_sent(box_key)
 
     async def _event_once(self, obj: Obj, key: str, *, reason: str, message: str) -> None:
         """A Normal Event with a name derived from the merge key: posting it again is an AlreadyExists."""

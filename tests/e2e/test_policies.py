@@ -101,20 +101,31 @@ async def test_policy_applied_after_ready_merges_with_a_full_trace_announced_onc
         "window"]
     assert all(c["passed"] for c in merge["checks"])
     assert merge["mergeId"].startswith("merge-")
-    announced = await oms.wait_branch("late", lambda o: bool(merge_of(o).get("announcedAt")), what="announcedAt")
+    assert merged["status"]["outbox"]["key"] == f"merge:{merge['mergeId']}"  # announced from the merge write
+    assert not merge.get("announcedAt")  # no separate write marks it announced
 
     messages = await wait_for(lambda: merged_messages(oms, "late"), what="com.oms.branch.merged")
     assert [h.get("Nats-Msg-Id") for h, _ in messages] == [f"merged:{merge['mergeId']}"]
-    audit = oms.audits_for("feature/late", "branch.merged")
+    audit = await wait_for(lambda: oms.audits_for("feature/late", "branch.merged"), what="branch.merged audit")
     assert len(audit) == 1 and audit[0].timestamp == datetime.fromisoformat(merge["mergedAt"].replace("Z", "+00:00"))
+    # A restarted operator does not know what it published before: it publishes the merge's outbox again
+    # (the Branch's next look, e.g. the start-up listing), with the same ids, so nothing is doubled.
+    emitter = oms.operator.runtime.emitter
+    emitter._sent.pop(f"merge:{merge['mergeId']}")
+    republished = []
+    original = emitter.republish
 
-    # A crash between the merge and its announcement leaves announcedAt empty: the operator announces
-    # again, with the same ids, so nothing is doubled.
-    await oms.kube.patch_branch_status(oms.namespace, "late", {"merge": {"announcedAt": None}},
-                                       resource_version=announced["metadata"]["resourceVersion"])
-    await oms.wait_branch("late", lambda o: bool(merge_of(o).get("announcedAt")), what="re-announced")
-    await wait_for(lambda: len(oms.audits_for("feature/late", "branch.merged")) == 2, what="second announcement")
-    assert len({a.audit_id for a in oms.audits_for("feature/late", "branch.merged")}) == 1
+    async def counting(messages: Any) -> None:
+        batch = list(messages)
+        republished.extend(m.msg_id for m in batch)
+        await original(batch)
+    emitter.republish = counting  # type: ignore[method-assign]
+    try:
+        await oms.kube.patch("branches", oms.namespace, "late", {"metadata": {"labels": {"touched": "yes"}}})
+        await wait_for(lambda: emitter.was_sent(f"merge:{merge['mergeId']}"), what="the outbox published again")
+    finally:
+        emitter.republish = original  # type: ignore[method-assign]
+    assert f"merged:{merge['mergeId']}" in republished
     assert len(await merged_messages(oms, "late")) == 1  # JetStream dropped the copy by Nats-Msg-Id
     assert [e["reason"] for e in await oms.k8s_events("late")].count("AutoMerged") == 1
 
@@ -126,6 +137,34 @@ async def test_policy_applied_after_ready_merges_with_a_full_trace_announced_onc
     assert (accepted["status"], accepted["reason"]) == ("True", "Valid")
     assert (status["observedGeneration"], status["matchedBranches"], status["governedBranches"]) == (1, 1, 1)
     assert status["lastEvaluationTime"]
+
+
+async def test_an_announcement_that_fails_after_the_merge_is_retried(oms: Oms) -> None:
+    """NATS fails right after the merge's commit (a crash there is the same): the merge stands, and its
+    announcement goes out a few seconds later, once."""
+    await oms.create_policy("announce", branchNamePatterns=["feature/*"])
+    await oms.create_branch("flaky", "feature/flaky")
+    emitter = oms.operator.runtime.emitter
+    failed: list[str] = []
+    original = emitter.send_outbox
+
+    async def failing_once(key: str, messages: Any) -> None:
+        batch = list(messages)
+        if key.startswith("merge:") and not failed and any('"branch":"flaky"' in m.data for m in batch):
+            failed.append(key)
+            raise TimeoutError("injected: no ack from JetStream")
+        await original(key, batch)
+    emitter.send_outbox = failing_once  # type: ignore[method-assign]
+    try:
+        await oms.run_indexing("feature/flaky", "idx-1", records=10)
+        merged = await oms.wait_phase("flaky", "ACTIVE")
+        await wait_for(lambda: failed, what="the injected publish failure")
+        assert merged["status"]["outbox"]["key"] == failed[0]
+        messages = await wait_for(lambda: merged_messages(oms, "flaky"), timeout=15, what="the retried announcement")
+    finally:
+        emitter.send_outbox = original  # type: ignore[method-assign]
+    assert [h.get("Nats-Msg-Id") for h, _ in messages] == [f"merged:{merge_of(merged)['mergeId']}"]
+    assert emitter.was_sent(failed[0])
 
 
 async def test_disabling_a_policy_stops_merges_and_enabling_it_merges(oms: Oms) -> None:

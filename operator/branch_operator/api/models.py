@@ -183,7 +183,8 @@ class MergeStatus(_Model):
         datetime | None, Field(description="When the decision may change by the clock alone (window, freeze, expiry)")
     ] = None
     merge_id: Annotated[str | None, Field(max_length=253, description="Idempotency key of the merge")] = None
-    announced_at: datetime | None = None
+    announced_at: Annotated[datetime | None, Field(
+        description="Deprecated: set by earlier builds once a merge was announced; no longer written")] = None
     attempts: Annotated[int | None, Field(ge=0, description="Failed merge executions for mergeId")] = None
     manual_request: ManualMergeRequest | None = None
 

@@ -17,7 +17,9 @@ writing it would change anything a reader can see, so re-evaluations that change
     attempts            failed executions of mergeId so far (Failed)
     manualRequest       {reason, requestedBy, outcome, message, at} of the last break-glass request for
                         this indexing result; kept by later evaluations, reset with status.merge
-    mergedAt, announcedAt, targetBranch, evaluatedAt
+    mergedAt, targetBranch, evaluatedAt
+    announcedAt         set by earlier builds once a merge was announced; now cleared and never set
+                        (the merge write's outbox replaced it)
 """
 
 from __future__ import annotations

@@ -88,11 +88,7 @@ class IndexingConsumer:
                 self.attached[durable] = True
                 failures = 0
                 log.info("consuming %s via durable consumer %s", kind, durable)
-                while self.bus.epoch == epoch:
-                    msgs = await self._next_batch(sub)
-                    if not msgs:
-                        continue
-                    await asyncio.gather(*(self.handle_msg(m) for m in msgs))
+                await self._pump(sub, epoch)
                 # Reconnected: the old pull subscription may be dead (nats.py issue 504); bind again.
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
@@ -115,8 +111,37 @@ class IndexingConsumer:
                         await self.bus.ensure_streams()
                         await self.bus.ensure_consumers()
 
-    async def _next_batch(self, sub: Any) -> list[Msg]:
-        """Wait for one message, then take whatever else is already queued.
+    async def _pump(self, sub: Any, epoch: int) -> None:
+        """Keep up to ``fetch_batch`` messages in hand at once, fetching more as each one finishes.
+
+        Waiting for a whole batch before fetching the next would leave the operator idle behind the
+        slowest message of each batch (a conflict re-read, a slow write); events of one branch are still
+        applied one at a time (EventProcessor serialises them).
+        """
+        in_flight: set[asyncio.Task[Disposition]] = set()
+        try:
+            while self.bus.epoch == epoch:
+                room = max(1, self.settings.fetch_batch) - len(in_flight)
+                if room <= 0:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                for msg in await self._next_batch(sub, room):
+                    task = asyncio.create_task(self.handle_msg(msg))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                    task.add_done_callback(_report_crash)
+        except BaseException:
+            # Stopping (or a failed fetch): messages in hand are cancelled with the loop and redelivered.
+            for task in in_flight:
+                task.cancel()
+            raise
+        finally:
+            # After a reconnect, messages in hand are finished (acked or nak'ed), not left to their ack wait.
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _next_batch(self, sub: Any, room: int) -> list[Msg]:
+        """Wait for one message, then take whatever else (up to ``room``) is already queued.
 
         A single fetch of N waits until N messages arrived or it expired, which would hold a lone event
         for the whole poll interval; fetching one first keeps latency low under light load.
@@ -125,9 +150,9 @@ class IndexingConsumer:
             msgs: list[Msg] = await sub.fetch(1, timeout=1.0)
         except (nats.errors.TimeoutError, TimeoutError):  # nothing within the poll interval
             return []
-        if self.settings.fetch_batch > 1:
+        if room > 1:
             try:
-                msgs += await sub.fetch(self.settings.fetch_batch - 1, timeout=0.01)
+                msgs += await sub.fetch(room - 1, timeout=0.01)
             except (nats.errors.TimeoutError, TimeoutError):
                 pass
         return msgs
@@ -227,6 +252,13 @@ class IndexingConsumer:
     def _notify(self, event_id: str | None, result: Result | None, disposition: Disposition) -> None:
         for cb in self.results:
             cb(event_id or "", result, disposition)
+
+
+def _report_crash(task: asyncio.Task[Disposition]) -> None:
+    # handle_msg decides every message's fate itself; anything escaping it is a bug, to be seen in the log
+    # (the message is redelivered after its ack wait).
+    if not task.cancelled() and task.exception() is not None:
+        log.error("handling a message failed", exc_info=task.exception())
 
 
 def _delivered(msg: Msg) -> int:

@@ -159,7 +159,7 @@ async def branch_changed(type: str, body: kopf.Body, memo: Any, **_: Any) -> Non
     if not status.get("phase"):
         await _initialise(runtime.kube, obj)
     elif runtime.reconciler.wants(obj):  # READY, a merge request, or a merge to announce
-        await _reconcile(runtime, obj)
+        await _reconcile(runtime, obj, watched=True)
 
 
 @kopf.on.event(GROUP, VERSION, AutoMergePolicy.PLURAL)
@@ -192,9 +192,9 @@ async def lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: A
         return
 
 
-async def _reconcile(runtime: Runtime, obj: dict[str, Any]) -> None:
+async def _reconcile(runtime: Runtime, obj: dict[str, Any], *, watched: bool = False) -> None:
     try:
-        await runtime.reconciler.reconcile(obj)
+        await runtime.reconciler.reconcile(obj, watched=watched)
     except KubeError as exc:
         # The periodic resync retries; an on.event handler has no retry of its own.
         log.warning("merge reconciliation of %s failed: %s", obj["metadata"]["name"], exc)

@@ -80,6 +80,9 @@ class EventProcessor:
         self.clock = clock
         # Events for one branch are applied one at a time in this process; across replicas the
         # resourceVersion check on the status write does the same job.
+        # Called with the Branch as a committed event left it READY (the write's response): the merge
+        # reconciler starts from it at once, without waiting for the watch to bring it or reading it again.
+        self.on_ready: list[Callable[[Obj], None]] = []
         self._branch_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._branch_users: dict[tuple[str, str], int] = {}
 
@@ -155,11 +158,14 @@ class EventProcessor:
             if plan.park:
                 patch["pendingResult"] = self._parked(event)
             try:
-                await self.kube.patch_branch_status(
+                updated = await self.kube.patch_branch_status(
                     namespace, name, patch, resource_version=obj["metadata"].get("resourceVersion"))
             except Conflict:
                 log.info("status of %s/%s changed underneath; re-reading", namespace, name)
                 continue
+            if plan.applied and _phase(plan.to_phase) == Phase.READY.value:
+                for listener in self.on_ready:
+                    listener(updated)
             await self.kube.post_event(obj, type_=plan.event_type, reason=plan.event_reason,
                                        message=plan.event_message)
             await self.emitter.send_outbox(event.id, messages)

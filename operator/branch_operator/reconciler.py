@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, cast
-
-from kubernetes_asyncio.client.exceptions import ApiException
+from typing import Any, Protocol
 
 from .api.models import GROUP, BranchStatus, MergeDecision, Phase
 from .config import Settings
@@ -65,6 +63,7 @@ AUDIT_MERGE_REQUESTED = "branch.merge_requested"
 Key = tuple[str, str]
 # After a failed announcement (NATS away), the next attempt; the announcement's ids make it safe to repeat.
 ANNOUNCE_RETRY_SECONDS = 5.0
+DECIDED_VERSIONS_REMEMBERED = 16384
 
 
 class PolicySource(Protocol):
@@ -150,6 +149,8 @@ class MergeReconciler:
         # concurrently; across replicas the resourceVersion on every write does the same job.
         self._locks: dict[Key, asyncio.Lock] = {}
         self._users: dict[Key, int] = {}
+        # The resourceVersion each Branch was last decided on (bounded; forgetting one costs one read).
+        self._decided: OrderedDict[Key, str] = OrderedDict()
 
     @contextlib.asynccontextmanager
     async def _serialised(self, key: Key) -> AsyncIterator[None]:
@@ -172,22 +173,49 @@ class MergeReconciler:
         if self.scheduler is not None:
             self.scheduler.schedule(key, when)
 
-    async def reconcile(self, branch: Mapping[str, Any]) -> MergeDecision | None:
+    async def reconcile(self, branch: Mapping[str, Any], *, fresh: bool = False,
+                        watched: bool = False) -> MergeDecision | None:
         """Decide (and merge) one Branch; returns the decision, or None when there was none to make.
 
         ``branch`` only names the Branch and says whether to look: the decision is made on a fresh read.
+        ``fresh``: ``branch`` is the response of this process's own write, as new as a read would be; the
+        decision is made on it (a write based on it fails on its resourceVersion if anything changed).
+        ``watched``: ``branch`` comes from the Branch watch. A watch event of a version already decided on
+        is skipped: it carries nothing new about the Branch (policy, lock and clock changes reach the
+        reconciler through their own triggers, which are never skipped).
         """
         if not self.wants(branch):
             return None
         meta = branch["metadata"]
         key = (meta["namespace"], meta["name"])
+        version = meta.get("resourceVersion")
+        if watched and version is not None and self._decided.get(key) == version:
+            return None
         async with self._serialised(key):
-            try:
-                obj = await self.kube.get_branch(*key)
-            except NotFound:
-                self._schedule(key, None)
+            # Checked again: the version may have been decided on while this waited for the branch.
+            if (watched or fresh) and version is not None and self._decided.get(key) == version:
                 return None
-            return await self._reconcile(obj)
+            if fresh:
+                obj: Obj = dict(branch)
+            else:
+                try:
+                    obj = await self.kube.get_branch(*key)
+                except NotFound:
+                    self._schedule(key, None)
+                    self._decided.pop(key, None)
+                    return None
+            decision = await self._reconcile(obj)
+            # Only once decided: a decision that failed half-way is retried by that version's watch event.
+            self._remember_decided(key, obj["metadata"].get("resourceVersion"))
+            return decision
+
+    def _remember_decided(self, key: Key, version: str | None) -> None:
+        if version is None:
+            return
+        self._decided[key] = version
+        self._decided.move_to_end(key)
+        while len(self._decided) > DECIDED_VERSIONS_REMEMBERED:
+            self._decided.popitem(last=False)
 
     async def reconcile_key(self, key: Key) -> MergeDecision | None:
         """For the scheduler and resync: reconcile by (namespace, name)."""
@@ -515,10 +543,9 @@ class MergeReconciler:
             "reportingInstance": self.kube.instance[:128], "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
         }
         try:
-            await self.kube.core.create_namespaced_event(ns, cast(Any, copy.deepcopy(body)))
-        except ApiException as exc:
-            if exc.status != 409:
-                log.warning("could not post Event %s on %s/%s: %s", reason, ns, meta["name"], exc.reason)
+            await self.kube.create_event(ns, body)
+        except Conflict:
+            pass  # posted before, by an earlier announcement of this merge
         except Exception as exc:  # an Event is best-effort, like KubeClient.post_event
             log.warning("could not post Event %s on %s/%s: %s", reason, ns, meta["name"], exc)
 

@@ -75,6 +75,8 @@ class Runtime:
         # Issue 4: wakes a branch's merge evaluation when a window opens, a freeze ends, a timeout passes.
         self.scheduler = Scheduler(clock, self.reconciler.reconcile_key)
         self.reconciler.scheduler = self.scheduler
+        self._merging: set[asyncio.Task[None]] = set()
+        self.processor.on_ready.append(self._merge_soon)
         if hasattr(clock, "subscribe"):  # a ManualClock: moving it wakes the scheduler
             clock.subscribe(self.scheduler.poke)
         self.consumer = IndexingConsumer(bus, self.processor, self.emitter, settings, clock)
@@ -121,9 +123,10 @@ class Runtime:
         keeper = getattr(self, "policy_status", None)  # set by policy_handlers on first use
         if keeper is not None:
             keeper.close()
-        for task in self.tasks:
+        tasks = [*self.tasks, *self._merging]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if hasattr(self.clock, "unsubscribe"):
             self.clock.unsubscribe(self.scheduler.poke)
         with contextlib.suppress(Exception):
@@ -134,6 +137,23 @@ class Runtime:
             await self.bus.close()
         with contextlib.suppress(Exception):
             await self.kube.close()
+
+    def _merge_soon(self, branch: Mapping[str, Any]) -> None:
+        """A Branch an indexing result just made READY: decide its merge now, beside the event's acknowledgement.
+
+        In a task of its own: the event is done once READY is committed. A decision that fails here is not
+        remembered as made, so the watch event of that same write tries again (and the resync after it).
+        """
+        task = asyncio.create_task(self._merge(branch), name="oms-merge-ready")
+        self._merging.add(task)
+        task.add_done_callback(self._merging.discard)
+
+    async def _merge(self, branch: Mapping[str, Any]) -> None:
+        try:
+            await self.reconciler.reconcile(branch, fresh=True)
+        except Exception as exc:
+            meta = branch.get("metadata") or {}
+            log.warning("merge reconciliation of %s/%s failed: %s", meta.get("namespace"), meta.get("name"), exc)
 
     async def _nats(self) -> None:
         """Connect (retrying until NATS is there), make sure streams exist, then consume forever."""

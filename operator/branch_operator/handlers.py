@@ -1,9 +1,12 @@
-"""kopf registrations: indices, watches that trigger merge reconciliation, and the operator lifecycle.
+"""kopf registrations: the Branch catalog, watches that trigger merge reconciliation, and the lifecycle.
 
-Branch reactions are ``on.event`` handlers and indices: level-triggered on the object as it is now,
-with no per-object state in annotations. The one exception is the deletion handler in
-admin_handlers.py, which makes kopf put the finalizer ``oms.dev/finalizer`` on Branches so that their
-locks are released and audited before a Branch goes away.
+Branch reactions are ``on.event`` handlers: level-triggered on the object as it is now, with no
+per-object state in annotations. The one exception is the deletion handler in admin_handlers.py, which
+makes kopf put the finalizer ``oms.dev/finalizer`` on Branches so that their locks are released and
+audited before a Branch goes away.
+
+Branches are looked up in ``runtime.catalog`` (catalog.py), not in kopf indices: kopf's readiness
+bookkeeping for indexed objects cost minutes of CPU at start-up with 10,000 Branches.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from typing import Any
 
 import kopf
 
-from . import policy_handlers  # issue 4: policy status, target-branch locks, merge requests
 from .api.models import GROUP, VERSION, AutoMergePolicy, AutoMergePolicySpec, Branch, BranchLock, Phase
 from .config import Settings
 from .domain.policy import PolicyRef
@@ -81,13 +83,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     configure_kopf(settings, config)
     kube = await KubeClient.connect(memo.get("kubeconfig"))
     runtime = Runtime(config, kube, NatsBus(config), **({"clock": memo["clock"]} if memo.get("clock") else {}))
-    runtime.lookup.branches_by_name = kwargs.get("branches_by_name")
-    runtime.lookup.ready_branches = kwargs.get("ready_branches")
     runtime.lookup.policies_by_ns = kwargs.get("policies_by_ns")
-    # Fail start-up early (kopf retries the handler) if the API server or our RBAC is not usable.
+    # Fail start-up early (kopf retries the handler) if the API server or our RBAC is not usable. The
+    # lists also prime the catalog: kopf starts watching only after start-up handlers are done, so every
+    # handler finds the catalog complete, as it found kopf's indices before.
     watched: list[str | None] = list(config.namespaces) or [None]
     for ns in watched:
-        await kube.list_branches(ns)
+        runtime.catalog.prime(await kube.list_branches(ns))
     runtime.watching = True
     memo.runtime = runtime
     runtime.start()
@@ -120,18 +122,7 @@ def probe_ready(memo: kopf.Memo, **_: Any) -> dict[str, bool]:
 # ----------------------------------------------------------------------------------------- indices
 
 
-@kopf.index(GROUP, VERSION, Branch.PLURAL)
-def branches_by_name(
-    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
-) -> dict[tuple[str, str], str]:
-    return {(namespace or "", str(spec.get("branchName", ""))): name}
-
-
-@kopf.index(GROUP, VERSION, Branch.PLURAL, field="status.phase", value=Phase.READY.value)
-def ready_branches(namespace: str | None, name: str, **_: Any) -> dict[str, str]:
-    return {namespace or "": name}
-
-
+# The only kopf index: AutoMergePolicies are few, so kopf's per-object readiness toggles cost nothing.
 @kopf.index(GROUP, VERSION, AutoMergePolicy.PLURAL)
 def policies_by_ns(
     namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
@@ -147,6 +138,32 @@ def policies_by_ns(
 
 
 # ---------------------------------------------------------------------------------------- watches
+
+
+@kopf.on.event(GROUP, VERSION, Branch.PLURAL)
+async def branch_catalog(type: str | None, body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> None:
+    """Keeps ``runtime.catalog`` current with every Branch event, DELETED included.
+
+    Registered before every other Branch handler (kopf runs one object's handlers in registration
+    order), so they all look things up in a catalog that already knows this event.
+    """
+    runtime = _runtime(memo)
+    if runtime is None:
+        return
+    claimed = runtime.catalog.observe(type, body)
+    if not claimed or namespace is None:
+        return
+    branch_name = str((body.get("spec") or {}).get("branchName", ""))
+    if runtime.catalog.find(namespace, branch_name) != body["metadata"]["name"]:
+        return  # another Branch already answers to that name: READY Branches' targets are unchanged
+    # READY Branches merging into this name were decided without its locks (target unknown then). At
+    # start-up the primed catalog knows every target already, so this is for Branches created or renamed
+    # later.
+    await policy_handlers.reevaluate_merging_into(runtime, namespace, branch_name)
+
+
+# Imported here, not at the top: its Branch handler must register after branch_catalog (see there).
+from . import policy_handlers  # noqa: E402  (issue 4: policy status, target-branch locks, merge requests)
 
 
 @kopf.on.event(GROUP, VERSION, Branch.PLURAL)
@@ -184,7 +201,7 @@ async def lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: A
     if runtime is None:
         return
     branch = str(spec.get("branch", ""))
-    if namespace is None or (namespace, branch) not in set(runtime.lookup.ready()):
+    if namespace is None or not runtime.catalog.is_ready(namespace, branch):
         return
     try:
         await _reconcile(runtime, await runtime.kube.get_branch(namespace, branch))

@@ -5,7 +5,8 @@
   Branch appears, disappears or changes what policies match on (name, target, labels), and written
   only when it changes.
 * Locks on a *target* branch: a READY branch whose ``spec.targetBranch`` is the locked Branch's
-  ``spec.branchName`` is re-evaluated (handlers.lock_changed covers locks on the branch itself).
+  ``spec.branchName`` is re-evaluated (handlers.lock_changed covers locks on the branch itself); so is
+  one whose target Branch appears (:func:`reevaluate_merging_into`, called by handlers.branch_catalog).
 * :func:`spec_changed`, which lets the policy watch skip the events of status-only writes.
 """
 
@@ -15,15 +16,18 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
-from .api.models import GROUP, VERSION, AutoMergePolicy, Branch, BranchLock, Phase
+from .api.models import GROUP, VERSION, AutoMergePolicy, Branch, BranchLock
 from .domain.merge_trace import policy_status_patch, policy_statuses
 from .kube import KubeClient, KubeError, NotFound
 
-__all__ = ["PolicyStatusKeeper", "spec_changed"]
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["PolicyStatusKeeper", "reevaluate_merging_into", "spec_changed"]
 
 log = logging.getLogger(__name__)
 
@@ -161,19 +165,6 @@ def _keeper(memo: Any) -> PolicyStatusKeeper | None:
     return keeper  # type: ignore[no-any-return]
 
 
-# ----------------------------------------------------------------------------------------- indices
-
-
-@kopf.index(GROUP, VERSION, Branch.PLURAL, field="status.phase", value=Phase.READY.value)
-def ready_by_target(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
-    return {(namespace or "", str(spec.get("targetBranch", "main"))): name}
-
-
-@kopf.index(GROUP, VERSION, Branch.PLURAL)
-def branch_names(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
-    return {(namespace or "", name): str(spec.get("branchName", ""))}
-
-
 # ---------------------------------------------------------------------------------------- watches
 
 
@@ -196,16 +187,20 @@ async def branch_for_policy_status(
 
 
 @kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
-async def target_lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **kwargs: Any) -> None:
+async def target_lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
     """A lock on a Branch that READY branches merge into can block or unblock them."""
     runtime = _runtime(memo)
-    ready_by_target, branch_names = kwargs.get("ready_by_target"), kwargs.get("branch_names")
-    if runtime is None or namespace is None or ready_by_target is None or branch_names is None:
+    if runtime is None or namespace is None:
         return
-    locked = str(spec.get("branch", ""))
-    for branch_name in sorted(branch_names.get((namespace, locked), [])):
-        for name in sorted(ready_by_target.get((namespace, branch_name), [])):
-            try:
-                await runtime.reconciler.reconcile_key((namespace, name))
-            except KubeError as exc:
-                log.warning("merge reconciliation of %s/%s failed: %s", namespace, name, exc)
+    branch_name = runtime.catalog.branch_name_of(namespace, str(spec.get("branch", "")))
+    if branch_name is not None:
+        await reevaluate_merging_into(runtime, namespace, branch_name)
+
+
+async def reevaluate_merging_into(runtime: Runtime, namespace: str, branch_name: str) -> None:
+    """Re-decide the READY Branches of ``namespace`` whose target is ``branch_name``."""
+    for name in runtime.catalog.ready_by_target(namespace, branch_name):
+        try:
+            await runtime.reconciler.reconcile_key((namespace, name))
+        except KubeError as exc:
+            log.warning("merge reconciliation of %s/%s failed: %s", namespace, name, exc)

@@ -59,9 +59,12 @@ class Result:
 
 
 class BranchLookup(Protocol):
-    """Finds a Branch's Kubernetes name from its OMS name (a kopf index in the operator)."""
+    """Finds a Branch's Kubernetes name from its OMS name (the Branch catalog in the operator)."""
 
     def find(self, namespace: str, branch_name: str) -> str | None: ...
+
+    def forget(self, namespace: str, name: str) -> None:
+        """``name`` was not found on the API server: stop answering with it."""
 
 
 class EventProcessor:
@@ -104,7 +107,7 @@ class EventProcessor:
             name = self.lookup.find(namespace, branch_name)
             if name is not None:
                 return name
-        # The index can lag right after start-up or a create: ask the API server before saying "unknown".
+        # The catalog can lag right after a create: ask the API server before saying "unknown".
         for obj in await self.kube.list_branches(namespace):
             if obj.get("spec", {}).get("branchName") == branch_name:
                 return str(obj["metadata"]["name"])
@@ -127,8 +130,17 @@ class EventProcessor:
             try:
                 obj = await self.kube.get_branch(namespace, name)
             except NotFound:
-                # Deleted between lookup and read: the same as never having existed.
-                return await self._unknown(event, namespace)
+                # Deleted between lookup and read: the same as never having existed. Unless the lookup
+                # still held a Branch whose deletion no watch delivered (e.g. gone between start-up's list
+                # and kopf's) while another Branch carries the name: then it is that one, if nothing was
+                # done to the missing one yet.
+                if self.lookup is not None:
+                    self.lookup.forget(namespace, name)
+                other = await self.find_branch(namespace, event.data.branch_name)
+                if other is None or other == name or new_lock is not None or deleted:
+                    return await self._unknown(event, namespace)
+                name = other
+                continue
             status = BranchStatusModel.model_validate(obj.get("status") or {})
             plan = plan_indexing_event(status, event, now=self.clock(), may_wait=may_wait)
             phase = _phase(status.phase) or Phase.ACTIVE.value

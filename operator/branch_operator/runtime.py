@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .admin_exec import AdminExecutor
+from .catalog import BranchCatalog
 from .config import Settings
 from .consumer import IndexingConsumer
 from .domain.policy import PolicyRef
 from .emit import Emitter
-from .kube import KubeClient, KubeError
+from .kube import KubeClient, KubeError, NotFound
 from .lock_lifecycle import LockLifecycle
 from .merge_backend import build_backend
 from .metrics import OperatorMetrics
@@ -32,19 +33,21 @@ log = logging.getLogger(__name__)
 
 
 class IndexLookup:
-    """Adapts kopf indices (filled by handlers.py) to the lookups the processor and reconciler need."""
+    """The lookups the processor and reconciler need: Branches from the catalog, policies from a kopf index.
 
-    def __init__(self) -> None:
-        self.branches_by_name: Any = None  # kopf.Index[(ns, branchName)] -> name
-        self.ready_branches: Any = None  # kopf.Index[ns] -> name
+    AutoMergePolicies stay a kopf index (handlers.policies_by_ns): they are few, so kopf's per-object
+    readiness bookkeeping costs nothing there, unlike for Branches (see catalog.py).
+    """
+
+    def __init__(self, catalog: BranchCatalog) -> None:
+        self.catalog = catalog
         self.policies_by_ns: Any = None  # kopf.Index[ns] -> PolicyRef
 
     def find(self, namespace: str, branch_name: str) -> str | None:
-        index = self.branches_by_name
-        if index is None:
-            return None
-        names = sorted(index.get((namespace, branch_name), []))
-        return names[0] if names else None
+        return self.catalog.find(namespace, branch_name)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.catalog.forget(namespace, name)
 
     def policies(self, namespace: str) -> Sequence[PolicyRef]:
         index = self.policies_by_ns
@@ -53,10 +56,7 @@ class IndexLookup:
         return list(index.get(namespace, []))
 
     def ready(self) -> list[tuple[str, str]]:
-        index = self.ready_branches
-        if index is None:
-            return []
-        return sorted((ns, name) for ns in list(index) for name in index.get(ns, []))
+        return self.catalog.ready()
 
 
 class Runtime:
@@ -67,7 +67,9 @@ class Runtime:
         self.settings = settings
         self.kube = kube
         self.bus = bus
-        self.lookup = IndexLookup()
+        # Filled by handlers.py: primed from start-up's list call, then kept current by a Branch watch.
+        self.catalog = BranchCatalog()
+        self.lookup = IndexLookup(self.catalog)
         self.emitter = Emitter(bus, settings)
         self.processor = EventProcessor(kube, self.emitter, settings, self.lookup, clock)
         self.reconciler = MergeReconciler(kube, self.emitter, settings, self.lookup, clock,
@@ -181,5 +183,9 @@ class Runtime:
                 try:
                     obj = await self.kube.get_branch(ns, name)
                     await self.reconciler.reconcile(obj)
+                except NotFound:
+                    # Deleted while no watch delivered it (e.g. between start-up's list and kopf's):
+                    # without this it would be looked for again on every pass.
+                    self.catalog.forget(ns, name)
                 except KubeError as exc:
                     log.warning("resync of %s/%s failed: %s", ns, name, exc)

@@ -13,6 +13,9 @@ Measures:
 
 Usage: python bench/bench_operator.py [--quick]   (writes bench/results/operator.json and prints a table)
        python bench/bench_operator.py --only scale [--scale-branches N]   (writes operator-scale-N.json)
+       python bench/bench_operator.py --only throughput   (throughput and ceiling: operator-throughput.json)
+       add --profile to sample the operator with py-spy (pip install py-spy) during the largest throughput
+       run: bench/results/operator-profile.md says where its CPU goes.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ import asyncio
 import json
 import os
 import platform
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +67,9 @@ def proc_stat(pid: int) -> tuple[int, float]:
 
 
 class Bench:
-    def __init__(self, quick: bool, only: str | None = None, scale_branches: int | None = None) -> None:
+    def __init__(self, quick: bool, only: str | None = None, scale_branches: int | None = None,
+                 profile: bool = False) -> None:
+        self.profile = profile
         self.quick = quick
         self.only = only
         self.scale_branches = scale_branches or (1000 if quick else 10_000)
@@ -201,6 +209,33 @@ class Bench:
                 raise TimeoutError(what)
             await asyncio.sleep(0.01)  # polling a condition with a deadline
 
+    def sizes(self) -> list[int]:
+        return [100] if self.quick else [100, 1000]
+
+    # ------------------------------------------------------------------------------ profiling
+
+    def start_profiler(self) -> subprocess.Popen[bytes] | None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists():
+            print("--profile: py-spy not found (pip install py-spy); not profiling", file=sys.stderr)
+            return None
+        assert self.op_proc is not None
+        return subprocess.Popen([spy, "record", "--pid", str(self.op_proc.pid), "--format", "raw", "--rate", "200",
+                                 "--nonblocking", "--output", str(self.work / "profile.txt")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop_profiler(self, profiler: subprocess.Popen[bytes], n: int, elapsed: float) -> None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
+        try:
+            profiler.wait(60)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+            return
+        raw = self.work / "profile.txt"
+        if raw.exists():
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / "operator-profile.md").write_text(profile_report(raw.read_text(), n, elapsed, 200))
+
     # ----------------------------------------------------------------------------- scenarios
 
     async def throughput(self, n: int) -> dict[str, Any]:
@@ -213,6 +248,7 @@ class Bench:
         await self.until(lambda: all("ACTIVE" in seen.get(x, {}) for x in names), 120, "branches initialised")
         # Per-Branch-lifetime writes (kopf's finalizer and bookkeeping annotation) are not per-event writes.
         await self.quiesce()
+        profiler = self.start_profiler() if self.profile and n == self.sizes()[-1] else None
         before = await self.counts()
         t0 = time.monotonic()
         for name in names:
@@ -223,6 +259,8 @@ class Bench:
         await self.until(lambda: all("MERGED" in seen.get(x, {}) for x in names), 600, f"{n} branches merged")
         elapsed = time.monotonic() - t0
         after = await self.counts()
+        if profiler is not None:
+            self.stop_profiler(profiler, n, elapsed)
         stop.set()
         watcher.cancel()
         writes = {k: after.get(k, 0) - before.get(k, 0) for k in after
@@ -390,15 +428,62 @@ class Bench:
         if self.only == "scale":
             results["scale"] = await self.scale(self.scale_branches, 5.0 if self.quick else 10.0)
             return results
-        sizes = [100] if self.quick else [100, 1000]
-        results["throughput"] = [await self.throughput(n) for n in sizes]
+        results["throughput"] = [await self.throughput(n) for n in self.sizes()]
         big = results["throughput"][-1]
         results["ceiling"] = await self.ceiling(big["branches"], big["writes_by_kind"])
         results["fraction_of_ceiling"] = big["events_per_s"] / results["ceiling"]["events_per_s"]
+        if self.only == "throughput":
+            return results
         results["latency"] = [await self.latency(100 if self.quick else 500, 50.0),
                               await self.latency(100 if self.quick else 500, None)]
         results["scale"] = await self.scale(self.scale_branches, 5.0 if self.quick else 10.0)
         return results
+
+
+# Where the operator's CPU goes, by the outermost frame of our own code or kopf's that a sample is in.
+PROFILE_PARTS = [
+    ("indexing events: parse, apply, commit, publish (IndexingConsumer.handle_msg)", "IndexingConsumer.handle_msg"),
+    ("merge decisions handed over by the processor (Runtime._merge)", "Runtime._merge"),
+    ("kopf: watch events of Branches and BranchLocks, our handlers included (queueing.worker)", "worker"),
+    ("kopf: watch streams (queueing.watcher)", "watcher"),
+    ("JetStream publishing outside the above (Emitter._publish)", "Emitter._publish"),
+    ("NATS client I/O (nats Client loops)", "Client._"),
+]
+
+
+def profile_report(raw: str, n: int, elapsed: float, rate: int) -> str:
+    """A py-spy raw profile (``frame;frame;... count`` per line) as a short Markdown report."""
+    parts: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = [f.split(" (")[0] for f in stack.split(";")]
+        for label, marker in PROFILE_PARTS:
+            if any(f == marker or (marker.endswith("_") and f.startswith(marker)) for f in frames):
+                parts[label] += samples
+                break
+        else:
+            parts["other (aiohttp transport callbacks, event loop, start-up)"] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+    if not total:
+        return "no samples\n"
+    busy = total / (rate * elapsed)
+    lines = [f"# Operator CPU profile: throughput run, {n} branches ({2 * n} events), py-spy at {rate} Hz", "",
+             f"{total} samples in {elapsed:.1f} s: the operator was on the CPU {100 * busy:.0f}% of the run "
+             f"({1000 * total / rate / n:.1f} ms of CPU per branch, i.e. per started + completed + merge).", "",
+             "| part | share of samples |", "|---|---|"]
+    lines += [f"| {label} | {100 * c / total:.1f}% |" for label, c in parts.most_common()]
+    lines += ["", "Functions by inclusive share (top 40):", "", "| function | share |", "|---|---|"]
+    skip = ("<module>", "main", "run", "Runner.run", "BaseEventLoop.run_until_complete", "BaseEventLoop.run_forever",
+            "BaseEventLoop._run_once", "Handle._run", "_cmd_run")
+    lines += [f"| `{f}` | {100 * c / total:.1f}% |" for f, c in inclusive.most_common(60) if f not in skip][:40]
+    return "\n".join(lines) + "\n"
 
 
 def table(r: dict[str, Any]) -> str:
@@ -417,6 +502,8 @@ def table(r: dict[str, Any]) -> str:
                      f"{a['p50']:.0f} / {a['p95']:.0f} / {a['p99']:.0f} ms |")
         lines.append(f"| completed -> ACTIVE at {lat['rate']} ev/s, p50/p95/p99 | "
                      f"{b['p50']:.0f} / {b['p95']:.0f} / {b['p99']:.0f} ms |")
+    if "scale" not in r:
+        return "\n".join(lines)
     s = r["scale"]
     lines.append(f"| {s['branches']} branches: start -> ready / -> first event applied | "
                  f"{s['start_to_ready_s']:.1f} s / {s['start_to_first_event_applied_s']:.1f} s |")
@@ -431,7 +518,7 @@ def table(r: dict[str, Any]) -> str:
 
 
 async def amain(args: argparse.Namespace) -> None:
-    bench = Bench(quick=args.quick, only=args.only, scale_branches=args.scale_branches)
+    bench = Bench(quick=args.quick, only=args.only, scale_branches=args.scale_branches, profile=args.profile)
     try:
         results = await bench.run()
     finally:
@@ -443,6 +530,8 @@ async def amain(args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.only == "scale":  # a partial run must not replace the recorded full results
         out = RESULTS / f"operator-scale-{bench.scale_branches}.json"
+    elif args.only == "throughput":
+        out = RESULTS / ("operator-throughput-quick.json" if args.quick else "operator-throughput.json")
     else:
         out = RESULTS / ("operator-quick.json" if args.quick else "operator.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -455,7 +544,9 @@ async def amain(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--only", choices=["scale"], help="run only this scenario")
+    parser.add_argument("--only", choices=["scale", "throughput"], help="run only this scenario")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the operator with py-spy during the largest throughput run")
     parser.add_argument("--scale-branches", type=int, metavar="N",
                         help="Branches in the scale scenario (default 10,000; 1,000 with --quick)")
     asyncio.run(amain(parser.parse_args()))

@@ -8,6 +8,7 @@ Branch status (the outbox) in the same write as the state change they describe.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections import OrderedDict
@@ -45,6 +46,10 @@ class Outgoing:
 
 def outbox(key: str, messages: Iterable[Outgoing]) -> dict[str, Any]:
     return {"key": key, "messages": [m.wire() for m in messages]}
+
+
+def _identity(key: str, msg_ids: Iterable[str]) -> str:
+    return key + "\x00" + hashlib.sha256("\x00".join(msg_ids).encode()).hexdigest()[:20]
 
 
 def from_outbox(box: Mapping[str, Any] | None) -> list[Outgoing]:
@@ -140,21 +145,33 @@ class Emitter:
 
     async def send_outbox(self, key: str, messages: Iterable[Outgoing]) -> None:
         """:meth:`send` the messages of the outbox ``key``, then remember that it was published."""
+        messages = list(messages)
         await self.send(messages)
-        self.mark_sent(key)
+        self.mark_sent(key, [m.msg_id for m in messages])
 
-    def mark_sent(self, key: str) -> None:
-        self._sent[key] = None
-        self._sent.move_to_end(key)
+    def mark_sent(self, key: str, msg_ids: Iterable[str]) -> None:
+        identity = _identity(key, msg_ids)
+        self._sent[identity] = None
+        self._sent.move_to_end(identity)
         while len(self._sent) > SENT_KEYS_REMEMBERED:
             self._sent.popitem(last=False)
 
-    def was_sent(self, key: str) -> bool:
-        """Whether this process published the outbox ``key`` (False after a restart: it may not have been)."""
-        return key in self._sent
+    def was_sent(self, key: str, msg_ids: Iterable[str]) -> bool:
+        """Whether this process published exactly this outbox (False after a restart: it may not have been).
+
+        By content, not key alone: one event can commit two outboxes under its id (a result kept for its
+        run's started event, then applied), and the second must not pass for the first.
+        """
+        return _identity(key, msg_ids) in self._sent
+
+    def box_sent(self, box: Mapping[str, Any] | None) -> bool:
+        """:meth:`was_sent` for an outbox as stored in a Branch's status."""
+        if not box or not box.get("key"):
+            return False
+        return self.was_sent(str(box["key"]), [str(m.get("msgId")) for m in box.get("messages") or []])
 
     async def flush_replaced(self, box: Any, *, new_key: str, now: datetime) -> None:
-        """Publish the outbox a status write is about to replace, in case it never was.
+        """Publish the outbox a status write is about to replace (or a redelivery finds), in case it never was.
 
         ``box`` is the Branch's current :class:`~branch_operator.api.models.Outbox` (or None). Its writer
         committed it, but the publish failed or the process died before it; whoever replaces it must not
@@ -164,10 +181,11 @@ class Emitter:
         """
         if box is None or box.key == new_key or not box.messages or box.written_at is None:
             return
-        if self.was_sent(box.key) or (now - box.written_at).total_seconds() > OUTBOX_FLUSH_WINDOW_SECONDS:
+        msg_ids = [m.msg_id for m in box.messages]
+        if self.was_sent(box.key, msg_ids) or (now - box.written_at).total_seconds() > OUTBOX_FLUSH_WINDOW_SECONDS:
             return
         await self.republish(from_outbox(box.wire()))
-        self.mark_sent(box.key)
+        self.mark_sent(box.key, msg_ids)
 
     # ------------------------------------------------------------------------- convenience (send now)
 

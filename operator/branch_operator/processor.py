@@ -252,6 +252,10 @@ class EventProcessor:
             # Killed between this started's commit and applying the result that was waiting for it.
             replayed = await self._replay_parked(status, event, obj["metadata"]["namespace"])
         if status.outbox is None or status.outbox.key != event.id:
+            # Another event's outbox, which may never have gone out: e.g. this started applied the result
+            # kept for its run and was killed before publishing that result's outbox. The result was
+            # acknowledged when it was kept, so this redelivery is the only one left to publish it.
+            await self.emitter.flush_replaced(status.outbox, new_key=event.id, now=self.clock())
             return replayed
         if status.phase == Phase.READY:
             await self._release(obj, "indexing", keep=None)

@@ -87,7 +87,7 @@ def announcement_key(merge_id: str) -> str:
 
 
 def needs_announcement(status: Mapping[str, Any], *, now: datetime,
-                       sent: Callable[[str], bool] = lambda _key: False) -> bool:
+                       sent: Callable[[Mapping[str, Any]], bool] = lambda _box: False) -> bool:
     """A merge recorded in ``status`` whose outbox may not have been published yet.
 
     ``sent`` tells the outboxes this process published. An outbox older than the flush window is taken
@@ -100,12 +100,12 @@ def needs_announcement(status: Mapping[str, Any], *, now: datetime,
         return False
     key = announcement_key(str(merge["mergeId"]))
     written = _parse_time(box.get("writtenAt"))
-    return (box.get("key") == key and written is not None and not sent(key)
+    return (box.get("key") == key and written is not None and not sent(box)
             and (now - written).total_seconds() <= OUTBOX_FLUSH_WINDOW_SECONDS)
 
 
 def wants(branch: Mapping[str, Any], *, now: datetime | None = None,
-          sent: Callable[[str], bool] = lambda _key: False) -> bool:
+          sent: Callable[[Mapping[str, Any]], bool] = lambda _box: False) -> bool:
     """Whether ``branch`` (as a watch saw it) has anything for the reconciler to do."""
     status = branch.get("status") or {}
     return (
@@ -167,7 +167,7 @@ class MergeReconciler:
 
     def wants(self, branch: Mapping[str, Any]) -> bool:
         """:func:`wants`, knowing which announcements this process has already published."""
-        return wants(branch, now=self.clock(), sent=self.emitter.was_sent)
+        return wants(branch, now=self.clock(), sent=self.emitter.box_sent)
 
     def _schedule(self, key: Key, when: datetime | None) -> None:
         if self.scheduler is not None:
@@ -229,7 +229,7 @@ class MergeReconciler:
         manual = manual_request(meta)
         if status_raw.get("phase") != Phase.READY.value:
             self._schedule((ns, name), None)
-            if needs_announcement(status_raw, now=self.clock(), sent=self.emitter.was_sent):
+            if needs_announcement(status_raw, now=self.clock(), sent=self.emitter.box_sent):
                 await self._announce(obj)
             if manual is not None:
                 await self._refuse_unready(obj, manual)
@@ -516,7 +516,7 @@ class MergeReconciler:
                 self._event_once(obj, key, reason="AutoMerged" if not manual else "ManualMerge",
                                  message=f"Merged into {target} by policy {merge.get('policy')}{by}"),
                 self.emitter.send_outbox(box_key, messages) if messages is not None
-                else self._republish(box_key, status_raw.get("outbox")),
+                else self._republish(status_raw.get("outbox") or {"key": box_key}),
             )
         except Exception as exc:  # NATS away: the merge is committed, its announcement is retried
             retry_at = self.clock() + timedelta(seconds=ANNOUNCE_RETRY_SECONDS)
@@ -524,9 +524,10 @@ class MergeReconciler:
                         meta["name"], exc, rfc3339(retry_at))
             self._schedule((meta["namespace"], meta["name"]), retry_at)
 
-    async def _republish(self, box_key: str, box: Mapping[str, Any] | None) -> None:
-        await self.emitter.republish(from_outbox(box))
-        self.emitter.mark_sent(box_key)
+    async def _republish(self, box: Mapping[str, Any]) -> None:
+        messages = from_outbox(box)
+        await self.emitter.republish(messages)
+        self.emitter.mark_sent(str(box["key"]), [m.msg_id for m in messages])
 
     async def _event_once(self, obj: Obj, key: str, *, reason: str, message: str) -> None:
         """A Normal Event with a name derived from the merge key: posting it again is an AlreadyExists."""

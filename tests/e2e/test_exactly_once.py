@@ -376,6 +376,11 @@ class Harness:
         released = Counter(r["details"]["lock"] for r in records if r["action"] == "lock.released")
         assert all(n == 1 for n in acquired.values()), acquired.most_common(3)
         unreleased = sorted(name for name in acquired if name not in held and released[name] != 1)
+        if unreleased:  # the branch's trail, for whoever has to find out why
+            branch = next(r["branch"] for r in records if (r.get("details") or {}).get("lock") == unreleased[0])
+            trail = [(r["action"], r.get("correlation_id"), r.get("from_state"), r.get("to_state"),
+                      (r.get("details") or {}).get("lock")) for r in records if r.get("branch") == branch]
+            print(f"audit trail of {branch}:", *trail, sep="\n  ")
         assert not unreleased, f"locks acquired but not released once: {[(n, released[n]) for n in unreleased[:5]]}"
         merge_audits = Counter(r["branch_name"] for r in records if r["action"] == "branch.merged")
         assert dict(merge_audits) == {n: len(r) for n, r in expected_merges.items()}
@@ -661,6 +666,66 @@ async def test_audit_survives_a_failed_publish_and_a_newer_outbox(soak_env: tupl
         assert actions[("indexing.completed", completed.event_id)] == 1
     finally:
         emitter.republish = original  # type: ignore[method-assign]
+        operator.runtime.consumer.results.remove(handled)
+        await nc.drain()
+        await kube.close()
+
+
+async def test_a_kept_result_applied_by_its_started_is_published_by_the_started_redelivery(
+    soak_env: tuple[EmbeddedEnv, OperatorHandle],
+) -> None:
+    """A result kept for its run's started is applied by that started; the publish of the result's outbox
+    fails (a SIGKILL there is the same). The result was acknowledged when it was kept, so the started's
+    redelivery, which finds the branch already READY, must publish it: exactly once, lock release included."""
+    env, operator = soak_env
+    ns = "kept-repair"
+    kube = await KubeClient.connect(str(env.kubeconfig))
+    emitter = operator.runtime.emitter
+    handled = Handled()
+    at = time_base()
+    run = Run("o/kept-repair", "kept-repair-run1", at, at + timedelta(seconds=30), "success")
+    started, completed = Event("kept-repair-s", run.branch, "started", run), Event(
+        "kept-repair-c", run.branch, "completed", run)
+    failures: list[str] = []
+    original = emitter.send_outbox
+
+    async def failing_once(key: str, messages: Iterable[Any]) -> None:
+        batch = list(messages)
+        if key == completed.event_id and not failures and any('"indexing.completed"' in m.data for m in batch):
+            failures.append(key)
+            raise nats.errors.TimeoutError  # what a publish whose ack never comes raises
+        await original(key, batch)
+
+    settings = operator.runtime.consumer.settings
+    budget = settings.early_event_retries
+    settings.early_event_retries = 1  # the result is kept at its first delivery
+    emitter.send_outbox = failing_once  # type: ignore[method-assign]
+    operator.runtime.consumer.results.append(handled)
+    nc = await nats.connect(env.nats_url)
+    try:
+        await kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        await kube.create(Branch.PLURAL, ns, {"apiVersion": API_VERSION, "kind": Branch.KIND,
+                                              "metadata": {"name": "kept-repair"},
+                                              "spec": {"branchName": run.branch, "autoMerge": False}})
+        js = nc.jetstream()
+        payload, headers = encode_structured(funnel_event(completed, ns))
+        await js.publish("funnel.indexing.completed", payload, headers=headers)
+        assert await handled.take(completed.event_id) == "pending"
+        payload, headers = encode_structured(funnel_event(started, ns))
+        await js.publish("funnel.indexing.started", payload, headers=headers)
+        # The first delivery applies both, fails to publish the result's outbox and is retried.
+        assert await handled.wait(started.event_id, timeout=30) == {started.event_id: "duplicate"}
+        assert failures == [completed.event_id]
+        assert (await kube.get_branch(ns, "kept-repair"))["status"]["phase"] == "READY"
+        records = [m.json() for m in await read_stream(env.nats_url, operator.settings.audit_stream)
+                   if m.json().get("namespace") == ns]
+        actions = Counter((r["action"], r["correlation_id"]) for r in records)
+        assert actions[("indexing.completed", completed.event_id)] == 1, sorted(actions.items())
+        assert actions[("lock.released", completed.event_id)] == 1, sorted(actions.items())
+        assert actions[("lock.acquired", started.event_id)] == 1, sorted(actions.items())
+    finally:
+        settings.early_event_retries = budget
+        emitter.send_outbox = original  # type: ignore[method-assign]
         operator.runtime.consumer.results.remove(handled)
         await nc.drain()
         await kube.close()

@@ -111,7 +111,7 @@ async def test_policy_applied_after_ready_merges_with_a_full_trace_announced_onc
     # A restarted operator does not know what it published before: it publishes the merge's outbox again
     # (the Branch's next look, e.g. the start-up listing), with the same ids, so nothing is doubled.
     emitter = oms.operator.runtime.emitter
-    emitter._sent.pop(f"merge:{merge['mergeId']}")
+    emitter._sent.clear()
     republished = []
     original = emitter.republish
 
@@ -122,7 +122,7 @@ async def test_policy_applied_after_ready_merges_with_a_full_trace_announced_onc
     emitter.republish = counting  # type: ignore[method-assign]
     try:
         await oms.kube.patch("branches", oms.namespace, "late", {"metadata": {"labels": {"touched": "yes"}}})
-        await wait_for(lambda: emitter.was_sent(f"merge:{merge['mergeId']}"), what="the outbox published again")
+        await wait_for(lambda: emitter.box_sent(merged["status"]["outbox"]), what="the outbox published again")
     finally:
         emitter.republish = original  # type: ignore[method-assign]
     assert f"merged:{merge['mergeId']}" in republished
@@ -164,7 +164,7 @@ async def test_an_announcement_that_fails_after_the_merge_is_retried(oms: Oms) -
     finally:
         emitter.send_outbox = original  # type: ignore[method-assign]
     assert [h.get("Nats-Msg-Id") for h, _ in messages] == [f"merged:{merge_of(merged)['mergeId']}"]
-    assert emitter.was_sent(failed[0])
+    assert emitter.box_sent(merged["status"]["outbox"])
 
 
 async def test_disabling_a_policy_stops_merges_and_enabling_it_merges(oms: Oms) -> None:

@@ -260,3 +260,43 @@ async def test_without_a_runtime_the_handlers_do_nothing() -> None:
     memo = SimpleNamespace()
     await handlers.branch_catalog(type="ADDED", body=branch("b1"), namespace="ns", memo=memo)
     await policy_handlers.target_lock_changed(namespace="ns", spec={"branch": "b1"}, memo=memo)
+
+
+# ------------------------------------------------------------------- policy status keeper, primed at start-up
+
+
+async def test_the_first_policy_status_pass_counts_every_branch_listed_at_start_up(tmp_path: Any) -> None:
+    """Without priming, a pass during kopf's first walk over the Branches counts only those seen so far."""
+    from datetime import UTC, datetime
+
+    from branch_operator import policy_handlers
+    from branch_operator.embedded.apiserver import EmbeddedApiServer
+    from branch_operator.embedded.env import install_crds
+    from branch_operator.kube import KubeClient
+
+    server = EmbeddedApiServer()
+    url = await server.start()
+    try:
+        await install_crds(url)
+        kube = await KubeClient.connect(str(server.write_kubeconfig(tmp_path / "kubeconfig")))
+        try:
+            await kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "p"}})
+            for i in range(3):
+                await kube.create("branches", "p", {"apiVersion": "oms.dev/v1alpha1", "kind": "Branch",
+                                                    "metadata": {"name": f"b{i}"},
+                                                    "spec": {"branchName": f"feature/b{i}"}})
+            await kube.create("automergepolicies", "p", {
+                "apiVersion": "oms.dev/v1alpha1", "kind": "AutoMergePolicy", "metadata": {"name": "all"},
+                "spec": {"enabled": True, "branchNamePatterns": ["feature/*"]}})
+            memo = SimpleNamespace(runtime=SimpleNamespace(kube=kube, clock=lambda: datetime.now(UTC)))
+            policy_handlers.prime(memo, await kube.list_branches("p"))
+            keeper = memo.runtime.policy_status
+            first = await kube.get("branches", "p", "b0")
+            assert not keeper.branch_changed("ADDED", first)  # kopf's listing brings nothing new
+            await keeper._refresh_once("p")
+            status = (await kube.get("automergepolicies", "p", "all"))["status"]
+            assert (status["matchedBranches"], status["governedBranches"]) == (3, 3)
+        finally:
+            await kube.close()
+    finally:
+        await server.stop()

@@ -39,7 +39,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         namespaces=settings.namespaces or (),
         standalone=settings.peering is None,
         peering_name=settings.peering,
-        memo=kopf.Memo(config=settings, kubeconfig=args.kubeconfig),
+        memo=kopf.Memo(config=settings, kubeconfig=args.kubeconfig, tune_gc=True),
     )
     return 0
 

@@ -11,6 +11,7 @@ bookkeeping for indexed objects cost minutes of CPU at start-up with 10,000 Bran
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from typing import Any
 
 import kopf
 
+from . import gc_tuning
 from .api.models import GROUP, VERSION, AutoMergePolicy, AutoMergePolicySpec, Branch, BranchLock, Phase
 from .config import Settings
 from .domain.policy import PolicyRef
@@ -88,11 +90,18 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     # lists also prime the catalog: kopf starts watching only after start-up handlers are done, so every
     # handler finds the catalog complete, as it found kopf's indices before.
     watched: list[str | None] = list(config.namespaces) or [None]
+    listed: list[dict[str, Any]] = []
     for ns in watched:
-        runtime.catalog.prime(await kube.list_branches(ns))
+        listed += await kube.list_branches(ns)
+    runtime.catalog.prime(listed)
     runtime.watching = True
     memo.runtime = runtime
+    # And the policy status keeper, so that its first pass counts every Branch, not those seen so far.
+    policy_handlers.prime(memo, listed)
     runtime.start()
+    if memo.get("tune_gc"):  # branch-operator run only (gc_tuning.py says why)
+        gc_tuning.tune()
+        runtime.tasks.append(asyncio.create_task(gc_tuning.collect_periodically(), name="oms-gc"))
     if config.health_port:
         from .health import HealthServer
 

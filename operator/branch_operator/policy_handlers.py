@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +163,15 @@ def _keeper(memo: Any) -> PolicyStatusKeeper | None:
         keeper = PolicyStatusKeeper(runtime.kube, clock)
         setattr(runtime, _KEEPER_MEMO, keeper)
     return keeper  # type: ignore[no-any-return]
+
+
+def prime(memo: Any, branches: Iterable[Mapping[str, Any]]) -> None:
+    """Start-up's Branch list: without it, policy statuses written during kopf's first pass over the
+    Branches would count only those seen so far (one status write per debounce, each a partial count)."""
+    keeper = _keeper(memo)
+    if keeper is not None:
+        for branch in branches:
+            keeper.branch_changed("ADDED", branch)
 
 
 # ---------------------------------------------------------------------------------------- watches

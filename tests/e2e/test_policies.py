@@ -111,6 +111,7 @@ async def test_policy_applied_after_ready_merges_with_a_full_trace_announced_onc
     # A restarted operator does not know what it published before: it publishes the merge's outbox again
     # (the Branch's next look, e.g. the start-up listing), with the same ids, so nothing is doubled.
     emitter = oms.operator.runtime.emitter
+    await wait_for(lambda: emitter.box_sent(merged["status"]["outbox"]), what="the first announcement done")
     emitter._sent.clear()
     republished = []
     original = emitter.republish

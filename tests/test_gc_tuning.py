@@ -1,0 +1,52 @@
+"""gc_tuning changes process-wide state, so each test runs it in a Python process of its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def run_python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_tune_freezes_start_up_objects_and_leaves_full_collections_to_the_timer() -> None:
+    out = run_python("""
+        import collections, gc
+        from branch_operator import gc_tuning
+        young, middle, _ = gc.get_threshold()
+        gc_tuning.tune()
+        full = []
+        gc.callbacks.append(lambda phase, info: full.append(1) if phase == "stop" and info["generation"] == 2 else None)
+        # Cycles that live a while (as watch events in flight do): with the default thresholds, they cause
+        # a few full collections here.
+        keep = collections.deque(maxlen=20_000)
+        for _ in range(300_000):
+            a = []; a.append(a); keep.append(a)
+        print(gc.get_freeze_count() > 10_000, gc.get_threshold()[:2] == (young, middle), len(full))
+    """)
+    assert out == "True True 0"
+
+
+def test_full_collections_run_on_the_timer() -> None:
+    out = run_python("""
+        import asyncio, gc, time
+        from branch_operator import gc_tuning
+
+        async def main():
+            gc_tuning.tune()
+            full = []
+            gc.callbacks.append(lambda phase, info: full.append(1)
+                                if phase == "stop" and info["generation"] == 2 else None)
+            task = asyncio.create_task(gc_tuning.collect_periodically(0.05))
+            deadline = time.monotonic() + 20
+            while len(full) < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)  # polling the callback's count, with a deadline
+            task.cancel()
+            print(len(full) >= 3)
+        asyncio.run(main())
+    """)
+    assert out == "True"

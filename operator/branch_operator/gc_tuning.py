@@ -9,8 +9,11 @@ completed -> ACTIVE latency (``python bench/bench_operator.py``: ``worst_to_acti
 So: what exists once start-up is done (modules, classes, clients -- most of the heap) is frozen out of
 every future scan; young generations keep CPython's thresholds, so short-lived cycles are still
 collected young and cheaply; and the oldest generation is collected every
-:data:`FULL_COLLECTION_INTERVAL_SECONDS` instead of whenever it grew by a quarter. Only cycles that
-survive two young collections wait for it; a minute of those is a small amount of memory.
+:data:`FULL_COLLECTION_INTERVAL_SECONDS` instead of whenever it grew by a quarter, then frozen too, so
+that the next timed collection scans only what survived since (a per-Branch heap of thousands of
+Branches made every full scan a visible pause). Every :data:`DEEP_COLLECTION_EVERY` timed collections,
+everything is unfrozen and scanned once, so that frozen objects which became garbage in cycles since
+are reclaimed: memory stays bounded, at the price of one long pause per ten minutes.
 Only ``branch-operator run`` does this: it changes process-wide state, which a test process sharing
 the interpreter with the operator should not get.
 """
@@ -24,6 +27,7 @@ import logging
 log = logging.getLogger(__name__)
 
 FULL_COLLECTION_INTERVAL_SECONDS = 60.0
+DEEP_COLLECTION_EVERY = 10
 # gen2's threshold counts gen1 collections; this many never comes between two timed collections.
 _NEVER = 1_000_000_000
 
@@ -37,7 +41,13 @@ def tune() -> None:
              gc.get_freeze_count(), FULL_COLLECTION_INTERVAL_SECONDS)
 
 
-async def collect_periodically(interval: float = FULL_COLLECTION_INTERVAL_SECONDS) -> None:
+async def collect_periodically(interval: float = FULL_COLLECTION_INTERVAL_SECONDS,
+                               deep_every: int = DEEP_COLLECTION_EVERY) -> None:
+    done = 0
     while True:
         await asyncio.sleep(interval)  # the timer is the point: one full collection per interval
+        done += 1
+        if done % deep_every == 0:
+            gc.unfreeze()
         gc.collect(2)
+        gc.freeze()

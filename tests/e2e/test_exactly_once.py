@@ -623,10 +623,7 @@ async def test_audit_survives_a_failed_publish_and_a_newer_outbox(soak_env: tupl
     emitter = operator.runtime.emitter
     handled = Handled()
 
-    at = time_base()
-    run = Run("o/late-audit", "late-audit-run1", at, at + timedelta(seconds=30), "validation_failed")
-    started, completed = Event("late-audit-s", run.branch, "started", run), Event(
-        "late-audit-c", run.branch, "completed", run)
+    run, started, completed = one_run("late-audit", "validation_failed")
     failures: list[str] = []
 
     async def publish_failing_once(messages: Iterable[Any]) -> None:
@@ -641,19 +638,13 @@ async def test_audit_survives_a_failed_publish_and_a_newer_outbox(soak_env: tupl
     operator.runtime.consumer.results.append(handled)
     nc = await nats.connect(env.nats_url)
     try:
-        await kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-        await kube.create(Branch.PLURAL, ns, {"apiVersion": API_VERSION, "kind": Branch.KIND,
-                                              "metadata": {"name": "late-audit"},
-                                              "spec": {"branchName": run.branch, "autoMerge": False}})
-        js = nc.jetstream()
-        payload, headers = encode_structured(funnel_event(started, ns))
-        await js.publish("funnel.indexing.started", payload, headers=headers)
+        await one_branch(kube, ns, "late-audit", run.branch, autoMerge=False)
+        await send_funnel_event(nc, started, ns)
 
         async def publish_failed() -> str | None:
             return None if failures else "the started's publish has not failed yet"
         await poll_until(publish_failed, 20, "the injected publish failure", interval=0.01)
-        payload, headers = encode_structured(funnel_event(completed, ns))
-        await js.publish("funnel.indexing.completed", payload, headers=headers)
+        await send_funnel_event(nc, completed, ns)
 
         # The completed overtook the started's redelivery; the redelivered started is then a duplicate.
         assert await handled.wait(started.event_id, completed.event_id) == {
@@ -682,10 +673,7 @@ async def test_a_kept_result_applied_by_its_started_is_published_by_the_started_
     kube = await KubeClient.connect(str(env.kubeconfig))
     emitter = operator.runtime.emitter
     handled = Handled()
-    at = time_base()
-    run = Run("o/kept-repair", "kept-repair-run1", at, at + timedelta(seconds=30), "success")
-    started, completed = Event("kept-repair-s", run.branch, "started", run), Event(
-        "kept-repair-c", run.branch, "completed", run)
+    run, started, completed = one_run("kept-repair", "success")
     failures: list[str] = []
     original = emitter.send_outbox
 
@@ -703,16 +691,10 @@ async def test_a_kept_result_applied_by_its_started_is_published_by_the_started_
     operator.runtime.consumer.results.append(handled)
     nc = await nats.connect(env.nats_url)
     try:
-        await kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-        await kube.create(Branch.PLURAL, ns, {"apiVersion": API_VERSION, "kind": Branch.KIND,
-                                              "metadata": {"name": "kept-repair"},
-                                              "spec": {"branchName": run.branch, "autoMerge": False}})
-        js = nc.jetstream()
-        payload, headers = encode_structured(funnel_event(completed, ns))
-        await js.publish("funnel.indexing.completed", payload, headers=headers)
+        await one_branch(kube, ns, "kept-repair", run.branch, autoMerge=False)
+        await send_funnel_event(nc, completed, ns)
         assert await handled.take(completed.event_id) == "pending"
-        payload, headers = encode_structured(funnel_event(started, ns))
-        await js.publish("funnel.indexing.started", payload, headers=headers)
+        await send_funnel_event(nc, started, ns)
         # The first delivery applies both, fails to publish the result's outbox and is retried.
         assert await handled.wait(started.event_id, timeout=30) == {started.event_id: "duplicate"}
         assert failures == [completed.event_id]
@@ -741,10 +723,7 @@ async def test_result_overtaking_a_slow_started_reaches_the_model_state(
     kube = await KubeClient.connect(str(env.kubeconfig))
     handled = Handled()
 
-    at = time_base()
-    run = Run("o/slow-start", "slow-start-run1", at, at + timedelta(seconds=30), "validation_failed")
-    started, completed = Event("slow-start-s", run.branch, "started", run), Event(
-        "slow-start-c", run.branch, "completed", run)
+    run, started, completed = one_run("slow-start", "validation_failed")
     model = Model([run.branch])
     for event in (started, completed):
         model.apply(event)
@@ -778,6 +757,25 @@ async def test_result_overtaking_a_slow_started_reaches_the_model_state(
         operator.runtime.consumer.results.remove(handled)
         await nc.drain()
         await kube.close()
+
+
+async def one_branch(kube: KubeClient, ns: str, name: str, branch_name: str, **spec: Any) -> None:
+    """A namespace of its own with one Branch in it."""
+    await kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    await kube.create(Branch.PLURAL, ns, {"apiVersion": API_VERSION, "kind": Branch.KIND, "metadata": {"name": name},
+                                          "spec": {"branchName": branch_name, **spec}})
+
+
+async def send_funnel_event(nc: Any, event: Event, ns: str) -> None:
+    payload, headers = encode_structured(funnel_event(event, ns))
+    await nc.jetstream().publish(f"funnel.indexing.{event.kind}", payload, headers=headers)
+
+
+def one_run(name: str, ending: str) -> tuple[Run, Event, Event]:
+    """An indexing run of branch ``o/<name>`` an hour ago, and its started and completed events."""
+    at = time_base()
+    run = Run(f"o/{name}", f"{name}-run1", at, at + timedelta(seconds=30), ending)
+    return run, Event(f"{name}-s", run.branch, "started", run), Event(f"{name}-c", run.branch, "completed", run)
 
 
 def time_base() -> datetime:

@@ -14,6 +14,7 @@ Measures:
 Usage: python bench/bench_operator.py [--quick]   (writes bench/results/operator.json and prints a table)
        python bench/bench_operator.py --only scale [--scale-branches N]   (writes operator-scale-N.json)
        python bench/bench_operator.py --only throughput   (throughput and ceiling: operator-throughput.json)
+       python bench/bench_operator.py --only latency --present 3000   (50 ev/s with 3,000 other Branches)
        add --profile to sample the operator with py-spy (pip install py-spy) during the largest throughput
        run: bench/results/operator-profile.md says where its CPU goes.
 """
@@ -68,8 +69,9 @@ def proc_stat(pid: int) -> tuple[int, float]:
 
 class Bench:
     def __init__(self, quick: bool, only: str | None = None, scale_branches: int | None = None,
-                 profile: bool = False) -> None:
+                 profile: bool = False, present: int = 0) -> None:
         self.profile = profile
+        self.present = present
         self.quick = quick
         self.only = only
         self.scale_branches = scale_branches or (1000 if quick else 10_000)
@@ -503,16 +505,17 @@ class Bench:
                 # Includes the quiet API window and the last (idle) measuring window.
                 "start_to_idle_measured_s": time.monotonic() - started}
 
-    async def settle(self, busy: float = 0.10, window: float = 0.5, timeout: float = 120) -> None:
-        """Until the operator process used less than ``busy`` of a core over ``window`` seconds."""
-        assert self.op_proc is not None
+    async def settle(self, busy: float = 0.10, window: float = 1.0, timeout: float = 120) -> None:
+        """Until the operator and the API server each used less than ``busy`` of a core over ``window`` s."""
+        assert self.op_proc is not None and self.api_proc is not None
+        pids = [self.op_proc.pid, self.api_proc.pid]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            _rss, cpu0 = proc_stat(self.op_proc.pid)
+            before = [proc_stat(pid)[1] for pid in pids]
             t0 = time.monotonic()
-            await asyncio.sleep(window)  # sampling the operator's CPU time over a window
-            _rss, cpu1 = proc_stat(self.op_proc.pid)
-            if (cpu1 - cpu0) / (time.monotonic() - t0) < busy:
+            await asyncio.sleep(window)  # sampling CPU time over a window
+            spent = [proc_stat(pid)[1] - cpu for pid, cpu in zip(pids, before, strict=True)]
+            if max(spent) / (time.monotonic() - t0) < busy:
                 return
 
     async def quiesce(self, quiet: float = 1.0, timeout: float = 120) -> None:
@@ -553,6 +556,14 @@ class Bench:
         }
         if self.only == "scale":
             results["scale"] = await self.scale(self.scale_branches, 5.0 if self.quick else 10.0)
+            return results
+        if self.only == "latency":  # with ``present`` other Branches in the cluster, and nothing else run before
+            if self.present:
+                await self.namespace("present")
+                await self.create_branches("present", self.present)
+                await self.until_initialised("present", self.present)
+            results["present_branches"] = self.present
+            results["latency"] = [await self.latency(100 if self.quick else 500, 50.0)]
             return results
         results["throughput"] = [await self.throughput(n) for n in self.sizes()]
         big = results["throughput"][-1]
@@ -656,7 +667,8 @@ def table(r: dict[str, Any]) -> str:
 
 
 async def amain(args: argparse.Namespace) -> None:
-    bench = Bench(quick=args.quick, only=args.only, scale_branches=args.scale_branches, profile=args.profile)
+    bench = Bench(quick=args.quick, only=args.only, scale_branches=args.scale_branches, profile=args.profile,
+                  present=args.present)
     try:
         results = await bench.run()
     finally:
@@ -668,6 +680,8 @@ async def amain(args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.only == "scale":  # a partial run must not replace the recorded full results
         out = RESULTS / f"operator-scale-{bench.scale_branches}.json"
+    elif args.only == "latency":
+        out = RESULTS / f"operator-latency-{bench.present}.json"
     elif args.only == "throughput":
         out = RESULTS / ("operator-throughput-quick.json" if args.quick else "operator-throughput.json")
     else:
@@ -682,7 +696,9 @@ async def amain(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--only", choices=["scale", "throughput"], help="run only this scenario")
+    parser.add_argument("--only", choices=["scale", "throughput", "latency"], help="run only this scenario")
+    parser.add_argument("--present", type=int, default=0, metavar="N",
+                        help="with --only latency: Branches created in another namespace first")
     parser.add_argument("--profile", action="store_true",
                         help="sample the operator with py-spy during the largest throughput run")
     parser.add_argument("--scale-branches", type=int, metavar="N",

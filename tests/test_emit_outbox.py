@@ -52,7 +52,7 @@ def message(emitter: Emitter, msg_id: str) -> Outgoing:
 
 
 def box(key: str, messages: list[Outgoing], written: datetime) -> Outbox:
-    return Outbox.model_validate({**outbox(key, messages), "writtenAt": written.isoformat()})
+    return Outbox.model_validate(outbox(key, messages, written_at=written))
 
 
 async def test_an_unsent_outbox_is_flushed_once_then_remembered(emitter: Emitter) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import Settings
 from .domain.audit import AuditRecord
+from .domain.states import rfc3339
 from .events import make_cloudevent
 from .nats_io import NatsBus
 
@@ -44,8 +45,10 @@ class Outgoing:
         return {"subject": self.subject, "msgId": self.msg_id, "data": self.data}
 
 
-def outbox(key: str, messages: Iterable[Outgoing]) -> dict[str, Any]:
-    return {"key": key, "messages": [m.wire() for m in messages]}
+def outbox(key: str, messages: Iterable[Outgoing], *, written_at: datetime) -> dict[str, Any]:
+    """``status.outbox`` as written with the state change it belongs to (see api.models.Outbox)."""
+    return {"key": key, "messages": [m.wire() for m in messages],
+            "writtenAt": rfc3339(written_at)}
 
 
 def _identity(key: str, msg_ids: Iterable[str]) -> str:
@@ -184,8 +187,13 @@ class Emitter:
         msg_ids = [m.msg_id for m in box.messages]
         if self.was_sent(box.key, msg_ids) or (now - box.written_at).total_seconds() > OUTBOX_FLUSH_WINDOW_SECONDS:
             return
-        await self.republish(from_outbox(box.wire()))
-        self.mark_sent(box.key, msg_ids)
+        await self.republish_outbox(box.wire())
+
+    async def republish_outbox(self, box: Mapping[str, Any]) -> None:
+        """Publish a stored outbox again (JetStream drops what it already has), then remember it as sent."""
+        messages = from_outbox(box)
+        await self.republish(messages)
+        self.mark_sent(str(box["key"]), [m.msg_id for m in messages])
 
     # ------------------------------------------------------------------------- convenience (send now)
 

@@ -195,12 +195,8 @@ async def policy_changed(type: str | None, body: kopf.Body, namespace: str | Non
     if runtime is None or not policy_handlers.spec_changed(memo, type, body):  # not for status-only writes
         return
     for ns, name in runtime.lookup.ready():
-        if ns != namespace:
-            continue
-        try:
-            await _reconcile(runtime, await runtime.kube.get_branch(ns, name))
-        except NotFound:
-            continue
+        if ns == namespace:
+            await _reconcile_key(runtime, ns, name)
 
 
 @kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
@@ -212,10 +208,15 @@ async def lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: A
     branch = str(spec.get("branch", ""))
     if namespace is None or not runtime.catalog.is_ready(namespace, branch):
         return
+    await _reconcile_key(runtime, namespace, branch)
+
+
+async def _reconcile_key(runtime: Runtime, namespace: str, name: str) -> None:
+    """Reconcile by name: the reconciler reads the Branch itself (a read here first would be a second one)."""
     try:
-        await _reconcile(runtime, await runtime.kube.get_branch(namespace, branch))
-    except NotFound:
-        return
+        await runtime.reconciler.reconcile_key((namespace, name))
+    except KubeError as exc:
+        log.warning("merge reconciliation of %s/%s failed: %s", namespace, name, exc)
 
 
 async def _reconcile(runtime: Runtime, obj: dict[str, Any], *, watched: bool = False) -> None:

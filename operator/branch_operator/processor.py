@@ -81,11 +81,11 @@ class EventProcessor:
         self.settings = settings
         self.lookup = lookup
         self.clock = clock
-        # Events for one branch are applied one at a time in this process; across replicas the
-        # resourceVersion check on the status write does the same job.
         # Called with the Branch as a committed event left it READY (the write's response): the merge
         # reconciler starts from it at once, without waiting for the watch to bring it or reading it again.
         self.on_ready: list[Callable[[Obj], None]] = []
+        # Events for one branch are applied one at a time in this process; across replicas the
+        # resourceVersion check on the status write does the same job.
         self._branch_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._branch_users: dict[tuple[str, str], int] = {}
 
@@ -166,7 +166,7 @@ class EventProcessor:
             # it), with this event arriving before that one's redelivery, which would find only this one's.
             await self.emitter.flush_replaced(status.outbox, new_key=event.id, now=self.clock())
             patch = dict(plan.status_patch)
-            patch["outbox"] = {**outbox(event.id, messages), "writtenAt": rfc3339(self.clock())}
+            patch["outbox"] = outbox(event.id, messages, written_at=self.clock())
             if plan.park:
                 patch["pendingResult"] = self._parked(event)
             try:

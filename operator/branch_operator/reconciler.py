@@ -45,7 +45,7 @@ from .domain.policy import (
     select_policy,
 )
 from .domain.states import rfc3339
-from .emit import OUTBOX_FLUSH_WINDOW_SECONDS, Emitter, Outgoing, from_outbox, outbox
+from .emit import OUTBOX_FLUSH_WINDOW_SECONDS, Emitter, Outgoing, outbox
 from .kube import Conflict, KubeClient, NotFound, Obj, now_rfc3339
 from .locks import label_value
 from .merge_backend import EventBackend, MergeBackend, MergeRequest, MergeResult, Outcome
@@ -399,7 +399,7 @@ class MergeReconciler:
             messages = self._announcements(_merged_view(obj, patch))
             # The outbox this write replaces (the indexing result's) must not be lost if it never went out.
             await self.emitter.flush_replaced(status.outbox, new_key=box_key, now=self.clock())
-            patch["outbox"] = {**outbox(box_key, messages), "writtenAt": rfc3339(self.clock())}
+            patch["outbox"] = outbox(box_key, messages, written_at=self.clock())
             updated = await self._write(obj, patch)
             if updated is None:
                 return None
@@ -516,18 +516,13 @@ class MergeReconciler:
                 self._event_once(obj, key, reason="AutoMerged" if not manual else "ManualMerge",
                                  message=f"Merged into {target} by policy {merge.get('policy')}{by}"),
                 self.emitter.send_outbox(box_key, messages) if messages is not None
-                else self._republish(status_raw.get("outbox") or {"key": box_key}),
+                else self.emitter.republish_outbox(status_raw["outbox"]),
             )
         except Exception as exc:  # NATS away: the merge is committed, its announcement is retried
             retry_at = self.clock() + timedelta(seconds=ANNOUNCE_RETRY_SECONDS)
             log.warning("announcing merge %s of %s/%s failed (%s); retrying at %s", key, meta["namespace"],
                         meta["name"], exc, rfc3339(retry_at))
             self._schedule((meta["namespace"], meta["name"]), retry_at)
-
-    async def _republish(self, box: Mapping[str, Any]) -> None:
-        messages = from_outbox(box)
-        await self.emitter.republish(messages)
-        self.emitter.mark_sent(str(box["key"]), [m.msg_id for m in messages])
 
     async def _event_once(self, obj: Obj, key: str, *, reason: str, message: str) -> None:
         """A Normal Event with a name derived from the merge key: posting it again is an AlreadyExists."""

@@ -588,3 +588,25 @@ async def test_webhook_outage_fails_loudly_keeps_the_branch_ready_and_retries_la
     merged = await oms.wait_phase("outage", "ACTIVE")
     assert len(clocked.endpoint.calls("outage")) == 4
     assert merge_of(merged)["decision"] == "Merged"
+
+
+async def test_a_watch_event_of_a_version_already_decided_on_reads_nothing(oms: Oms) -> None:
+    """The Branch watch brings back every version the operator itself wrote; one already decided on is skipped
+    without reading the Branch again. Other triggers (here: by name) always read and decide."""
+    await oms.create_branch("decided", "feature/decided")
+    await oms.kube.patch_branch_status(oms.namespace, "decided", {"phase": "READY"}, resource_version=None)
+    blocked = await wait_decision(oms, "decided", "Blocked")  # no policy in this namespace
+    reconciler = oms.operator.runtime.reconciler
+    key = (oms.namespace, "decided")
+    version = blocked["metadata"]["resourceVersion"]
+    await wait_for(lambda: reconciler._decided.get(key) == version, what="the written version decided on")
+    path = f"/namespaces/{oms.namespace}/branches/decided"
+
+    def reads() -> int:
+        return sum(1 for r in oms.env.api.requests if r.method == "GET" and r.path.endswith(path)
+                   and r.user_agent.startswith("oms-branch-operator"))
+    before = reads()
+    assert await oms.operator.call(reconciler.reconcile(blocked, watched=True)) is None
+    assert reads() == before
+    assert await oms.operator.call(reconciler.reconcile(blocked)) is not None
+    assert reads() == before + 1

@@ -34,11 +34,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import nats
+from _pauses import PauseRecorder
 
 from branch_operator.embedded.natsserver import NatsServer, free_port
 from branch_operator.events import encode_structured, make_event
@@ -83,6 +85,7 @@ class Bench:
         self.health_port = 0
         self.http: aiohttp.ClientSession | None = None
         self.nc: Any = None
+        self.pauses = PauseRecorder()  # of this process, which timestamps what it publishes and sees
 
     # ------------------------------------------------------------------------------ processes
 
@@ -103,7 +106,9 @@ class Bench:
     def start_operator(self) -> float:
         self.health_port = free_port()
         env = {**os.environ, "NATS_URL": self.nats.url, "OMS_HEALTH_PORT": str(self.health_port),
-               "OMS_DEFAULT_NAMESPACE": "default", "OMS_LOG_LEVEL": "WARNING"}
+               "OMS_DEFAULT_NAMESPACE": "default", "OMS_LOG_LEVEL": "WARNING",
+               # Every stall of 20 ms or more goes to its log, so that a bad second can be attributed.
+               "OMS_STALL_WARNING_MS": "20"}
         log = open(self.work / "operator.log", "ab")  # lives as long as the process
         started = time.monotonic()
         self.op_proc = subprocess.Popen(
@@ -143,6 +148,46 @@ class Bench:
                 self.api_proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.api_proc.kill()
+
+    # ---------------------------------------------------------------------------- stalls
+
+    def operator_stalls(self, t0: float, t1: float) -> list[list[Any]]:
+        """(wall time, ms, detail) of each stall the operator logged between t0 and t1 (wall clock)."""
+        found: list[list[Any]] = []
+        for line in (self.work / "operator.log").read_text(errors="replace").splitlines():
+            if "event loop ran " not in line:
+                continue
+            try:
+                at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                ms = float(line.split("event loop ran ", 1)[1].split(" ms", 1)[0])
+            except (ValueError, IndexError):
+                continue
+            if t0 <= at <= t1:
+                found.append([at, ms, line.split(" ms late", 1)[1].lstrip(", ")])
+        return found
+
+    async def sample_cpu(self, out: dict[str, list[float]], stop: asyncio.Event, every: float = 0.5) -> None:
+        """Percent of a core each process used in each ``every`` s: a queue building up behind a busy
+        process shows no stall, only a process at 100%."""
+        assert self.op_proc is not None and self.api_proc is not None and self.nats.proc is not None
+        pids = {"operator": self.op_proc.pid, "api_server": self.api_proc.pid, "nats_server": self.nats.proc.pid,
+                "bench": os.getpid()}
+        before = {who: proc_stat(pid)[1] for who, pid in pids.items()}
+        while not stop.is_set():
+            t = time.monotonic()
+            await asyncio.sleep(every)  # the sampling period
+            spent = time.monotonic() - t
+            for who, pid in pids.items():
+                cpu = proc_stat(pid)[1]
+                out.setdefault(who, []).append(round(100 * (cpu - before[who]) / spent))
+                before[who] = cpu
+
+    async def stalls(self, t0: float, t1: float) -> dict[str, Any]:
+        """Stalls of 20 ms or more of each process on the measured path, between t0 and t1 (wall clock)."""
+        assert self.http is not None
+        async with self.http.get(f"{self.control}/stalls", params={"from": str(t0), "to": str(t1)}) as r:
+            api = await r.json()
+        return {"operator": self.operator_stalls(t0, t1), "api_server": api, "bench": self.pauses.since(t0, t1)}
 
     # ---------------------------------------------------------------------------- API helpers
 
@@ -289,6 +334,10 @@ class Bench:
         await self.settle()
         sent: dict[str, float] = {}
         t0 = time.monotonic()
+        wall0 = time.time()
+        cpu: dict[str, list[float]] = {}
+        cpu_stop = asyncio.Event()
+        sampler = asyncio.create_task(self.sample_cpu(cpu, cpu_stop))
         for i, name in enumerate(names):
             if rate is not None:
                 delay = t0 + i / rate - time.monotonic()
@@ -297,8 +346,12 @@ class Bench:
             sent[name] = time.monotonic()
             await self.publish(ns, "completed", name, f"idx-{name}")
         await self.until(lambda: all("MERGED" in seen.get(x, {}) for x in names), 300, "latency run merged")
+        wall1 = time.time()
+        cpu_stop.set()
+        await sampler
         stop.set()
         watcher.cancel()
+        stalls = await self.stalls(wall0, wall1)
         ready = [(seen[x]["READY"] - sent[x]) * 1000 for x in names]
         active = [(seen[x]["MERGED"] - sent[x]) * 1000 for x in names]
         # The slowest event of each second of the run: stalls show up as a few bad seconds.
@@ -306,7 +359,21 @@ class Bench:
         for x, ms in zip(names, active, strict=True):
             second = int(sent[x] - t0)
             worst[second] = max(worst.get(second, 0.0), ms)
+        # Stalls of each process by the second of the run they fell in (an event sent in second s is
+        # in flight until s + its latency, so a stall early in the next second counts too).
+        stalls_by_second: dict[int, dict[str, float]] = {}
+        for who, records in (("operator", stalls["operator"]), ("api_server_lag", stalls["api_server"]["lag"]),
+                             ("api_server_gc", stalls["api_server"]["gc"]), ("bench_lag", stalls["bench"]["lag"]),
+                             ("bench_gc", stalls["bench"]["gc"])):
+            for rec in records:
+                second = int(rec[0] - wall0)
+                slot = stalls_by_second.setdefault(second, {})
+                slot[who] = max(slot.get(who, 0.0), round(float(rec[1])))
+        over = 250.0
         return {"events": n, "rate": rate or "saturation", "worst_to_active_ms_by_second": worst,
+                "stalls_ms_by_second": dict(sorted(stalls_by_second.items())), "stalls": stalls,
+                "cpu_percent_by_half_second": cpu,
+                "events_over_250ms": sum(1 for ms in active if ms > over),
                 "to_ready_ms": {"p50": pct(ready, 50), "p95": pct(ready, 95), "p99": pct(ready, 99)},
                 "to_active_ms": {"p50": pct(active, 50), "p95": pct(active, 95), "p99": pct(active, 99),
                                  "mean": statistics.fmean(active)}}
@@ -543,6 +610,7 @@ class Bench:
         raise TimeoutError("scale branches never initialised")
 
     async def run(self) -> dict[str, Any]:
+        self.pauses.start()
         self.start_api()
         await self.nats.astart()
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))

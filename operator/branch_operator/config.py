@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     # health port off (0, as in the embedded environment) metrics get a listener on a free port anyway.
     metrics_enabled: bool = True
     metrics_port: int | None = None
+    # The event loop blocked this long (a long callback, a garbage collection) is logged as a WARNING.
+    stall_warning_ms: float = 100.0
 
     # --- Operations (issue 5): notifications and locks
     # Generic JSON webhook for incidents (indexing failures, merges blocked too long, expired locks,

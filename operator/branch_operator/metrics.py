@@ -38,6 +38,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Receipt -> acknowledgement: milliseconds normally, seconds when the API server is slow or retrying.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Indexing runs take minutes to hours.
+# Event-loop lag and GC pauses: anything near the 250 ms event budget is worth seeing.
+STALL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 INDEXING_BUCKETS = (10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
 
 _KINDS = ("started", "completed", "failed")
@@ -91,6 +93,13 @@ class OperatorMetrics:
                                           "Messages delivered but not yet acknowledged.", ["consumer"])
         self.nats_connected = gauge("nats_connected", "1 while connected to NATS.")
         self.ready = gauge("ready", "Readiness checks (1 = ok).", ["check"])
+        self.loop_lag_seconds = Histogram(
+            f"{PREFIX}_event_loop_lag_seconds", "How late a 50 ms timer fired: time the process could run "
+            "nothing else (a long callback, a garbage collection, CPU starvation).", buckets=STALL_BUCKETS,
+            registry=r)
+        self.gc_pause_seconds = Histogram(
+            f"{PREFIX}_gc_pause_seconds", "Garbage-collection pauses, by generation.", ["generation"],
+            buckets=STALL_BUCKETS, registry=r)
         # event id -> kind, learnt from audit records (bounded: only needed until the result arrives)
         self._kinds: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._receipt_hook = False
@@ -115,6 +124,12 @@ class OperatorMetrics:
     def observe_received(self, event_id: str, kind: Any) -> None:
         self._remember(event_id, event_kind(kind))
         self.events_received.labels(event_kind(kind)).inc()
+
+    def observe_lag(self, seconds: float) -> None:
+        self.loop_lag_seconds.observe(seconds)
+
+    def observe_gc(self, generation: int, seconds: float) -> None:
+        self.gc_pause_seconds.labels(str(generation)).observe(seconds)
 
     def observe_timing(self, kind: Any, seconds: float) -> None:
         self.processing_seconds.labels(event_kind(kind)).observe(max(0.0, float(seconds)))

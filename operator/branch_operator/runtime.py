@@ -28,6 +28,7 @@ from .notify import IncidentWatch, Notifier
 from .processor import EventProcessor
 from .reconciler import MergeReconciler
 from .scheduler import Scheduler
+from .stalls import StallMonitor
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,9 @@ class Runtime:
             clock.subscribe(self.incidents.scheduler.poke)
         if self.metrics is not None:
             self.metrics.attach(self)
+        self.stalls = StallMonitor(settings.stall_warning_ms,
+                                   on_lag=self.metrics.observe_lag if self.metrics else None,
+                                   on_gc=self.metrics.observe_gc if self.metrics else None)
         self.http_url: str | None = None  # where /metrics, /healthz and /readyz are served
 
     @property
@@ -119,6 +123,7 @@ class Runtime:
             asyncio.create_task(self.lock_lifecycle.run(), name="oms-lock-expiry"),
             asyncio.create_task(self.incidents.run(), name="oms-blocked-merges"),
             asyncio.create_task(self.notifier.run(), name="oms-notifier"),
+            asyncio.create_task(self.stalls.run(), name="oms-stalls"),
         ]
 
     async def stop(self) -> None:

@@ -69,6 +69,12 @@ def proc_stat(pid: int) -> tuple[int, float]:
     return rss, (int(fields[11]) + int(fields[12])) / ticks
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to other guests, all CPUs together (/proc/stat): the machine's noise."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 class Bench:
     def __init__(self, quick: bool, only: str | None = None, scale_branches: int | None = None,
                  profile: bool = False, present: int = 0) -> None:
@@ -85,6 +91,7 @@ class Bench:
         self.health_port = 0
         self.http: aiohttp.ClientSession | None = None
         self.nc: Any = None
+        self.keep_raw = bool(os.environ.get("BENCH_KEEP_RAW_PROFILE"))
         self.pauses = PauseRecorder()  # of this process, which timestamps what it publishes and sees
 
     # ------------------------------------------------------------------------------ processes
@@ -173,6 +180,7 @@ class Bench:
         pids = {"operator": self.op_proc.pid, "api_server": self.api_proc.pid, "nats_server": self.nats.proc.pid,
                 "bench": os.getpid()}
         before = {who: proc_stat(pid)[1] for who, pid in pids.items()}
+        stolen = steal_seconds()
         while not stop.is_set():
             t = time.monotonic()
             await asyncio.sleep(every)  # the sampling period
@@ -181,6 +189,9 @@ class Bench:
                 cpu = proc_stat(pid)[1]
                 out.setdefault(who, []).append(round(100 * (cpu - before[who]) / spent))
                 before[who] = cpu
+            now_stolen = steal_seconds()
+            out.setdefault("stolen_by_hypervisor", []).append(round(100 * (now_stolen - stolen) / spent))
+            stolen = now_stolen
 
     async def stalls(self, t0: float, t1: float) -> dict[str, Any]:
         """Stalls of 20 ms or more of each process on the measured path, between t0 and t1 (wall clock)."""
@@ -271,7 +282,8 @@ class Bench:
                                  "--nonblocking", "--output", str(self.work / "profile.txt")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def stop_profiler(self, profiler: subprocess.Popen[bytes], n: int, elapsed: float) -> None:
+    def stop_profiler(self, profiler: subprocess.Popen[bytes], n: int, elapsed: float,
+                      scenario: str = "throughput") -> None:
         profiler.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
         try:
             profiler.wait(60)
@@ -281,7 +293,10 @@ class Bench:
         raw = self.work / "profile.txt"
         if raw.exists():
             RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "operator-profile.md").write_text(profile_report(raw.read_text(), n, elapsed, 200))
+            name = "operator-profile.md" if scenario == "throughput" else f"operator-profile-{scenario}.md"
+            if self.keep_raw:  # for digging further than the report goes
+                shutil.copy(raw, RESULTS / name.replace(".md", ".raw.txt"))
+            (RESULTS / name).write_text(profile_report(raw.read_text(), n, elapsed, 200, scenario))
 
     # ----------------------------------------------------------------------------- scenarios
 
@@ -336,8 +351,10 @@ class Bench:
         t0 = time.monotonic()
         wall0 = time.time()
         cpu: dict[str, list[float]] = {}
+        slow_publishes: list[list[float]] = []
         cpu_stop = asyncio.Event()
         sampler = asyncio.create_task(self.sample_cpu(cpu, cpu_stop))
+        profiler = self.start_profiler() if self.profile and rate else None
         for i, name in enumerate(names):
             if rate is not None:
                 delay = t0 + i / rate - time.monotonic()
@@ -345,8 +362,14 @@ class Bench:
                     await asyncio.sleep(delay)  # pacing the publisher at the target rate
             sent[name] = time.monotonic()
             await self.publish(ns, "completed", name, f"idx-{name}")
+            # JetStream acknowledges a publish once stored: a slow store shows up here, in no process's stall.
+            acked = time.monotonic()
+            if acked - sent[name] >= 0.010:
+                slow_publishes.append([time.time() - (acked - sent[name]), round(1000 * (acked - sent[name]))])
         await self.until(lambda: all("MERGED" in seen.get(x, {}) for x in names), 300, "latency run merged")
         wall1 = time.time()
+        if profiler is not None:
+            self.stop_profiler(profiler, n, time.monotonic() - t0, "latency")
         cpu_stop.set()
         await sampler
         stop.set()
@@ -364,7 +387,7 @@ class Bench:
         stalls_by_second: dict[int, dict[str, float]] = {}
         for who, records in (("operator", stalls["operator"]), ("api_server_lag", stalls["api_server"]["lag"]),
                              ("api_server_gc", stalls["api_server"]["gc"]), ("bench_lag", stalls["bench"]["lag"]),
-                             ("bench_gc", stalls["bench"]["gc"])):
+                             ("bench_gc", stalls["bench"]["gc"]), ("nats_publish_ack", slow_publishes)):
             for rec in records:
                 second = int(rec[0] - wall0)
                 slot = stalls_by_second.setdefault(second, {})
@@ -372,7 +395,7 @@ class Bench:
         over = 250.0
         return {"events": n, "rate": rate or "saturation", "worst_to_active_ms_by_second": worst,
                 "stalls_ms_by_second": dict(sorted(stalls_by_second.items())), "stalls": stalls,
-                "cpu_percent_by_half_second": cpu,
+                "cpu_percent_by_half_second": cpu, "slow_publishes_ms": slow_publishes,
                 "events_over_250ms": sum(1 for ms in active if ms > over),
                 "to_ready_ms": {"p50": pct(ready, 50), "p95": pct(ready, 95), "p99": pct(ready, 99)},
                 "to_active_ms": {"p50": pct(active, 50), "p95": pct(active, 95), "p99": pct(active, 99),
@@ -549,12 +572,13 @@ class Bench:
         assert self.op_proc is not None
         # Idle means after start-up work is done: the API server sees no requests for 3 s in a row.
         settle_deadline = time.monotonic() + 120
-        last, quiet_since = await self.counts(), time.monotonic()
+        last_counts, quiet_since = await self.counts(), time.monotonic()
         while time.monotonic() - quiet_since < 3 and time.monotonic() < settle_deadline:
             await asyncio.sleep(0.5)  # sampling the server's counters
             now_counts = await self.counts()
-            if {k: v for k, v in now_counts.items() if k != "watch"} != {k: v for k, v in last.items() if k != "watch"}:
-                last, quiet_since = now_counts, time.monotonic()
+            if ({k: v for k, v in now_counts.items() if k != "watch"}
+                    != {k: v for k, v in last_counts.items() if k != "watch"}):
+                last_counts, quiet_since = now_counts, time.monotonic()
         # Start-up work can outlast the quiet window without API calls (kopf's first pass over every
         # object): measure in windows until one is near idle, and report how long that took.
         settle_started = time.monotonic()
@@ -664,7 +688,7 @@ PROFILE_PARTS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
-def profile_report(raw: str, n: int, elapsed: float, rate: int) -> str:
+def profile_report(raw: str, n: int, elapsed: float, rate: int, scenario: str = "throughput") -> str:
     """A py-spy raw profile (``frame;frame;... count`` per line) as a short Markdown report."""
     parts: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -687,9 +711,15 @@ def profile_report(raw: str, n: int, elapsed: float, rate: int) -> str:
     if not total:
         return "no samples\n"
     busy = total / (rate * elapsed)
-    lines = [f"# Operator CPU profile: throughput run, {n} branches ({2 * n} events), py-spy at {rate} Hz", "",
+    if scenario == "throughput":
+        title = f"throughput run, {n} branches ({2 * n} events)"
+        per = "per branch, i.e. per started + completed + merge"
+    else:
+        title = f"fixed-rate latency run, {n} completed events at 50 events/s"
+        per = "per completed event and its merge"
+    lines = [f"# Operator CPU profile: {title}, py-spy at {rate} Hz", "",
              f"{total} samples in {elapsed:.1f} s: the operator was on the CPU {100 * busy:.0f}% of the run "
-             f"({1000 * total / rate / n:.1f} ms of CPU per branch, i.e. per started + completed + merge).", "",
+             f"({1000 * total / rate / n:.1f} ms of CPU {per}).", "",
              "| part | share of samples |", "|---|---|"]
     lines += [f"| {label} | {100 * c / total:.1f}% |" for label, c in parts.most_common()]
     lines += ["", "Functions by inclusive share (top 40):", "", "| function | share |", "|---|---|"]
@@ -719,6 +749,18 @@ def table(r: dict[str, Any]) -> str:
                      f"{a['p50']:.0f} / {a['p95']:.0f} / {a['p99']:.0f} ms |")
         lines.append(f"| completed -> ACTIVE at {lat['rate']} ev/s, p50/p95/p99 | "
                      f"{b['p50']:.0f} / {b['p95']:.0f} / {b['p99']:.0f} ms |")
+        worst_stall: dict[str, float] = {}
+        for slot in lat.get("stalls_ms_by_second", {}).values():
+            for who, ms in slot.items():
+                worst_stall[who] = max(worst_stall.get(who, 0.0), ms)
+        if "stalls_ms_by_second" in lat:
+            stalls = ", ".join(f"{who} {ms:.0f} ms" for who, ms in sorted(worst_stall.items())) or "none"
+            lines.append(f"| at {lat['rate']} ev/s: longest stall recorded, by process (≥ 10 ms; operator ≥ 20 ms) "
+                         f"| {stalls} |")
+        cpu = lat.get("cpu_percent_by_half_second", {}).get("operator")
+        if cpu:
+            lines.append(f"| at {lat['rate']} ev/s: operator CPU, % of a core (median / max of 0.5 s samples) | "
+                         f"{statistics.median(cpu):.0f} / {max(cpu):.0f} |")
     if "scale" not in r:
         return "\n".join(lines)
     s = r["scale"]
@@ -737,8 +779,11 @@ def table(r: dict[str, Any]) -> str:
 async def amain(args: argparse.Namespace) -> None:
     bench = Bench(quick=args.quick, only=args.only, scale_branches=args.scale_branches, profile=args.profile,
                   present=args.present)
+    stolen = steal_seconds()
     try:
         results = await bench.run()
+        # Over the whole run, for comparing runs: CPU time this VM's cores spent running other guests.
+        results["machine"]["cpu_stolen_by_hypervisor_s"] = round(steal_seconds() - stolen, 1)
     finally:
         if bench.nc is not None:
             await bench.nc.close()
@@ -768,7 +813,8 @@ def main() -> None:
     parser.add_argument("--present", type=int, default=0, metavar="N",
                         help="with --only latency: Branches created in another namespace first")
     parser.add_argument("--profile", action="store_true",
-                        help="sample the operator with py-spy during the largest throughput run")
+                        help="sample the operator with py-spy during the largest throughput run (with --only "
+                             "latency: during the 50 events/s run, into operator-profile-latency.md)")
     parser.add_argument("--scale-branches", type=int, metavar="N",
                         help="Branches in the scale scenario (default 10,000; 1,000 with --quick)")
     asyncio.run(amain(parser.parse_args()))

@@ -500,6 +500,8 @@ async def test_metrics_show_what_the_scenarios_moved(oms: Oms) -> None:
     assert sample(after, p + "ready", check="nats") == 1
     assert f'{p}consumer_pending_messages{{consumer="{oms.settings.consumer_completed}"}}' in after
     assert f'{p}locks_held{{lock_type="INDEXING"}}' in after
+    # The stall monitor runs in every operator: its timer ticked while the scenarios ran.
+    assert delta("event_loop_lag_seconds_count") >= 1
 
 
 # ------------------------------------------------- a separate environment: NATS outages, notifications

@@ -37,9 +37,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # Receipt -> acknowledgement: milliseconds normally, seconds when the API server is slow or retrying.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# Indexing runs take minutes to hours.
 # Event-loop lag and GC pauses: anything near the 250 ms event budget is worth seeing.
 STALL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Indexing runs take minutes to hours.
 INDEXING_BUCKETS = (10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
 
 _KINDS = ("started", "completed", "failed")

@@ -5,8 +5,8 @@ full garbage collection of 200 ms, delays every event being processed by that mu
 invisible in per-request timings and hard to tell from a slow API server, so it is measured directly:
 a timer that should fire every ``tick`` seconds records how late it fired (the loop lag), and
 ``gc.callbacks`` time every collection. A lag over the warning threshold is logged with the
-collections that fell inside it, so the log says "blocked 180 ms, of which GC 150 ms" instead of
-leaving a latency spike to guesswork. The metrics are the loop-lag histogram and GC pause totals.
+collections that fell inside it ("event loop ran 180 ms late, of which garbage collection 150 ms ...")
+instead of leaving a latency spike to guesswork. The metrics are the loop-lag histogram and GC pause totals.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ class StallMonitor:
         self.recent_gc: deque[tuple[float, float, int]] = deque(maxlen=64)
         self.worst_ms = 0.0
         self._gc_started = 0.0
-        self._task: asyncio.Task[None] | None = None
 
     def gc_event(self, phase: str, info: dict[str, Any]) -> None:
         """A ``gc.callbacks`` entry."""

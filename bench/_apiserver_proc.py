@@ -17,9 +17,9 @@ from pathlib import Path
 from _pauses import PauseRecorder
 from aiohttp import web
 
-from branch_operator import gc_tuning
-from branch_operator.embedded.apiserver import EmbeddedApiServer
+from branch_operator.embedded.apiserver.server import EmbeddedApiServer
 from branch_operator.embedded.env import install_crds
+from branch_operator.ops import gc_tuning
 
 KINDS = [
     ("status_patch", "PATCH", re.compile(r"/branches/[^/]+/status$")),

@@ -1,6 +1,6 @@
 """Stalls of a benchmark process, recorded so that a bad second of a latency run can be attributed.
 
-The operator's own :class:`~branch_operator.stalls.StallMonitor` does the measuring (event-loop lag from
+The operator's own :class:`~branch_operator.ops.stalls.StallMonitor` does the measuring (event-loop lag from
 a timer, garbage-collection pauses from ``gc.callbacks``); this keeps what it measures with wall-clock
 times (``time.time()``), so that records of several processes can be laid side by side, instead of
 logging it.
@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 
-from branch_operator.stalls import StallMonitor
+from branch_operator.ops.stalls import StallMonitor
 
 
 class PauseRecorder:

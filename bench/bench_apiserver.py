@@ -131,7 +131,7 @@ def status_patch(counter: int) -> bytes:
 
 def _serve(conn: Connection, request_log_size: int, history_size: int) -> None:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "operator"))
-    from branch_operator.embedded.apiserver import EmbeddedApiServer
+    from branch_operator.embedded.apiserver.server import EmbeddedApiServer
 
     async def main() -> None:
         server = EmbeddedApiServer(request_log_size=request_log_size, history_size=history_size)

@@ -44,8 +44,8 @@ import aiohttp
 import nats
 from _pauses import PauseRecorder
 
+from branch_operator.contracts.funnel import encode_structured, make_event
 from branch_operator.embedded.natsserver import NatsServer, free_port
-from branch_operator.events import encode_structured, make_event
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -1,6 +1,6 @@
 """A reference model of what Funnel event streams should do to Branches, for the fault tests.
 
-Pure and deliberately small; it does not use ``branch_operator.domain.states`` (whose transition
+Pure and deliberately small; it does not use ``branch_operator.domain.lifecycle`` (whose transition
 table it is checked against in ``tests/test_reference_model.py``). Its rules:
 
 - Events are applied in causal order: a run's started before its result, a branch's runs one after
@@ -275,7 +275,7 @@ def generate(
 
 def funnel_event(event: Event, namespace: str | None = None) -> dict[str, object]:
     """The CloudEvent (structured JSON, as a dict) Funnel would publish for ``event``."""
-    from branch_operator.publish import build_event
+    from branch_operator.cli.publish import build_event
 
     run = event.run
     if event.kind == "started":

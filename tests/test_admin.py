@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from branch_operator import admin
 from branch_operator.api.models import BranchStatus, Phase
-from branch_operator.domain.states import ALLOWED_MANUAL_TRANSITIONS, check_manual_transition
+from branch_operator.domain import admin
+from branch_operator.domain.lifecycle import ALLOWED_MANUAL_TRANSITIONS, check_manual_transition
 
 NOW = datetime(2025, 6, 26, 12, 0, tzinfo=UTC)
 

@@ -8,10 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from branch_operator.deadlines import DeadlineScheduler
-from branch_operator.embedded.natsserver import free_port
-from branch_operator.lock_lifecycle import expires_at, last_renewal, stamp_patch
-from branch_operator.notify import (
+from branch_operator.clients.notify import (
     Incident,
     Notifier,
     WebhookSink,
@@ -19,6 +16,9 @@ from branch_operator.notify import (
     merge_failed_incident,
     webhook_payload,
 )
+from branch_operator.controllers.locks import expires_at, last_renewal, stamp_patch
+from branch_operator.embedded.natsserver import free_port
+from branch_operator.kit.deadlines import DeadlineScheduler
 
 T0 = datetime(2025, 6, 26, 10, 0, tzinfo=UTC)
 

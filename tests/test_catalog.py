@@ -14,9 +14,10 @@ import kopf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from branch_operator import handlers, policy_handlers
 from branch_operator.api.models import Branch
-from branch_operator.catalog import BranchCatalog
+from branch_operator.controllers.catalog import BranchCatalog
+from branch_operator.handlers import branches as handlers
+from branch_operator.handlers import policies as policy_handlers
 
 
 def branch(name: str, branch_name: str | None = None, *, ns: str = "ns", target: str | None = None,
@@ -269,10 +270,10 @@ async def test_the_first_policy_status_pass_counts_every_branch_listed_at_start_
     """Without priming, a pass during kopf's first walk over the Branches counts only those seen so far."""
     from datetime import UTC, datetime
 
-    from branch_operator import policy_handlers
-    from branch_operator.embedded.apiserver import EmbeddedApiServer
+    from branch_operator.clients.kube import KubeClient
+    from branch_operator.embedded.apiserver.server import EmbeddedApiServer
     from branch_operator.embedded.env import install_crds
-    from branch_operator.kube import KubeClient
+    from branch_operator.handlers import policies as policy_handlers
 
     server = EmbeddedApiServer()
     url = await server.start()

@@ -1,4 +1,4 @@
-"""`branch-operator dlq list|replay` (branch_operator.dlq) against a real nats-server, without the operator.
+"""`branch-operator dlq list|replay` (branch_operator.cli.dlq) against a real nats-server, without the operator.
 
 Messages are parked the way the consumer parks them (original body and headers + Oms-Dlq-* headers);
 the end-to-end path through the operator is in tests/e2e/test_delivery.py.
@@ -19,11 +19,11 @@ import nats
 import pytest
 from nats.js import api as js_api
 
-from branch_operator import dlq
-from branch_operator.cli import main
+from branch_operator.cli import dlq
+from branch_operator.cli.main import main
 from branch_operator.config import Settings
+from branch_operator.contracts.funnel import encode_binary, encode_structured, make_event
 from branch_operator.embedded.natsserver import NatsServer, free_port
-from branch_operator.events import encode_binary, encode_structured, make_event
 
 BIN = Path(sys.executable).parent
 SETTINGS = Settings()

@@ -24,14 +24,8 @@ from branch_operator.api.models import (
     Phase,
     ValidationStatus,
 )
-from branch_operator.domain.merge_trace import (
-    merge_changed,
-    merge_key,
-    merge_status_patch,
-    policy_status_patch,
-    policy_statuses,
-)
-from branch_operator.domain.policy import (
+from branch_operator.domain.lifecycle import find_condition
+from branch_operator.domain.merge.policy import (
     REASON_ORDER,
     ManualRequest,
     MergeEvaluation,
@@ -45,7 +39,13 @@ from branch_operator.domain.policy import (
     selector_matches,
     target_branch_object,
 )
-from branch_operator.domain.states import find_condition
+from branch_operator.domain.merge.trace import (
+    merge_changed,
+    merge_key,
+    merge_status_patch,
+    policy_status_patch,
+    policy_statuses,
+)
 
 # A Monday, 10:00 UTC.
 NOW = datetime(2024, 1, 1, 10, 0, 0, tzinfo=UTC)

@@ -21,7 +21,7 @@ from branch_operator.api.models import (
     PendingResult,
     Phase,
 )
-from branch_operator.domain.states import (
+from branch_operator.domain.lifecycle import (
     ALLOWED_MANUAL_TRANSITIONS,
     TRANSITIONS,
     EventKind,

@@ -11,10 +11,10 @@ import pytest
 import pytest_asyncio
 
 from branch_operator.api.models import Outbox
+from branch_operator.clients.emitter import OUTBOX_FLUSH_WINDOW_SECONDS, Emitter, Outgoing, outbox
+from branch_operator.clients.nats_bus import NatsBus
 from branch_operator.config import Settings
 from branch_operator.embedded.natsserver import NatsServer
-from branch_operator.emit import OUTBOX_FLUSH_WINDOW_SECONDS, Emitter, Outgoing, outbox
-from branch_operator.nats_io import NatsBus
 
 NOW = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)
 

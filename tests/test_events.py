@@ -1,4 +1,4 @@
-"""The Funnel indexing-event contract (branch_operator.events)."""
+"""The Funnel indexing-event contract (branch_operator.contracts.funnel)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from branch_operator.api.models import (
     ValidationStatus,
 )
 from branch_operator.config import Settings
-from branch_operator.events import (
+from branch_operator.contracts.funnel import (
     DEFAULT_MAX_EVENT_BYTES,
     EVENT_TYPES,
     STRUCTURED_CONTENT_TYPE,

@@ -16,7 +16,7 @@ def run_python(code: str) -> str:
 def test_tune_freezes_start_up_objects_and_leaves_full_collections_to_the_timer() -> None:
     out = run_python("""
         import collections, gc
-        from branch_operator import gc_tuning
+        from branch_operator.ops import gc_tuning
         young, middle, _ = gc.get_threshold()
         gc_tuning.tune()
         full = []
@@ -34,7 +34,7 @@ def test_tune_freezes_start_up_objects_and_leaves_full_collections_to_the_timer(
 def test_timed_collections_freeze_survivors_and_every_nth_scans_everything() -> None:
     out = run_python("""
         import asyncio, gc, time
-        from branch_operator import gc_tuning
+        from branch_operator.ops import gc_tuning
 
         async def until(count, collected):
             deadline = time.monotonic() + 20
@@ -67,7 +67,7 @@ def test_timed_collections_freeze_survivors_and_every_nth_scans_everything() -> 
 def test_full_collections_run_on_the_timer() -> None:
     out = run_python("""
         import asyncio, gc, time
-        from branch_operator import gc_tuning
+        from branch_operator.ops import gc_tuning
 
         async def main():
             gc_tuning.tune()

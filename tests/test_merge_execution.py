@@ -13,15 +13,15 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from branch_operator.config import Settings
-from branch_operator.merge_backend import (
+from branch_operator.clients.merge_backends import (
     EventBackend,
     MergeRequest,
     Outcome,
     WebhookBackend,
     build_backend,
 )
-from branch_operator.scheduler import ManualClock, Scheduler
+from branch_operator.config import Settings
+from branch_operator.kit.scheduler import ManualClock, Scheduler
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -186,7 +186,7 @@ async def test_an_unreachable_endpoint_fails_after_the_retries() -> None:
 
 
 def test_a_409_without_a_conflict_list_still_records_one() -> None:
-    from branch_operator.merge_backend import _conflicts
+    from branch_operator.clients.merge_backends import _conflicts
 
     assert [c.path for c in _conflicts('{"conflicts": [{"path": "a"}, {"nope": 1}]}')] == ["a"]
     assert [c.path for c in _conflicts("diverged")] == ["<merge endpoint>"]

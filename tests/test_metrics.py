@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import generate_latest
 
 from branch_operator.domain.audit import AuditRecord
-from branch_operator.metrics import OperatorMetrics, event_kind
+from branch_operator.ops.metrics import OperatorMetrics, event_kind
 
 WHEN = datetime(2025, 6, 26, 10, 30, tzinfo=UTC)
 
@@ -113,7 +113,7 @@ def test_attach_uses_the_hooks_that_exist() -> None:
 
 
 def test_duplicates_are_counted_under_their_type() -> None:
-    from branch_operator.consumer import IndexingConsumer
+    from branch_operator.ingest.consumer import IndexingConsumer
 
     consumer = IndexingConsumer.__new__(IndexingConsumer)
     consumer.results, consumer.timings, consumer.received = [], [], []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime
 
-from branch_operator import plugin
-from branch_operator.plugin_audit import matches
-from branch_operator.plugin_render import (
+from branch_operator.kubectl_branch import cli as plugin
+from branch_operator.kubectl_branch.audit import matches
+from branch_operator.kubectl_branch.render import (
     BRANCH_HEADER,
     audit_rows,
     branch_rows,
@@ -80,7 +80,7 @@ def test_audit_filtering_and_rows() -> None:
 
 def test_every_block_reason_has_a_hint() -> None:
     from branch_operator.api.models import BlockReason
-    from branch_operator.plugin_render import REASON_HINTS
+    from branch_operator.kubectl_branch.render import REASON_HINTS
 
     assert set(REASON_HINTS) == {r.value for r in BlockReason}
 

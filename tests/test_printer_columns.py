@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from branch_operator.api.models import Branch, BranchLock
-from branch_operator.plugin_render import BRANCH_HEADER, branch_rows
+from branch_operator.kubectl_branch.render import BRANCH_HEADER, branch_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2025, 6, 26, 10, 35, tzinfo=UTC)

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from branch_operator.api.models import BranchStatus, LockType
-from branch_operator.locks import lock_name
-from branch_operator.processor import _reported_releases
+from branch_operator.controllers.indexing import _reported_releases
+from branch_operator.domain.locks import lock_name
 
 R4 = lock_name("b", LockType.INDEXING, "run4")
 R5 = lock_name("b", LockType.INDEXING, "run5")

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from branch_operator.api.models import BranchStatus
-from branch_operator.domain.states import Outcome as PlanOutcome
-from branch_operator.domain.states import plan_indexing_event
-from branch_operator.events import encode_structured, parse_message
+from branch_operator.contracts.funnel import encode_structured, parse_message
+from branch_operator.domain.lifecycle import Outcome as PlanOutcome
+from branch_operator.domain.lifecycle import plan_indexing_event
 
 from .reference_model import Event, Model, Run, Workload, funnel_event, generate
 

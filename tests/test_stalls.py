@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from branch_operator.metrics import OperatorMetrics
-from branch_operator.stalls import StallMonitor
+from branch_operator.ops.metrics import OperatorMetrics
+from branch_operator.ops.stalls import StallMonitor
 from tests.waiting import wait_for
 
 
@@ -32,7 +32,7 @@ def test_a_lag_over_the_threshold_is_logged_with_the_collections_inside_it(caplo
     clock.now += 0.150
     monitor.gc_event("stop", {"generation": 2, "collected": 7})
     clock.now += 0.040
-    with caplog.at_level(logging.WARNING, logger="branch_operator.stalls"):
+    with caplog.at_level(logging.WARNING, logger="branch_operator.ops.stalls"):
         late = monitor.lag(started, clock.now)
     assert late == pytest.approx(150.0)
     assert lags == [pytest.approx(0.150)]
@@ -48,7 +48,7 @@ def test_a_lag_without_collections_says_so_and_a_small_lag_is_not_logged(caplog:
     monitor.gc_event("start", {"generation": 2})
     clock.now += 0.2
     monitor.gc_event("stop", {"generation": 2})
-    with caplog.at_level(logging.WARNING, logger="branch_operator.stalls"):
+    with caplog.at_level(logging.WARNING, logger="branch_operator.ops.stalls"):
         assert monitor.lag(clock.now, clock.now + 0.05 + 0.030) == pytest.approx(30.0)
         assert "late" not in caplog.text
         monitor.lag(clock.now + 1, clock.now + 1 + 0.05 + 0.120)
@@ -64,7 +64,7 @@ async def test_a_blocked_loop_is_measured_and_collections_reach_the_metrics(capl
             return metrics.registry.get_sample_value("oms_branch_operator_event_loop_lag_seconds_count") or 0
 
         await wait_for(lambda: ticks() >= 1, timeout=5, what="a first tick")
-        with caplog.at_level(logging.WARNING, logger="branch_operator.stalls"):
+        with caplog.at_level(logging.WARNING, logger="branch_operator.ops.stalls"):
             time.sleep(0.2)  # noqa: ASYNC251 -- the stall under test: blocking the loop is the point
             await wait_for(lambda: monitor.worst_ms >= 100, timeout=5, what="the stall measured")
         assert "event loop ran" in caplog.text

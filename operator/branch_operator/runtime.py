@@ -13,22 +13,22 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .admin_exec import AdminExecutor
-from .catalog import BranchCatalog
-from .config import Settings
-from .consumer import IndexingConsumer
-from .domain.policy import PolicyRef
-from .emit import Emitter
-from .kube import KubeClient, KubeError, NotFound
-from .lock_lifecycle import LockLifecycle
-from .merge_backend import build_backend
-from .metrics import OperatorMetrics
-from .nats_io import NatsBus
-from .notify import IncidentWatch, Notifier
-from .processor import EventProcessor
-from .reconciler import MergeReconciler
-from .scheduler import Scheduler
-from .stalls import StallMonitor
+from branch_operator.clients.emitter import Emitter
+from branch_operator.clients.kube import KubeClient, KubeError, NotFound
+from branch_operator.clients.merge_backends import build_backend
+from branch_operator.clients.nats_bus import NatsBus
+from branch_operator.clients.notify import IncidentWatch, Notifier
+from branch_operator.config import Settings
+from branch_operator.controllers.admin import AdminExecutor
+from branch_operator.controllers.catalog import BranchCatalog
+from branch_operator.controllers.indexing import EventProcessor
+from branch_operator.controllers.locks import LockLifecycle
+from branch_operator.controllers.merge import MergeReconciler
+from branch_operator.domain.merge.policy import PolicyRef
+from branch_operator.ingest.consumer import IndexingConsumer
+from branch_operator.kit.scheduler import Scheduler
+from branch_operator.ops.metrics import OperatorMetrics
+from branch_operator.ops.stalls import StallMonitor
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import nats
 import pytest_asyncio
 
 from branch_operator.api.models import API_VERSION, AutoMergePolicy, Branch
+from branch_operator.cli.publish import build_event, publish_event, subject_for
+from branch_operator.clients.kube import KubeClient
 from branch_operator.domain.audit import AuditRecord
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
-from branch_operator.kube import KubeClient
-from branch_operator.publish import build_event, publish_event, subject_for
 
 from ..waiting import wait_for
 

@@ -32,11 +32,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
 
-from branch_operator import dlq
-from branch_operator.consumer import Disposition
+from branch_operator.cli import dlq
+from branch_operator.contracts.funnel import encode_binary, encode_structured, make_event
+from branch_operator.controllers.indexing import Outcome, Result
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
-from branch_operator.events import encode_binary, encode_structured, make_event
-from branch_operator.processor import Outcome, Result
+from branch_operator.ingest.consumer import Disposition
 
 from .conftest import Oms, open_oms, wait_for
 

@@ -42,13 +42,13 @@ import pytest_asyncio
 from nats.js.errors import NotFoundError
 
 from branch_operator.api.models import API_VERSION, AutoMergePolicy, Branch, BranchLock, LockType
+from branch_operator.clients.kube import KubeClient
 from branch_operator.config import Settings
-from branch_operator.consumer import Disposition
+from branch_operator.contracts.funnel import encode_structured
+from branch_operator.controllers.indexing import Result
+from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
-from branch_operator.events import encode_structured
-from branch_operator.kube import KubeClient
-from branch_operator.locks import lock_body
-from branch_operator.processor import Result
+from branch_operator.ingest.consumer import Disposition
 
 from ..reference_model import Event, Model, Run, Workload, funnel_event, generate, k8s_name
 from .conftest import consumers_idle, read_stream
@@ -869,7 +869,7 @@ class OperatorProcess:
         self.logs.append(log_path)
         with log_path.open("wb") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "branch_operator.cli", "run",
+                sys.executable, "-m", "branch_operator.cli.main", "run",
                 "--kubeconfig", str(self.env.kubeconfig), "--nats", self.env.nats_url,
                 env=environ, stdout=out, stderr=asyncio.subprocess.STDOUT)
         self.starts += 1

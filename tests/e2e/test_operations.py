@@ -16,11 +16,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from branch_operator import plugin
 from branch_operator.api.models import GROUP, LockType
+from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.embedded.natsserver import free_port
-from branch_operator.locks import lock_body
+from branch_operator.kubectl_branch import cli as plugin
 
 from .conftest import Oms, open_oms, wait_for
 

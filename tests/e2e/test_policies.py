@@ -22,11 +22,11 @@ import pytest_asyncio
 from aiohttp import web
 
 from branch_operator.api.models import AutoMergePolicy, LockType
+from branch_operator.cli.simulate import run as run_simulate
+from branch_operator.controllers.merge import ANNOTATION_MERGE_REQUEST, ANNOTATION_REQUESTED_BY
+from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
-from branch_operator.locks import lock_body
-from branch_operator.reconciler import ANNOTATION_MERGE_REQUEST, ANNOTATION_REQUESTED_BY
-from branch_operator.scheduler import ManualClock
-from branch_operator.simulate import run as run_simulate
+from branch_operator.kit.scheduler import ManualClock
 
 from .conftest import Oms, open_oms, wait_for
 
@@ -376,7 +376,7 @@ async def test_simulate_shows_what_a_proposed_policy_would_do(oms: Oms, tmp_path
     bad.write_text(proposed.replace("branchNamePatterns: [feature/*]",
                                     "mergeWindows: [{kind: deny, schedule: '0 25 * * *', duration: 1h}]"))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "branch_operator.cli", "simulate", "-f", str(bad), "-n", oms.namespace,
+        sys.executable, "-m", "branch_operator.cli.main", "simulate", "-f", str(bad), "-n", oms.namespace,
         "--kubeconfig", str(oms.env.kubeconfig), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1, (stdout, stderr)

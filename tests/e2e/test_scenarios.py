@@ -7,7 +7,7 @@ import re
 import pytest
 
 from branch_operator.api.models import LockType
-from branch_operator.locks import lock_body
+from branch_operator.domain.locks import lock_body
 
 from .conftest import Oms, wait_for
 

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
-from branch_operator.embedded.apiserver import EmbeddedApiServer
+from branch_operator.embedded.apiserver.server import EmbeddedApiServer
 
 GROUP, VERSION = "oms.dev", "v1alpha1"
 BRANCHES = f"/apis/{GROUP}/{VERSION}/namespaces/default/branches"

@@ -6,7 +6,7 @@ import re
 import uuid
 from typing import Any
 
-from branch_operator.embedded.apiserver import EmbeddedApiServer
+from branch_operator.embedded.apiserver.server import EmbeddedApiServer
 
 from .conftest import BRANCHES, JSON_PATCH, MERGE, STRATEGIC, Api, branch
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from branch_operator.embedded.apiserver import EmbeddedApiServer
+from branch_operator.embedded.apiserver.server import EmbeddedApiServer
 
 from .conftest import BRANCHES, CRDS, Api, crd
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from branch_operator.embedded.apiserver import EmbeddedApiServer
+from branch_operator.embedded.apiserver.server import EmbeddedApiServer
 
 from .conftest import BRANCHES, Api, branch
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from branch_operator.embedded.apiserver import EmbeddedApiServer
+from branch_operator.embedded.apiserver.server import EmbeddedApiServer
 
 from .conftest import BRANCHES, GROUP, VERSION, Api, branch, crd, wait_for
 

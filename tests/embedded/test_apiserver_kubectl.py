@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from branch_operator.embedded.apiserver import EmbeddedApiServer
+from branch_operator.embedded.apiserver.server import EmbeddedApiServer
 
 from .conftest import CRDS, Api, crd
 

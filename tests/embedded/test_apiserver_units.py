@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from branch_operator.embedded.apiserver_errors import ApiError
-from branch_operator.embedded.apiserver_patch import PatchError, json_equal, json_patch, merge_patch
-from branch_operator.embedded.apiserver_selectors import parse_field_selector, parse_label_selector
+from branch_operator.embedded.apiserver.errors import ApiError
+from branch_operator.embedded.apiserver.patch import PatchError, json_equal, json_patch, merge_patch
+from branch_operator.embedded.apiserver.selectors import parse_field_selector, parse_label_selector
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from branch_operator.embedded.apiserver import EmbeddedApiServer
-from branch_operator.embedded.apiserver_store import ObjectStore, Stored, Watcher
+from branch_operator.embedded.apiserver.server import EmbeddedApiServer
+from branch_operator.embedded.apiserver.store import ObjectStore, Stored, Watcher
 
 from .conftest import Api
 

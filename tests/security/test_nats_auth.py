@@ -16,12 +16,12 @@ import nats
 import nkeys
 import pytest
 
+from branch_operator.clients.kube import KubeClient
+from branch_operator.clients.nats_bus import NatsBus, connect_options
 from branch_operator.config import Settings
+from branch_operator.contracts.funnel import encode_structured, make_event
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.embedded.natsserver import NatsServer
-from branch_operator.events import encode_structured, make_event
-from branch_operator.kube import KubeClient
-from branch_operator.nats_io import NatsBus, connect_options
 
 from ..waiting import poll as _poll
 from .conftest import LogCapture, NatsFactory, Pki, make_operator_mode, make_pki, new_nkey, tls_block

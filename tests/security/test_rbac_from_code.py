@@ -18,11 +18,11 @@ import yaml
 
 from branch_operator import rbac
 from branch_operator.api.models import LockType
-from branch_operator.embedded.apiserver import EmbeddedApiServer, RequestRecord
+from branch_operator.clients.kube import USER_AGENT, KubeClient, NotFound
+from branch_operator.contracts.funnel import encode_structured, make_event
+from branch_operator.domain.locks import lock_body
+from branch_operator.embedded.apiserver.server import EmbeddedApiServer, RequestRecord
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
-from branch_operator.events import encode_structured, make_event
-from branch_operator.kube import USER_AGENT, KubeClient, NotFound
-from branch_operator.locks import lock_body
 
 from ..waiting import poll
 

@@ -25,13 +25,19 @@ import pytest_asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from branch_operator import guard
 from branch_operator.api.models import BRANCH_NAME_PATTERN, MAX_BRANCH_NAME
+from branch_operator.clients.kube import KubeClient
 from branch_operator.config import Settings
+from branch_operator.contracts.funnel import (
+    EventRejected,
+    encode_structured,
+    escape_controls,
+    make_event,
+    parse_message,
+)
 from branch_operator.domain.audit import AuditRecord, branch_slug, make_audit_id, parse_audit_id
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
-from branch_operator.events import EventRejected, encode_structured, escape_controls, make_event, parse_message
-from branch_operator.kube import KubeClient
+from branch_operator.ingest import guard
 
 from ..waiting import poll
 from .conftest import LogCapture

@@ -8,8 +8,8 @@ import secrets
 
 import pytest
 
+from branch_operator.clients.nats_bus import connect_options
 from branch_operator.config import Settings, mask_url
-from branch_operator.nats_io import connect_options
 
 PASSWORD = "urlpw-" + secrets.token_hex(12)
 TOKEN = "urltok-" + secrets.token_hex(12)

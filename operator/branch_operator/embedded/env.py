@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import aiohttp
 import kopf
 
-from ..api.crdgen import render_crds
-from ..config import Settings
-from .apiserver import EmbeddedApiServer
-from .natsserver import NatsServer
+from branch_operator.api.crdgen import render_crds
+from branch_operator.config import Settings
+from branch_operator.embedded.apiserver.server import EmbeddedApiServer
+from branch_operator.embedded.natsserver import NatsServer
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class OperatorHandle:
         self._thread: threading.Thread | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
-        from .. import handlers  # noqa: F401  (registers the kopf handlers)
+        from branch_operator.handlers import branches as handlers  # noqa: F401  (registers the kopf handlers)
 
         self._thread = threading.Thread(target=self._main, name="oms-operator", daemon=True)
         self._thread.start()

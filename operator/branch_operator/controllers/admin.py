@@ -1,0 +1,146 @@
+"""Executes admin requests (see :mod:`branch_operator.domain.admin` for the annotations and the decisions).
+
+Order of effects: (1) claim — remove the request annotations with the resourceVersion the request was
+read at, so exactly one handler run (of one replica) owns it; a 409 means the object changed and the
+newer watch event brings the request again. (2) Decide on the claimed object and the locks as they are
+now. (3) Release locks, then write the status (phase, conditions, ``lastAdminAction``) with the claimed
+resourceVersion, re-deciding on conflict. (4) Event, audit records.
+
+At most once: if the operator dies between (1) and (3) the request is dropped, visible as no
+``lastAdminAction`` and no Event for it; the admin re-runs the command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from branch_operator.api.models import Branch
+from branch_operator.clients.emitter import Emitter
+from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFound, Obj
+from branch_operator.config import Settings
+from branch_operator.domain import admin
+from branch_operator.domain.audit import AuditAction, AuditRecord
+from branch_operator.domain.locks import label_value
+
+log = logging.getLogger(__name__)
+
+MAX_CONFLICT_RETRIES = 5
+
+
+class AdminExecutor:
+    def __init__(self, kube: KubeClient, emitter: Emitter, settings: Settings, *,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.kube = kube
+        self.emitter = emitter
+        self.settings = settings
+        self.clock = clock
+
+    async def handle(self, branch: Mapping[str, Any]) -> admin.AdminDecision | None:
+        """Handle the request on ``branch`` (as a watch event delivered it); None if there was none to claim."""
+        meta = branch["metadata"]
+        if not admin.has_request(meta.get("annotations")) or meta.get("deletionTimestamp"):
+            return None
+        request = admin.parse_request(meta)
+        claimed = await self._claim(branch)
+        if claimed is None:
+            return None
+        if not isinstance(request, admin.AdminRequest):
+            decision = admin.AdminDecision(None, refused=str(request))
+            await self._refused(claimed, decision, admin.requester_of(meta))
+            return decision
+        return await self._execute(claimed, request)
+
+    async def _claim(self, branch: Mapping[str, Any]) -> Obj | None:
+        meta = branch["metadata"]
+        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion"),
+                              "annotations": {a: None for a in admin.CLAIMED_ANNOTATIONS}}}
+        try:
+            return await self.kube.patch(Branch.PLURAL, meta["namespace"], meta["name"], patch)
+        except (Conflict, NotFound):
+            return None  # changed since this event (the next one carries the request) or deleted
+
+    async def _execute(self, branch: Obj, request: admin.AdminRequest) -> admin.AdminDecision:
+        meta = branch["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        released: list[str] = []
+        for _attempt in range(MAX_CONFLICT_RETRIES):
+            now = self.clock()
+            locks = await self.kube.list_locks(ns, label_value(name))
+            decision = admin.decide(request, branch, locks, now)
+            if not decision.applied:
+                await self._refused(branch, decision, request.requested_by)
+                return decision
+            for lock_name in decision.release:
+                if lock_name not in released and await self.kube.delete_lock(ns, lock_name):
+                    released.append(lock_name)
+            try:
+                updated = await self.kube.patch_branch_status(
+                    ns, name, decision.status_patch, resource_version=branch["metadata"].get("resourceVersion"))
+            except Conflict:
+                branch = await self.kube.get_branch(ns, name)  # e.g. an indexing event landed: decide again
+                continue
+            await self._applied(updated, decision, released, now)
+            return decision
+        raise KubeError(409, f"gave up on admin request for {ns}/{name} after {MAX_CONFLICT_RETRIES} conflicts")
+
+    async def _applied(self, branch: Obj, decision: admin.AdminDecision, released: list[str], now: datetime) -> None:
+        request = decision.request
+        assert request is not None
+        reason = "AdminForceUnlock" if request.action is admin.AdminAction.FORCE_UNLOCK else "AdminSetState"
+        await self.kube.post_event(branch, type_="Normal", reason=reason, action="Admin",
+                                   message=f"{decision.result} (requested by {request.requested_by}: "
+                                           f"{request.reason}){_tag(request)}")
+        action = (AuditAction.ADMIN_FORCE_UNLOCK if request.action is admin.AdminAction.FORCE_UNLOCK
+                  else AuditAction.ADMIN_SET_STATE)
+        seed = f"{branch['metadata'].get('uid')}|{request.request_id or ''}|{now.isoformat()}"
+        details = {"status": "applied", "result": decision.result, "requested_by": request.requested_by,
+                   "value": request.value, "released_locks": released, "request_id": request.request_id}
+        records = [self._record(branch, action, now, seed, request, decision, details=details)]
+        if decision.from_phase != decision.to_phase:
+            records.append(self._record(branch, AuditAction.BRANCH_STATE_CHANGED, now, seed, request, decision,
+                                        reason_override="AdminSetState"))
+        for lock_name in released:
+            records.append(self._record(branch, AuditAction.LOCK_RELEASED, now, f"{seed}|{lock_name}", request,
+                                        decision, reason_override=reason, details={"lock": lock_name}))
+        for record in records:
+            await self.emitter.audit(record)
+        log.info("%s/%s: admin %s by %s: %s", branch["metadata"]["namespace"], branch["metadata"]["name"],
+                 admin.describe(request), request.requested_by, decision.result)
+
+    async def _refused(self, branch: Obj, decision: admin.AdminDecision, requester: str) -> None:
+        request = decision.request
+        what = admin.describe(request)
+        by = request.requested_by if request else requester
+        message = f"Refused {what} requested by {by}: {decision.refused}. Nothing was changed.{_tag(request)}"
+        await self.kube.post_event(branch, type_="Warning", reason="AdminActionRefused", action="Admin",
+                                   message=message)
+        if request is not None:
+            now = self.clock()
+            action = (AuditAction.ADMIN_FORCE_UNLOCK if request.action is admin.AdminAction.FORCE_UNLOCK
+                      else AuditAction.ADMIN_SET_STATE)
+            # Refusals are audited too: who tried what, and why it was not done, matters on call.
+            await self.emitter.audit(self._record(
+                branch, action, now, f"{branch['metadata'].get('uid')}|refused|{now.isoformat()}", request, decision,
+                details={"status": "refused", "result": decision.refused, "requested_by": request.requested_by,
+                         "value": request.value, "request_id": request.request_id}))
+        log.warning("%s/%s: %s", branch["metadata"]["namespace"], branch["metadata"]["name"], message)
+
+    def _record(
+        self, branch: Obj, action: AuditAction, now: datetime, seed: str, request: admin.AdminRequest,
+        decision: admin.AdminDecision, *, reason_override: str | None = None, details: dict[str, Any] | None = None,
+    ) -> AuditRecord:
+        meta = branch["metadata"]
+        return AuditRecord.build(
+            action, branch_name=(branch.get("spec") or {}).get("branchName"), when=now,
+            seed=f"{seed}|{action.value}", actor=request.requested_by, namespace=meta["namespace"],
+            branch=meta["name"], from_state=decision.from_phase, to_state=decision.to_phase,
+            reason=reason_override or request.reason, correlation_id=request.request_id, details=details or {},
+        )
+
+
+def _tag(request: admin.AdminRequest | None) -> str:
+    # The plugin finds the outcome of its own request by this tag.
+    return f" [request {request.request_id}]" if request is not None and request.request_id else ""

@@ -1,0 +1,267 @@
+"""Administrator actions requested through one-shot annotations on a Branch: pure decisions, no I/O.
+
+An on-call admin (usually through ``kubectl branch unlock|set-state``) sets on the Branch::
+
+    oms.dev/force-unlock: all | <lock name or type>[,...]      or      oms.dev/set-state: <PHASE>
+    oms.dev/reason: <why>                       (required)
+    oms.dev/requested-by: <who>                 (else the last manager in metadata.managedFields)
+    oms.dev/request-id: <id>                    (optional; echoed in status.lastAdminAction and the Event)
+
+Annotations rather than a status field or a separate CRD so that the only RBAC an admin needs is
+``patch branches``. The operator (``admin_handlers.py``) claims the request by removing these
+annotations with a resourceVersion precondition, then executes what :func:`decide` says. Claiming
+first makes a request apply at most once, even with two replicas or a redelivered watch event.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from branch_operator.api.models import GROUP, LockType, Phase
+from branch_operator.domain.lifecycle import (
+    ALLOWED_MANUAL_TRANSITIONS,
+    check_manual_transition,
+    rfc3339,
+    set_condition,
+    truncate,
+)
+
+ANNOTATION_FORCE_UNLOCK = f"{GROUP}/force-unlock"
+ANNOTATION_SET_STATE = f"{GROUP}/set-state"
+ANNOTATION_REASON = f"{GROUP}/reason"
+ANNOTATION_REQUESTED_BY = f"{GROUP}/requested-by"
+ANNOTATION_REQUEST_ID = f"{GROUP}/request-id"
+# Consumed by the merge reconciler, not here; the plugin's `merge` command sets it.
+ANNOTATION_MERGE_REQUEST = f"{GROUP}/merge-request"
+
+ACTION_ANNOTATIONS = (ANNOTATION_FORCE_UNLOCK, ANNOTATION_SET_STATE)
+# Removed together when a request is claimed. Not merge-request: that one belongs to the reconciler.
+CLAIMED_ANNOTATIONS = (*ACTION_ANNOTATIONS, ANNOTATION_REASON, ANNOTATION_REQUESTED_BY, ANNOTATION_REQUEST_ID)
+
+UNKNOWN_REQUESTER = "unknown"
+MAX_REASON = 1024
+
+
+class AdminAction(enum.StrEnum):
+    FORCE_UNLOCK = "force-unlock"
+    SET_STATE = "set-state"
+
+
+@dataclass(frozen=True)
+class AdminRequest:
+    action: AdminAction
+    value: str  # the target phase, or the force-unlock lock selector
+    reason: str
+    requested_by: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AdminDecision:
+    request: AdminRequest | None
+    refused: str | None = None  # why nothing was done; None = apply
+    release: list[str] = field(default_factory=list)  # BranchLock names to delete
+    kept: list[str] = field(default_factory=list)  # matched but deliberately not released
+    from_phase: str | None = None
+    to_phase: str | None = None
+    status_patch: dict[str, Any] = field(default_factory=dict)
+    result: str = ""
+
+    @property
+    def applied(self) -> bool:
+        return self.refused is None
+
+
+def has_request(annotations: Mapping[str, str] | None) -> bool:
+    return any(a in (annotations or {}) for a in ACTION_ANNOTATIONS)
+
+
+# ------------------------------------------------------------------------------------------ requester
+
+
+def last_manager(managed_fields: Sequence[Mapping[str, Any]] | None, annotation: str | None = None) -> str | None:
+    """Who last wrote ``annotation`` according to managedFields, else whoever wrote the object last.
+
+    managedFields names the client (its field manager, e.g. ``kubectl-annotate``), not the person; it is
+    the fallback when a requester did not say who they are. The API server's audit log has the user.
+    """
+    entries = [e for e in managed_fields or () if e.get("manager")]
+    if annotation is not None:
+        touching = [e for e in entries if _touches_annotation(e, annotation)]
+        if touching:
+            entries = touching
+    if not entries:
+        return None
+    # Entries without a time sort first; among equals the later entry in the list wins.
+    latest = max(enumerate(entries), key=lambda ie: (str(ie[1].get("time") or ""), ie[0]))[1]
+    return str(latest["manager"])
+
+
+def _touches_annotation(entry: Mapping[str, Any], annotation: str) -> bool:
+    fields = entry.get("fieldsV1") or {}
+    annotations = (fields.get("f:metadata") or {}).get("f:annotations") or {}
+    return f"f:{annotation}" in annotations
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+
+def parse_request(metadata: Mapping[str, Any]) -> AdminRequest | str | None:
+    """The request in ``metadata.annotations``: None if there is none, a str saying why it is invalid."""
+    annotations: Mapping[str, str] = metadata.get("annotations") or {}
+    present = [a for a in ACTION_ANNOTATIONS if a in annotations]
+    if not present:
+        return None
+    if len(present) > 1:
+        return f"{' and '.join(present)} were both set; request one admin action at a time"
+    key = present[0]
+    action = AdminAction.FORCE_UNLOCK if key == ANNOTATION_FORCE_UNLOCK else AdminAction.SET_STATE
+    requester = (annotations.get(ANNOTATION_REQUESTED_BY) or "").strip()
+    if not requester:
+        requester = last_manager(metadata.get("managedFields"), key) or UNKNOWN_REQUESTER
+    request = AdminRequest(
+        action=action,
+        value=(annotations.get(key) or "").strip(),
+        reason=truncate((annotations.get(ANNOTATION_REASON) or "").strip(), MAX_REASON),
+        requested_by=truncate(requester, 253),
+        request_id=(annotations.get(ANNOTATION_REQUEST_ID) or "").strip()[:63] or None,
+    )
+    if not request.reason:
+        return f"{key} needs a reason: set {ANNOTATION_REASON} (kubectl branch ... --reason)"
+    return request
+
+
+def requester_of(metadata: Mapping[str, Any]) -> str:
+    """Who to name in a refusal, even when the request itself could not be parsed."""
+    annotations: Mapping[str, str] = metadata.get("annotations") or {}
+    who = (annotations.get(ANNOTATION_REQUESTED_BY) or "").strip()
+    return who or last_manager(metadata.get("managedFields")) or UNKNOWN_REQUESTER
+
+
+# ------------------------------------------------------------------------------------------ decisions
+
+
+def decide(request: AdminRequest, branch: Mapping[str, Any], locks: Iterable[Mapping[str, Any]],
+           now: datetime) -> AdminDecision:
+    """What to do about ``request`` for ``branch`` (as read) holding ``locks`` (that branch's BranchLocks)."""
+    name = branch["metadata"]["name"]
+    own = [lk for lk in locks if (lk.get("spec") or {}).get("branch") == name]
+    if request.action is AdminAction.FORCE_UNLOCK:
+        return decide_force_unlock(request, branch, own, now)
+    return decide_set_state(request, branch, own, now)
+
+
+def decide_force_unlock(request: AdminRequest, branch: Mapping[str, Any], locks: Sequence[Mapping[str, Any]],
+                        now: datetime) -> AdminDecision:
+    phase = _phase(branch)
+    tokens = [t.strip() for t in (request.value or "all").split(",") if t.strip()] or ["all"]
+    types = {t.value for t in LockType}
+    names = {lk["metadata"]["name"] for lk in locks}
+    unknown = [t for t in tokens if t.lower() != "all" and t.upper() not in types and t not in names]
+    if unknown:
+        held = ", ".join(sorted(names)) or "none"
+        return AdminDecision(request, refused=f"no lock {', '.join(unknown)} on this branch (held: {held})",
+                             from_phase=phase, to_phase=phase)
+    selected = [lk for lk in locks if _selected(lk, tokens)]
+    release, kept = [], []
+    for lk in sorted(selected, key=lambda o: o["metadata"]["name"]):
+        lock_type = (lk.get("spec") or {}).get("lockType")
+        # While LOCKED_FOR_WRITE the INDEXING lock *is* the running run: dropping it alone would leave a
+        # phase that claims a lock which no longer exists. Ending the run is set-state's job.
+        if lock_type == LockType.INDEXING.value and phase == Phase.LOCKED_FOR_WRITE.value:
+            kept.append(lk["metadata"]["name"])
+        else:
+            release.append(lk["metadata"]["name"])
+    if not release:
+        if kept:
+            why = (f"{', '.join(kept)} is the INDEXING lock of the running indexing run; end the run with "
+                   f"set-state ERROR or ACTIVE instead")
+        else:
+            why = "the branch holds no locks" if not locks else f"no lock matches {request.value or 'all'}"
+        return AdminDecision(request, refused=why, from_phase=phase, to_phase=phase, kept=kept)
+    result = f"released {len(release)} lock{'s' if len(release) != 1 else ''}: {', '.join(release)}"
+    if kept:
+        result += f"; kept the running run's INDEXING lock {', '.join(kept)}"
+    patch = {"lastAdminAction": admin_action_status(request, now, result)}
+    return AdminDecision(request, release=release, kept=kept, from_phase=phase, to_phase=phase,
+                         status_patch=patch, result=result)
+
+
+def decide_set_state(request: AdminRequest, branch: Mapping[str, Any], locks: Sequence[Mapping[str, Any]],
+                     now: datetime) -> AdminDecision:
+    phase = _phase(branch) or Phase.ACTIVE.value  # no phase yet = ACTIVE, as the create handler initialises it
+    try:
+        target = Phase(request.value.upper())
+    except ValueError:
+        allowed = ", ".join(p.value for p in Phase)
+        return AdminDecision(request, refused=f"unknown state {request.value!r}; one of {allowed}",
+                             from_phase=phase, to_phase=phase)
+    current = Phase(phase)
+    why_not = check_manual_transition(current, target)
+    if why_not is not None:
+        return AdminDecision(request, refused=why_not, from_phase=phase, to_phase=phase)
+    rule = ALLOWED_MANUAL_TRANSITIONS[(current, target)]
+    release = sorted(
+        lk["metadata"]["name"] for lk in locks
+        if rule.release_locks == "all"
+        or (rule.release_locks == "indexing" and (lk.get("spec") or {}).get("lockType") == LockType.INDEXING.value)
+    )
+    result = f"{current.value} -> {target.value} ({rule.why})"
+    if release:
+        result += f"; released {', '.join(release)}"
+    status = branch.get("status") or {}
+    generation = branch["metadata"].get("generation")
+    conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
+    note = f"Set to {target.value} by {request.requested_by}: {request.reason}"
+    if rule.release_locks != "none":
+        conditions = set_condition(conditions, "Locked", "False", "LocksReleased",
+                                   f"{note}; locks released.", now, observed_generation=generation)
+    if target is Phase.READY:
+        conditions = set_condition(conditions, "Mergeable", "Unknown", "EvaluationPending",
+                                   "Waiting for the auto-merge policy evaluation.", now,
+                                   observed_generation=generation)
+    else:
+        conditions = set_condition(conditions, "Mergeable", "False", "SetByAdmin", f"{note}.", now,
+                                   observed_generation=generation)
+    patch: dict[str, Any] = {
+        "phase": target.value,
+        "phaseTransitionTime": rfc3339(now),
+        "conditions": conditions,
+        "lastAdminAction": admin_action_status(request, now, result),
+    }
+    return AdminDecision(request, release=release, from_phase=phase, to_phase=target.value,
+                         status_patch=patch, result=result)
+
+
+def admin_action_status(request: AdminRequest, now: datetime, result: str) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "action": request.action.value,
+        "requestedBy": request.requested_by,
+        "reason": request.reason,
+        "at": rfc3339(now),
+        "result": truncate(result, 1024),
+    }
+    if request.request_id:
+        status["requestId"] = request.request_id
+    return status
+
+
+def describe(request: AdminRequest | None) -> str:
+    """``set-state ERROR`` / ``force-unlock all``: how Events and logs name a request."""
+    if request is None:
+        return "admin request"
+    return f"{request.action.value} {request.value or 'all'}"
+
+
+def _selected(lock: Mapping[str, Any], tokens: Sequence[str]) -> bool:
+    lock_type = (lock.get("spec") or {}).get("lockType")
+    return any(t.lower() == "all" or t.upper() == lock_type or t == lock["metadata"]["name"] for t in tokens)
+
+
+def _phase(branch: Mapping[str, Any]) -> str | None:
+    phase = (branch.get("status") or {}).get("phase")
+    return str(phase) if phase else None

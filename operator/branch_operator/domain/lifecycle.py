@@ -1,0 +1,734 @@
+"""Branch lifecycle: how a Funnel indexing event moves a Branch between phases.
+
+Pure logic, no I/O. :func:`plan_indexing_event` turns (current status, event) into an
+:class:`EventPlan` that says everything the I/O layer must do: the status merge patch, which locks to
+release and acquire, the Kubernetes Event to record, whether to notify, and the audit action. The I/O
+layer executes plans; it never decides.
+
+Runs are identified by ``indexing_id``. An event is compared with the run recorded in
+``status.indexing.indexingId``: **same** run or **other** run (no recorded run counts as other).
+Funnel is assumed to give every retry a fresh ``indexing_id``; an event for the recorded run that the
+table does not apply is therefore a late or re-published copy of something already applied.
+
+Transition table (:data:`TRANSITIONS`; LOCKED = LOCKED_FOR_WRITE, ``*`` = same or other)::
+
+    from    event      run    outcome     to      why
+    ACTIVE  started    other  Applied     LOCKED  new run
+    ACTIVE  started    same   Stale       -       late started of a run already merged
+    ACTIVE  completed  other  Unexpected  -       no run to complete (the original design's case) [Wait]
+    ACTIVE  completed  same   Duplicate   -       run already completed and merged
+    ACTIVE  failed     other  Unexpected  -       no run to fail [Wait]
+    ACTIVE  failed     same   Unexpected  -       a merged run reported failed: needs a person
+    LOCKED  started    other  Applied     LOCKED  newer run supersedes (the INDEXING lock moves)
+    LOCKED  started    same   Duplicate   -       run already in progress
+    LOCKED  completed  *      Applied     READY   run completed (other: its started was missed)
+    LOCKED  failed     *      Applied     ERROR   run failed (other: its started was missed)
+    READY   started    other  Applied     LOCKED  new run
+    READY   started    same   Stale       -       late started of a run already completed
+    READY   completed  other  Applied     READY   newer run completed; its started was missed
+    READY   completed  same   Duplicate   -       completion already applied
+    READY   failed     *      Applied     ERROR   a failure report always wins over success
+    ERROR   started    other  Applied     LOCKED  new run (retry)
+    ERROR   started    same   Stale       -       late started of a run already failed
+    ERROR   completed  other  Applied     READY   newer run completed; its started was missed
+    ERROR   completed  same   Unexpected  -       success reported for a failed run: contradictory
+    ERROR   failed     other  Applied     ERROR   another run failed: record it
+    ERROR   failed     same   Duplicate   -       failure already applied
+
+Rules applied around the table, in this order:
+
+1. Idempotency: an event whose id is in ``status.recentEventIds`` or equals ``status.indexing.eventId``
+   is a ``Duplicate`` whatever the table says.
+2. The table.
+3. Staleness: an ``Applied`` row for an *other* run is downgraded to ``Stale`` when the event's run
+   started before the recorded run (both ``startedAt`` known). Funnel's three subjects are consumed
+   independently, so an old run's events can arrive after a newer run's; without this an old result
+   would overwrite a newer one. Stale events change nothing but are recorded (``event.stale``).
+4. Overtaking: rows marked ``[Wait]`` become ``Wait`` when the caller can still redeliver the event
+   (``may_wait``): a result may simply have overtaken its run's started event. The consumer redelivers
+   it with backoff a few times; once that budget is spent the row applies as written.
+
+A Branch with no phase yet is treated as ACTIVE (what the create handler initialises it to).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Literal, Protocol
+
+from branch_operator.api.models import (
+    MAX_ERROR_LENGTH,
+    MAX_ERRORS,
+    MAX_RECENT_EVENTS,
+    BranchStatus,
+    ConditionType,
+    IndexingResult,
+    IndexingStatus,
+    LockType,
+    Phase,
+)
+
+__all__ = [
+    "ALLOWED_MANUAL_TRANSITIONS",
+    "TRANSITIONS",
+    "ConditionStatus",
+    "EventKind",
+    "EventPlan",
+    "IndexingDataLike",
+    "IndexingEventLike",
+    "ManualTransition",
+    "Outcome",
+    "ReleaseLocks",
+    "Rule",
+    "RunMatch",
+    "ValidationLike",
+    "check_manual_transition",
+    "effective_kind",
+    "find_condition",
+    "format_duration",
+    "indexing_duration",
+    "plan_indexing_event",
+    "rfc3339",
+    "set_condition",
+    "to_utc",
+    "truncate",
+]
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+ReleaseLocks = Literal["none", "indexing", "all"]
+
+# How many validation errors a condition/Event message quotes; the full list lives in status.
+_QUOTED_ERRORS = 3
+_QUOTED_ERROR_CHARS = 200
+
+
+# ------------------------------------------------------------------------------------ event protocol
+
+
+class ValidationLike(Protocol):
+    @property
+    def passed(self) -> bool: ...
+
+    @property
+    def errors(self) -> Sequence[str]: ...
+
+
+class IndexingDataLike(Protocol):
+    @property
+    def branch_name(self) -> str: ...
+
+    @property
+    def indexing_id(self) -> str: ...
+
+    @property
+    def started_at(self) -> datetime | None: ...
+
+    @property
+    def completed_at(self) -> datetime | None: ...
+
+    @property
+    def records_indexed(self) -> int | None: ...
+
+    @property
+    def validation_results(self) -> ValidationLike | None: ...
+
+
+class IndexingEventLike(Protocol):
+    """What the planner needs from a parsed Funnel event (``branch_operator.contracts.funnel.IndexingEvent``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def succeeded(self) -> bool: ...
+
+    @property
+    def failed(self) -> bool: ...
+
+    @property
+    def data(self) -> IndexingDataLike: ...
+
+    @property
+    def duration_seconds(self) -> float | None: ...
+
+    @property
+    def occurred_at(self) -> datetime | None: ...
+
+
+# --------------------------------------------------------------------------------- transition table
+
+
+class EventKind(enum.StrEnum):
+    """The effective kind: a ``completed`` event carrying ``status: failed`` plans as ``failed``."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class RunMatch(enum.StrEnum):
+    SAME = "same"
+    OTHER = "other"
+
+
+class Outcome(enum.StrEnum):
+    APPLIED = "Applied"
+    DUPLICATE = "Duplicate"  # the same event (or run result) again: nothing to do, nothing to record
+    STALE = "Stale"  # a late event of an older or finished run: nothing changes, but it is recorded
+    UNEXPECTED = "Unexpected"
+    WAIT = "Wait"  # may have overtaken its started event: redeliver later before calling it unexpected
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    outcome: Outcome
+    to_phase: Phase | None  # None unless Applied: the phase is left alone
+    why: str
+
+
+def _rule(outcome: Outcome, why: str, to_phase: Phase | None = None) -> Rule:
+    return Rule(outcome, to_phase, why)
+
+
+_A, _D, _S, _U = Outcome.APPLIED, Outcome.DUPLICATE, Outcome.STALE, Outcome.UNEXPECTED
+_ACTIVE, _LOCKED, _READY, _ERROR = Phase.ACTIVE, Phase.LOCKED_FOR_WRITE, Phase.READY, Phase.ERROR
+_STARTED, _COMPLETED, _FAILED = EventKind.STARTED, EventKind.COMPLETED, EventKind.FAILED
+_SAME, _OTHER = RunMatch.SAME, RunMatch.OTHER
+_COND_INDEXED, _COND_VALIDATED = ConditionType.INDEXED, ConditionType.VALIDATED
+_COND_LOCKED, _COND_MERGEABLE = ConditionType.LOCKED, ConditionType.MERGEABLE
+
+TRANSITIONS: Mapping[tuple[Phase, EventKind, RunMatch], Rule] = MappingProxyType(
+    {
+        (_ACTIVE, _STARTED, _OTHER): _rule(_A, "a new indexing run started", _LOCKED),
+        (_ACTIVE, _STARTED, _SAME): _rule(_S, "late started event of a run that already finished"),
+        (_ACTIVE, _COMPLETED, _OTHER): _rule(_U, "the branch is ACTIVE: no indexing run to complete"),
+        (_ACTIVE, _COMPLETED, _SAME): _rule(_D, "the run already completed and the branch was merged"),
+        (_ACTIVE, _FAILED, _OTHER): _rule(_U, "the branch is ACTIVE: no indexing run to fail"),
+        (_ACTIVE, _FAILED, _SAME): _rule(_U, "a run already merged was reported failed"),
+        (_LOCKED, _STARTED, _OTHER): _rule(_A, "a newer run supersedes the one in progress", _LOCKED),
+        (_LOCKED, _STARTED, _SAME): _rule(_D, "the run is already in progress"),
+        (_LOCKED, _COMPLETED, _SAME): _rule(_A, "the indexing run completed", _READY),
+        (_LOCKED, _COMPLETED, _OTHER): _rule(_A, "a run whose start was missed completed", _READY),
+        (_LOCKED, _FAILED, _SAME): _rule(_A, "the indexing run failed", _ERROR),
+        (_LOCKED, _FAILED, _OTHER): _rule(_A, "a run whose start was missed failed", _ERROR),
+        (_READY, _STARTED, _OTHER): _rule(_A, "a new indexing run started", _LOCKED),
+        (_READY, _STARTED, _SAME): _rule(_S, "late started event of a run that already completed"),
+        (_READY, _COMPLETED, _OTHER): _rule(_A, "a newer run completed; its start was missed", _READY),
+        (_READY, _COMPLETED, _SAME): _rule(_D, "the completion was already applied"),
+        # A producer disowning a result it reported as good must never leave the branch mergeable.
+        (_READY, _FAILED, _SAME): _rule(_A, "the completed run was reported failed", _ERROR),
+        (_READY, _FAILED, _OTHER): _rule(_A, "a newer run failed; its start was missed", _ERROR),
+        (_ERROR, _STARTED, _OTHER): _rule(_A, "a new indexing run started after a failure", _LOCKED),
+        (_ERROR, _STARTED, _SAME): _rule(_S, "late started event of a run that already failed"),
+        (_ERROR, _COMPLETED, _OTHER): _rule(_A, "a newer run completed; its start was missed", _READY),
+        (_ERROR, _COMPLETED, _SAME): _rule(_U, "success reported for a run recorded as failed"),
+        (_ERROR, _FAILED, _OTHER): _rule(_A, "another indexing run failed", _ERROR),
+        (_ERROR, _FAILED, _SAME): _rule(_D, "the failure was already applied"),
+    }
+)
+
+
+# ------------------------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True, slots=True)
+class EventPlan:
+    """Everything the I/O layer does for one event.
+
+    Locks: acquire ``acquire_lock`` first, then release ``release_locks`` except the lock just taken,
+    so a superseded run's INDEXING lock is replaced without the branch ever being unlocked in between.
+    ``status_patch`` is empty for ``Duplicate``; for ``Unexpected`` it only records the event id, so a
+    redelivery is recognised as a duplicate rather than warned about again.
+    """
+
+    outcome: Outcome
+    kind: EventKind
+    event_id: str
+    indexing_id: str
+    from_phase: Phase
+    to_phase: Phase  # == from_phase unless Applied
+    status_patch: dict[str, Any]  # JSON merge patch for `status`; {} = write nothing
+    acquire_lock: LockType | None
+    lock_indexing_id: str | None  # spec.indexingId of the lock to acquire
+    release_locks: ReleaseLocks  # "indexing": the branch's INDEXING locks; "all": every lock it has
+    event_type: Literal["Normal", "Warning"]
+    event_reason: str
+    event_message: str
+    notify: bool
+    audit_action: str
+    reason: str
+    park: bool = False  # keep the event in status.pendingResult until its run's started event arrives
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome is Outcome.APPLIED
+
+    @property
+    def phase_changed(self) -> bool:
+        return self.from_phase is not self.to_phase
+
+
+def plan_indexing_event(
+    status: BranchStatus,
+    event: IndexingEventLike,
+    *,
+    now: datetime,
+    observed_generation: int | None = None,
+    may_wait: bool = False,
+) -> EventPlan:
+    """Plan the effect of ``event`` on a Branch whose current status is ``status``.
+
+    ``may_wait``: the caller can redeliver the event later, so a result that has no run to apply to
+    yet is answered with ``Wait`` instead of ``Unexpected``.
+    """
+    kind = effective_kind(event)
+    from_phase = status.phase or Phase.ACTIVE
+    recorded = status.indexing or IndexingStatus()
+    indexing_id = event.data.indexing_id
+    same_run = recorded.indexing_id is not None and recorded.indexing_id == indexing_id
+    match = RunMatch.SAME if same_run else RunMatch.OTHER
+
+    parked = status.pending_result
+    if event.id in status.recent_event_ids or event.id == recorded.event_id:
+        rule = _rule(Outcome.DUPLICATE, f"event {event.id} was already applied")
+    elif parked is not None and parked.event_id == event.id and recorded.indexing_id != parked.indexing_id:
+        # Its run has not started yet: a redelivered copy of a result already kept.
+        rule = _rule(Outcome.DUPLICATE, f"event {event.id} is already kept until its run starts")
+    else:
+        rule = TRANSITIONS[(from_phase, kind, match)]
+        if rule.outcome is Outcome.APPLIED and match is RunMatch.OTHER and _is_older(event, recorded):
+            rule = _rule(
+                Outcome.STALE,
+                f"run {indexing_id} started before the recorded run {recorded.indexing_id}",
+            )
+        elif (
+            may_wait
+            and rule.outcome is Outcome.UNEXPECTED
+            and match is RunMatch.OTHER
+            and kind is not EventKind.STARTED
+        ):
+            # Funnel's subjects are consumed independently: the started event of this run may still be
+            # on its way. Waiting a little turns an overtaking result into an ordinary one.
+            rule = _rule(Outcome.WAIT, f"{rule.why}; waiting for the started event of run {indexing_id}")
+
+    if rule.outcome is Outcome.DUPLICATE or rule.outcome is Outcome.WAIT:
+        return _ignored_plan(rule, kind, event, from_phase, patch={})
+    if rule.outcome is Outcome.STALE:
+        remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
+        return _ignored_plan(rule, kind, event, from_phase, patch=remember)
+    if rule.outcome is Outcome.UNEXPECTED:
+        if from_phase is Phase.ACTIVE and match is RunMatch.OTHER and kind is not EventKind.STARTED:
+            if _is_older(event, recorded):
+                # A result of a run older than the one recorded can never apply: late, not early.
+                rule = _rule(Outcome.STALE, f"run {indexing_id} started before the recorded run "
+                                            f"{recorded.indexing_id}")
+                remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
+                return _ignored_plan(rule, kind, event, from_phase, patch=remember)
+            # A result with no run to apply to: no transition (the original design's unexpected state), but
+            # it is kept (the I/O layer adds ``pendingResult``) in case its started event is only late.
+            rule = _rule(Outcome.UNEXPECTED, f"{rule.why}; kept until run {indexing_id} starts")
+            keep: dict[str, Any] = {}
+            if parked is not None and parked.event_id != event.id:
+                # It replaces another kept result: remember that one, so a later copy of it is a duplicate.
+                keep["recentEventIds"] = _remember(status.recent_event_ids, parked.event_id)
+            plan = _ignored_plan(rule, kind, event, from_phase, patch=keep)
+            return replace(plan, park=True, audit_action="event.pending")
+        # Recording the id makes a redelivery a quiet Duplicate instead of a second Warning.
+        remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
+        return _ignored_plan(rule, kind, event, from_phase, patch=remember)
+
+    to_phase = rule.to_phase
+    if to_phase is None:  # pragma: no cover - TRANSITIONS invariant, checked by the tests
+        raise AssertionError(f"applied rule without a target phase: {rule}")
+    patch: dict[str, Any] = {"phase": to_phase.value}
+    if to_phase is not from_phase:
+        patch["phaseTransitionTime"] = rfc3339(now)
+    # Every applied event starts or ends a run, which makes any earlier merge evaluation meaningless.
+    patch["merge"] = None
+    patch["recentEventIds"] = _remember(status.recent_event_ids, event.id)
+    if parked is not None and (kind is not EventKind.STARTED or parked.indexing_id != indexing_id):
+        # Applied now, or belongs to a run that a newer run has superseded.
+        patch["pendingResult"] = None
+        if parked.event_id != event.id:
+            # Dropped unapplied: remember its id so a later copy is a duplicate, not kept again.
+            patch["recentEventIds"] = _remember(_remember(status.recent_event_ids, parked.event_id), event.id)
+    conditions = [c.wire() for c in status.conditions]
+
+    def cond(type_: ConditionType, st: ConditionStatus, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = set_condition(conditions, type_, st, reason, message, now, observed_generation)
+
+    validation = event.data.validation_results
+    errors = _bounded_errors(validation.errors) if validation is not None else []
+    records = event.data.records_indexed
+    run = f"Indexing run {indexing_id}"
+    described = _describe_errors(errors)
+
+    if kind is EventKind.STARTED:
+        patch["indexing"] = {
+            "indexingId": indexing_id,
+            "eventId": event.id,
+            "startedAt": rfc3339(event.data.started_at or event.occurred_at or now),
+            "completedAt": None,
+            "durationSeconds": None,
+            "recordsIndexed": None,
+            "result": None,
+            "validation": None,
+        }
+        cond(_COND_LOCKED, "True", "IndexingInProgress", f"{run} in progress holds the INDEXING lock.")
+        cond(_COND_INDEXED, "False", "IndexingInProgress", f"{run} in progress.")
+        cond(_COND_VALIDATED, "Unknown", "IndexingInProgress", f"{run} in progress.")
+        cond(_COND_MERGEABLE, "False", "IndexingInProgress", f"{run} in progress.")
+        superseded = recorded.indexing_id if from_phase is Phase.LOCKED_FOR_WRITE else None
+        message = f"{run} started"
+        message += f", superseding run {superseded}" if superseded else ""
+        message += "; branch locked for write."
+        patch["conditions"] = conditions
+        return EventPlan(
+            outcome=Outcome.APPLIED,
+            kind=kind,
+            event_id=event.id,
+            indexing_id=indexing_id,
+            from_phase=from_phase,
+            to_phase=to_phase,
+            status_patch=patch,
+            acquire_lock=LockType.INDEXING,
+            lock_indexing_id=indexing_id,
+            # Every other INDEXING lock goes: normally only a superseded run's exists, but one left by an
+            # interrupted release must not outlive its run either.
+            release_locks="indexing",
+            event_type="Normal",
+            event_reason="IndexingStarted",
+            event_message=message,
+            notify=False,
+            audit_action="indexing.started",
+            reason=rule.why,
+        )
+
+    # completed or failed: the run is over.
+    started_at = event.data.started_at
+    if started_at is None and match is RunMatch.SAME:
+        started_at = recorded.started_at
+    completed_at = event.data.completed_at or event.occurred_at or now
+    duration = event.duration_seconds
+    if duration is None or duration < 0:
+        duration = indexing_duration(started_at, completed_at)
+    indexing: dict[str, Any] = {
+        "indexingId": indexing_id,
+        "eventId": event.id,
+        "completedAt": rfc3339(completed_at),
+        "durationSeconds": duration,
+        "recordsIndexed": records,
+    }
+    if event.data.started_at is not None or match is RunMatch.OTHER:
+        # For another run the recorded start belongs to someone else: replace it, even with null.
+        indexing["startedAt"] = rfc3339(started_at) if started_at is not None else None
+    facts = _run_facts(records, duration)
+
+    if kind is EventKind.COMPLETED:
+        indexing["result"] = IndexingResult.SUCCESS.value
+        indexing["validation"] = {"passed": validation.passed, "errors": errors} if validation is not None else None
+        patch["indexing"] = indexing
+        cond(_COND_INDEXED, "True", "IndexingSucceeded", f"{run} completed{facts}.")
+        if validation is None:
+            cond(_COND_VALIDATED, "Unknown", "NoValidationResults", f"{run} reported no validation results.")
+        elif validation.passed:
+            cond(_COND_VALIDATED, "True", "ValidationPassed", f"{run} passed validation.")
+        else:
+            cond(_COND_VALIDATED, "False", "ValidationFailed", f"{run} failed validation: {described}.")
+        cond(_COND_LOCKED, "False", "LockReleased", f"{run} released its INDEXING lock.")
+        cond(_COND_MERGEABLE, "Unknown", "EvaluationPending", "Waiting for the auto-merge policy evaluation.")
+        patch["conditions"] = conditions
+        validation_failed = validation is not None and not validation.passed
+        return EventPlan(
+            outcome=Outcome.APPLIED,
+            kind=kind,
+            event_id=event.id,
+            indexing_id=indexing_id,
+            from_phase=from_phase,
+            to_phase=to_phase,
+            status_patch=patch,
+            acquire_lock=None,
+            lock_indexing_id=None,
+            release_locks="indexing",
+            event_type="Warning" if validation_failed else "Normal",
+            event_reason="IndexingCompleted",
+            event_message=f"{run} completed{facts}, {_validation_phrase(validation, errors)}.",
+            notify=False,
+            audit_action="indexing.completed",
+            reason=rule.why,
+        )
+
+    indexing["result"] = IndexingResult.FAILED.value
+    indexing["validation"] = {"passed": validation.passed, "errors": errors} if validation is not None else None
+    patch["indexing"] = indexing
+    cond(_COND_INDEXED, "False", "IndexingFailed", f"{run} failed{facts}.")
+    if validation is None:
+        cond(_COND_VALIDATED, "Unknown", "IndexingFailed", f"{run} failed without validation results.")
+    elif validation.passed:
+        cond(_COND_VALIDATED, "True", "ValidationPassed", f"{run} passed validation.")
+    else:
+        cond(_COND_VALIDATED, "False", "ValidationFailed", f"{run} failed validation: {described}.")
+    cond(_COND_LOCKED, "False", "LocksReleased", f"{run} failed; all locks released.")
+    cond(_COND_MERGEABLE, "False", "IndexingFailed", f"{run} failed.")
+    patch["conditions"] = conditions
+    detail = f" ({_validation_phrase(validation, errors)})" if validation is not None else ""
+    return EventPlan(
+        outcome=Outcome.APPLIED,
+        kind=kind,
+        event_id=event.id,
+        indexing_id=indexing_id,
+        from_phase=from_phase,
+        to_phase=to_phase,
+        status_patch=patch,
+        acquire_lock=None,
+        lock_indexing_id=None,
+        release_locks="all",
+        event_type="Warning",
+        event_reason="IndexingFailed",
+        event_message=f"{run} failed{facts}{detail}; all locks released.",
+        notify=True,
+        audit_action="indexing.failed",
+        reason=rule.why,
+    )
+
+
+def effective_kind(event: IndexingEventLike) -> EventKind:
+    """``failed`` for a failed subject or a completed event reporting failure."""
+    if event.failed:
+        return EventKind.FAILED
+    raw = getattr(event.kind, "value", event.kind)
+    try:
+        kind = EventKind(raw)
+    except ValueError:
+        raise ValueError(f"unknown indexing event kind {raw!r}") from None
+    if kind is EventKind.FAILED:
+        return kind
+    if kind is EventKind.COMPLETED and not event.succeeded:
+        # Neither succeeded nor failed: the parser could not tell; refusing beats guessing READY.
+        raise ValueError(f"completed event {event.id} reports neither success nor failure")
+    return kind
+
+
+def _ignored_plan(
+    rule: Rule, kind: EventKind, event: IndexingEventLike, phase: Phase, *, patch: dict[str, Any]
+) -> EventPlan:
+    indexing_id = event.data.indexing_id
+    quiet = rule.outcome is not Outcome.UNEXPECTED
+    what = f"indexing {kind.value} event {event.id} for run {indexing_id}"
+    label = {Outcome.DUPLICATE: "duplicate ", Outcome.STALE: "stale "}.get(rule.outcome, "")
+    return EventPlan(
+        outcome=rule.outcome,
+        kind=kind,
+        event_id=event.id,
+        indexing_id=indexing_id,
+        from_phase=phase,
+        to_phase=phase,
+        status_patch=patch,
+        acquire_lock=None,
+        lock_indexing_id=None,
+        release_locks="none",
+        event_type="Normal" if quiet else "Warning",
+        event_reason={Outcome.DUPLICATE: "DuplicateEvent", Outcome.STALE: "StaleEvent",
+                      Outcome.WAIT: "EventDeferred"}.get(rule.outcome, "UnexpectedEvent"),
+        event_message=f"Ignored {label}{what} in phase {phase.value}: {rule.why}.",
+        notify=False,
+        audit_action={Outcome.DUPLICATE: "event.duplicate", Outcome.STALE: "event.stale",
+                      Outcome.WAIT: "event.deferred"}.get(rule.outcome, "event.unexpected"),
+        reason=rule.why,
+    )
+
+
+def _is_older(event: IndexingEventLike, recorded: IndexingStatus) -> bool:
+    started, known = event.data.started_at, recorded.started_at
+    if started is None or known is None or recorded.indexing_id is None:
+        return False
+    return to_utc(started) < to_utc(known)
+
+
+def _remember(recent: Sequence[str], event_id: str) -> list[str]:
+    kept = [i for i in recent if i != event_id]
+    kept.append(event_id)
+    return kept[-MAX_RECENT_EVENTS:]
+
+
+# ------------------------------------------------------------------------------------------ conditions
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    type_: str | ConditionType,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    now: datetime,
+    observed_generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """Return a new condition list with ``type_`` set (wire format, camelCase).
+
+    ``lastTransitionTime`` only moves when ``status`` changes, as ``meta.SetStatusCondition`` does;
+    the position of an existing condition is kept so patches stay small and diffs readable.
+    """
+    name = type_.value if isinstance(type_, ConditionType) else type_
+    out: list[dict[str, Any]] = []
+    found = False
+    for existing in conditions:
+        current = dict(existing)
+        if current.get("type") == name and not found:
+            found = True
+            changed = current.get("status") != status or not current.get("lastTransitionTime")
+            current["status"] = status
+            current["reason"] = reason
+            current["message"] = message
+            if changed:
+                current["lastTransitionTime"] = rfc3339(now)
+            if observed_generation is not None:
+                current["observedGeneration"] = observed_generation
+            out.append(current)
+        elif current.get("type") != name:
+            out.append(current)
+    if not found:
+        new: dict[str, Any] = {
+            "type": name,
+            "status": status,
+            "lastTransitionTime": rfc3339(now),
+            "reason": reason,
+            "message": message,
+        }
+        if observed_generation is not None:
+            new["observedGeneration"] = observed_generation
+        out.append(new)
+    return out
+
+
+def find_condition(conditions: Sequence[Mapping[str, Any]], type_: str | ConditionType) -> dict[str, Any] | None:
+    name = type_.value if isinstance(type_, ConditionType) else type_
+    for c in conditions:
+        if c.get("type") == name:
+            return dict(c)
+    return None
+
+
+# ---------------------------------------------------------------------------------- manual transitions
+
+
+@dataclass(frozen=True, slots=True)
+class ManualTransition:
+    why: str
+    release_locks: ReleaseLocks
+
+
+ALLOWED_MANUAL_TRANSITIONS: Mapping[tuple[Phase, Phase], ManualTransition] = MappingProxyType(
+    {
+        # Recovery from a failed run: reopen for writes (abandon it) or accept its data after a person
+        # checked it. ERROR -> READY still goes through the merge policy, so validation still gates.
+        (Phase.ERROR, Phase.ACTIVE): ManualTransition("abandon the failed run and reopen the branch", "all"),
+        (Phase.ERROR, Phase.READY): ManualTransition("accept the run's index after manual review", "all"),
+        # Decline to merge an indexed result, or reject it after the fact.
+        (Phase.READY, Phase.ACTIVE): ManualTransition("discard the indexed result without merging", "all"),
+        (Phase.READY, Phase.ERROR): ManualTransition("reject the indexed result", "all"),
+        # A run whose completed/failed event will never come (Funnel crashed) would lock the branch forever.
+        (Phase.LOCKED_FOR_WRITE, Phase.ERROR): ManualTransition("mark a stuck indexing run failed", "all"),
+        (Phase.LOCKED_FOR_WRITE, Phase.ACTIVE): ManualTransition("cancel a stuck indexing run", "all"),
+        # Quarantine: stop a branch from being merged until someone looks at it.
+        (Phase.ACTIVE, Phase.ERROR): ManualTransition("quarantine the branch", "none"),
+    }
+)
+
+# Why the remaining pairs are refused: each would claim a fact only an indexing run can establish.
+_REFUSED_MANUAL: Mapping[tuple[Phase, Phase], str] = MappingProxyType(
+    {
+        (Phase.ACTIVE, Phase.READY): "READY means an indexing run completed; ACTIVE has none to vouch for",
+        (Phase.LOCKED_FOR_WRITE, Phase.READY): "the indexing run has not completed; mark it ERROR or wait",
+        (Phase.ACTIVE, Phase.LOCKED_FOR_WRITE): "only an indexing run takes the INDEXING lock",
+        (Phase.READY, Phase.LOCKED_FOR_WRITE): "only an indexing run takes the INDEXING lock",
+        (Phase.ERROR, Phase.LOCKED_FOR_WRITE): "only an indexing run takes the INDEXING lock",
+    }
+)
+
+
+def check_manual_transition(from_phase: Phase, to_phase: Phase) -> str | None:
+    """None if an administrator may move a Branch from ``from_phase`` to ``to_phase``, else why not."""
+    if from_phase is to_phase:
+        return f"the branch is already {to_phase.value}"
+    if (from_phase, to_phase) in ALLOWED_MANUAL_TRANSITIONS:
+        return None
+    why = _REFUSED_MANUAL.get((from_phase, to_phase), "not an allowed manual transition")
+    return f"{from_phase.value} -> {to_phase.value} is not allowed: {why}"
+
+
+# --------------------------------------------------------------------------------------- small helpers
+
+
+def to_utc(dt: datetime) -> datetime:
+    """``dt`` in UTC; naive datetimes are taken to be UTC already (Funnel and the API server speak UTC)."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def rfc3339(dt: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z`` suffix, as the API server writes timestamps."""
+    text = to_utc(dt).isoformat(timespec="microseconds" if dt.microsecond else "seconds")
+    return text.removesuffix("+00:00") + "Z"
+
+
+def indexing_duration(started_at: datetime | None, completed_at: datetime | None) -> float | None:
+    """Seconds from start to completion; None when unknown or negative (clock skew, not a duration)."""
+    if started_at is None or completed_at is None:
+        return None
+    seconds = (to_utc(completed_at) - to_utc(started_at)).total_seconds()
+    return seconds if seconds >= 0 else None
+
+
+def format_duration(seconds: float) -> str:
+    total = round(seconds)
+    if total < 60:
+        return f"{seconds:.3g}s" if seconds < 10 else f"{total}s"
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h"] if hours else []
+    if minutes:
+        parts.append(f"{minutes}m")
+    if secs:
+        parts.append(f"{secs}s")
+    return " ".join(parts)
+
+
+def _run_facts(records: int | None, duration: float | None) -> str:
+    out = ""
+    if records is not None:
+        out += f": {records:,} record{'s' if records != 1 else ''} indexed"
+    if duration is not None:
+        out += f" in {format_duration(duration)}" if out else f" after {format_duration(duration)}"
+    return out
+
+
+def _bounded_errors(errors: Sequence[str]) -> list[str]:
+    # The CRD caps the list and each entry; an oversized status would be rejected whole.
+    return [truncate(e, MAX_ERROR_LENGTH) for e in list(errors)[:MAX_ERRORS]]
+
+
+def truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _describe_errors(errors: Sequence[str]) -> str:
+    if not errors:
+        return "no error details reported"
+    quoted = "; ".join(truncate(e, _QUOTED_ERROR_CHARS) for e in errors[:_QUOTED_ERRORS])
+    more = f" (and {len(errors) - _QUOTED_ERRORS} more)" if len(errors) > _QUOTED_ERRORS else ""
+    return f"{len(errors)} error{'s' if len(errors) != 1 else ''}: {quoted}{more}"
+
+
+def _validation_phrase(validation: ValidationLike | None, errors: Sequence[str]) -> str:
+    if validation is None:
+        return "no validation results reported"
+    if validation.passed:
+        return "validation passed"
+    return f"validation failed with {_describe_errors(errors)}"

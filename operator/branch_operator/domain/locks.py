@@ -1,0 +1,82 @@
+"""BranchLock objects: naming, labels and bodies (pure), so every writer makes the same lock."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from branch_operator.api.models import (
+    API_VERSION,
+    LABEL_BRANCH,
+    LABEL_LOCK_TYPE,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    Branch,
+    BranchLock,
+    LockType,
+)
+
+
+def _digest(text: str, n: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def label_value(name: str) -> str:
+    """A Branch's name as a label value (max 63 chars), still unique for long names."""
+    if len(name) <= 63:
+        return name
+    return f"{name[:54].rstrip('-.')}-{_digest(name, 8)}"
+
+
+def lock_name(branch: str, lock_type: LockType, key: str) -> str:
+    """Deterministic, so that creating the same lock twice is an AlreadyExists, not a second lock."""
+    suffix = f"-{lock_type.value.lower()}-{_digest(key, 10)}"
+    return f"{branch[: 253 - len(suffix)].rstrip('-.')}{suffix}"
+
+
+def lock_body(
+    branch_obj: Mapping[str, Any], lock_type: LockType, *, key: str, holder: str, reason: str,
+    indexing_id: str | None = None, ttl_seconds: int | None = None,
+) -> dict[str, Any]:
+    meta = branch_obj["metadata"]
+    name = meta["name"]
+    spec: dict[str, Any] = {
+        "branch": name, "lockType": lock_type.value, "holder": holder[:253], "reason": reason[:1024]}
+    if indexing_id:
+        spec["indexingId"] = indexing_id
+    if ttl_seconds:
+        spec["ttlSeconds"] = ttl_seconds
+    return {
+        "apiVersion": API_VERSION,
+        "kind": BranchLock.KIND,
+        "metadata": {
+            "name": lock_name(name, lock_type, key),
+            "namespace": meta.get("namespace"),
+            "labels": {
+                LABEL_BRANCH: label_value(name),
+                LABEL_LOCK_TYPE: lock_type.value.lower(),
+                LABEL_MANAGED_BY: MANAGED_BY,
+            },
+            # Garbage-collected with its Branch.
+            "ownerReferences": [{
+                "apiVersion": API_VERSION, "kind": Branch.KIND, "name": name, "uid": meta.get("uid"),
+                "controller": False, "blockOwnerDeletion": False,
+            }],
+        },
+        "spec": spec,
+    }
+
+
+def locks_to_release(
+    locks: Iterable[Mapping[str, Any]], branch: str, scope: str, *, keep: str | None = None
+) -> list[str]:
+    """Names of the branch's locks in ``scope`` ("indexing" or "all"), except ``keep``."""
+    names = []
+    for lock in locks:
+        spec = lock.get("spec", {})
+        if spec.get("branch") != branch or lock["metadata"]["name"] == keep:
+            continue
+        if scope == "all" or (scope == "indexing" and spec.get("lockType") == LockType.INDEXING.value):
+            names.append(lock["metadata"]["name"])
+    return sorted(names)

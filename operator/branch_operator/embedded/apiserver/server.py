@@ -1,0 +1,545 @@
+"""An embedded Kubernetes API server: the development and test double the operator runs against.
+
+It speaks the real wire protocol over HTTP (discovery, CRUD, patches, watches, ``Status`` errors), so kopf,
+``kubernetes_asyncio`` and kubectl work against it unchanged. It is built on aiohttp's low-level server
+with a direct request path (split the URL, two dict lookups, act on immutable stored objects whose JSON
+is cached), and every buffer that could grow with traffic is bounded.
+
+The modules beside this one each have one job: ``apiserver_ops`` (write semantics), ``apiserver_store``
+(objects, history, watch fan-out), ``apiserver_registry`` (resources and discovery), ``apiserver_schema``
+(CRD schemas), ``apiserver_patch``, ``apiserver_selectors`` and ``apiserver_errors``.
+
+Not emulated: authentication/authorisation, admission webhooks, conversion between versions, field
+ownership of server-side apply (it acts as a merge patch), strategic-merge list semantics (lists are
+replaced), DELETE of collections, ``/openapi`` documents (kubectl needs ``--validate=false``), Table output
+for kubectl (it prints client-side), protobuf bodies (kubectl's typed commands such as ``kubectl create
+configmap`` get 415; ``kubectl apply/create -f`` send JSON and work), CEL rules other than
+``self.x == oldSelf.x`` transition rules (skipped with a warning).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import pathlib
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from aiohttp import web
+from multidict import MultiMapping
+
+from branch_operator.embedded.apiserver.errors import ApiError, bad_request
+from branch_operator.embedded.apiserver.ops import APPLY_PATCH, MERGE_PATCH, PATCH_TYPES, Cluster
+from branch_operator.embedded.apiserver.registry import ResourceType
+from branch_operator.embedded.apiserver.selectors import combine, parse_field_selector, parse_label_selector
+from branch_operator.embedded.apiserver.store import Watcher, dumps
+
+__all__ = ["EmbeddedApiServer", "RequestRecord"]
+
+logger = logging.getLogger(__name__)
+
+_JSON = "application/json"
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_TRUE = frozenset({"true", "1", "True"})
+_YAML_TYPES = frozenset({APPLY_PATCH, "application/yaml"})
+# An absent Content-Type shows up as application/octet-stream; clients that omit it send JSON.
+_BODY_TYPES = frozenset({_JSON, "application/octet-stream", *_YAML_TYPES, *PATCH_TYPES})
+VERSION_INFO = {
+    "major": "1",
+    "minor": "33",
+    "gitVersion": "v1.33.0+oms-embedded",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2025-01-01T00:00:00Z",
+    "goVersion": "go1.24",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One served request. ``raw_body`` is kept for writes; ``body`` decodes it on demand."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    content_type: str
+    status: int
+    time: float
+    raw_body: bytes | None = None
+    # Tells the operator's own client (``oms-branch-operator/<version>``) from kopf's (``kopf/<version>``)
+    # and from test harnesses or kubectl.
+    user_agent: str = ""
+
+    @property
+    def body(self) -> Any:
+        if not self.raw_body:
+            return None
+        try:
+            return json.loads(self.raw_body)
+        except ValueError:
+            return yaml.safe_load(self.raw_body)
+
+
+@dataclass(slots=True)
+class _Fault:
+    method: str | None
+    regex: re.Pattern[str]
+    status: int | None
+    delay: float
+    remaining: int  # negative: forever
+
+
+class EmbeddedApiServer:
+    """See the module docstring. All methods must be called from the event loop the server runs on."""
+
+    def __init__(
+        self,
+        *,
+        request_log_size: int = 1000,
+        history_size: int = 1000,
+        watch_queue_size: int = 10_000,
+        event_retention: int | None = 1000,
+        bookmark_interval: float = 30.0,
+    ) -> None:
+        """``history_size``: watch events kept per resource for resuming watches (older → 410 Gone).
+        ``watch_queue_size``: events a watcher may lag behind before it is cut off (it then resumes).
+        ``event_retention``: Events kept per events resource, the oldest are deleted (the real server's TTL).
+        ``bookmark_interval``: seconds between bookmarks on idle watch streams that allow them.
+        """
+        self.cluster = Cluster(
+            history_size=history_size, event_retention=event_retention, watch_queue_size=watch_queue_size
+        )
+        self.requests: deque[RequestRecord] = deque(maxlen=request_log_size)
+        self.url = ""
+        self.bookmark_interval = bookmark_interval
+        self._faults: list[_Fault] = []
+        self._runner: web.ServerRunner | None = None
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        runner = web.ServerRunner(server, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        sockets = server_sockets(site)
+        bound_host, bound_port = sockets[0].getsockname()[:2]
+        self.url = f"http://{host if host not in ('0.0.0.0', '') else '127.0.0.1'}:{bound_port}"
+        logger.debug("Embedded API server listening on %s:%s", bound_host, bound_port)
+        return self.url
+
+    async def stop(self) -> None:
+        # Watch streams end first so the shutdown does not wait on them.
+        self.cluster.close_all_watches()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> EmbeddedApiServer:
+        if not self.url:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def write_kubeconfig(self, path: pathlib.Path, namespace: str = "default") -> pathlib.Path:
+        """A kubeconfig for this server (plain HTTP, a dummy token: the server does no authentication)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "embedded", "cluster": {"server": self.url}}],
+            "users": [{"name": "embedded", "user": {"token": "embedded-dummy-token"}}],
+            "contexts": [
+                {
+                    "name": "embedded",
+                    "context": {"cluster": "embedded", "user": "embedded", "namespace": namespace},
+                }
+            ],
+            "current-context": "embedded",
+            "preferences": {},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    # ------------------------------------------------------------------------------ request log, faults
+
+    def count_requests(self, method: str | None = None, path_contains: str | None = None) -> int:
+        method = method.upper() if method else None
+        return sum(
+            1
+            for r in self.requests
+            if (method is None or r.method == method) and (path_contains is None or path_contains in r.path)
+        )
+
+    def inject_fault(
+        self,
+        *,
+        method: str | None,
+        path_regex: str,
+        status: int | None = None,
+        delay: float = 0.0,
+        times: int = 1,
+    ) -> None:
+        """Make the next ``times`` requests matching ``method`` (None: any) and ``path_regex`` (searched in the
+        URL path, without the query) wait ``delay`` seconds and then fail with ``status`` — or, with no
+        status, proceed normally after the delay. ``times`` < 0 means until :meth:`clear_faults`.
+        The first matching fault applies; each fault counts its own matches."""
+        if times == 0:
+            raise ValueError("times must be positive, or negative for a permanent fault")
+        self._faults.append(_Fault(method.upper() if method else None, re.compile(path_regex), status, delay, times))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    async def _apply_fault(self, method: str, path: str) -> None:
+        for fault in self._faults:
+            if (fault.method is not None and fault.method != method) or not fault.regex.search(path):
+                continue
+            if fault.remaining > 0:
+                fault.remaining -= 1
+                if fault.remaining == 0:
+                    self._faults.remove(fault)
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status is not None:
+                headers = {"Retry-After": "1"} if fault.status == 429 else None
+                raise ApiError(fault.status, f"injected fault: HTTP {fault.status}", headers=headers)
+            return
+
+    # ------------------------------------------------------------------------------- direct accessors
+
+    def _rt(self, group: str, version: str, plural: str) -> ResourceType | None:
+        return self.cluster.registry.lookup(group, version, plural)
+
+    def get_object(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        """A copy of the stored object, or None."""
+        rt = self._rt(group, version, plural)
+        stored = rt.store.objects.get(Cluster.key(rt, namespace, name)) if rt is not None else None
+        return _copy(self.cluster.raw(rt, stored)) if rt is not None and stored is not None else None
+
+    def list_objects(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Copies of the stored objects (all namespaces when ``namespace`` is None), in key order."""
+        rt = self._rt(group, version, plural)
+        if rt is None:
+            return []
+        predicate = combine(parse_label_selector(label_selector), parse_field_selector(field_selector))
+        return [_copy(self.cluster.raw(rt, s)) for s in self.cluster.select(rt, namespace, predicate)]
+
+    def create_object(
+        self, group: str, version: str, plural: str, body: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        """Create as a client would (same validation, watchers notified); raises ApiError."""
+        rt = self.cluster.resource(group, version, plural)
+        return _copy(self.cluster.create(rt, namespace, json.loads(dumps(body))).raw)
+
+    def patch_object(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        *,
+        subresource: str | None = None,
+        patch_type: str = MERGE_PATCH,
+    ) -> dict[str, Any]:
+        rt = self.cluster.resource(group, version, plural)
+        patch = json.loads(dumps(patch))
+        return _copy(self.cluster.patch(rt, namespace, name, patch_type, patch, subresource=subresource).raw)
+
+    def delete_object(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any]:
+        rt = self.cluster.resource(group, version, plural)
+        return _copy(self.cluster.delete(rt, namespace, name).raw)
+
+    @property
+    def resource_version(self) -> int:
+        """The current global resourceVersion."""
+        return self.cluster.rv
+
+    def watcher_count(self, group: str, version: str, plural: str) -> int:
+        """Open watch streams on a resource: lets tests wait until a client is watching."""
+        rt = self._rt(group, version, plural)
+        return len(rt.store.watchers) if rt is not None else 0
+
+    # ------------------------------------------------------------------------------------------- HTTP
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        method = request.method
+        path = request.path
+        raw_body: bytes | None = None
+        response: web.StreamResponse
+        try:
+            if self._faults:
+                await self._apply_fault(method, path)
+            if method in _WRITES:
+                raw_body = await request.read()
+            response = await self._route(request, method, path, raw_body)
+        except ApiError as e:
+            response = web.Response(body=dumps(e.status()), status=e.code, content_type=_JSON, headers=e.headers)
+        except Exception as e:  # A bug here must reach the client as a 500, not as a dropped connection.
+            logger.exception("Embedded API server failed on %s %s", method, path)
+            error = ApiError(500, f"internal error: {e!r}")
+            response = web.Response(body=dumps(error.status()), status=500, content_type=_JSON)
+        if type(response) is web.Response:  # Watch streams record themselves when they start.
+            self._record(request, response.status, raw_body)
+        return response
+
+    def _record(self, request: web.BaseRequest, status: int, raw_body: bytes | None) -> None:
+        self.requests.append(
+            RequestRecord(
+                request.method,
+                request.path,
+                dict(request.query) if request.query_string else {},
+                request.content_type,
+                status,
+                time.time(),
+                raw_body or None,
+                request.headers.get("User-Agent", ""),
+            )
+        )
+
+    async def _route(
+        self, request: web.BaseRequest, method: str, path: str, raw_body: bytes | None
+    ) -> web.StreamResponse:
+        parts = path.rstrip("/").split("/")
+        root = parts[1] if len(parts) > 1 else ""
+        registry = self.cluster.registry
+        if root == "api":
+            if len(parts) == 2:
+                return self._doc(
+                    {
+                        "kind": "APIVersions",
+                        "versions": registry.core_versions(),
+                        "serverAddressByClientCIDRs": [
+                            {"clientCIDR": "0.0.0.0/0", "serverAddress": self.url.removeprefix("http://")}
+                        ],
+                    }
+                )
+            group, version, rest = "", parts[2], parts[3:]
+        elif root == "apis":
+            if len(parts) == 2:
+                return self._doc(registry.api_group_list())
+            if len(parts) == 3:
+                return self._doc(registry.api_group(parts[2]))
+            group, version, rest = parts[2], parts[3], parts[4:]
+        elif path == "/version":
+            return self._doc(VERSION_INFO)
+        elif path in ("/healthz", "/livez", "/readyz"):
+            return web.Response(text="ok")
+        else:
+            raise ApiError(404, "the server could not find the requested resource")
+
+        if not rest:
+            return self._doc(registry.resource_list(group, version))
+        resources = registry.by_gv.get((group, version))
+        if resources is None:
+            raise ApiError(404, "the server could not find the requested resource")
+        namespace: str | None = None
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            scoped = resources.get(rest[2])
+            if scoped is not None and scoped.namespaced:
+                namespace, rest = rest[1], rest[2:]
+        rt = resources.get(rest[0])
+        if rt is None or len(rest) > 3:
+            raise ApiError(404, "the server could not find the requested resource")
+        name = rest[1] if len(rest) > 1 else None
+        subresource = rest[2] if len(rest) > 2 else None
+        if subresource is not None and (subresource != "status" or not rt.status_subresource):
+            raise ApiError(404, "the server could not find the requested resource")
+        if rt.namespaced and name is not None and namespace is None:
+            raise ApiError(404, "the server could not find the requested resource")
+        query = request.query
+        dry_run = query.get("dryRun") == "All"
+        cluster = self.cluster
+
+        if method == "GET":
+            if name is not None:
+                return self._ok(cluster.raw(rt, cluster.get(rt, namespace, name)))
+            if query.get("watch") in _TRUE:
+                return await self._watch(request, rt, namespace, query)
+            predicate = combine(
+                parse_label_selector(query.get("labelSelector")),
+                parse_field_selector(query.get("fieldSelector")),
+            )
+            limit = _int_param(query, "limit")
+            return self._ok(
+                cluster.list_raw(rt, namespace, predicate, limit=limit, continue_token=query.get("continue"))
+            )
+        if method == "POST":
+            if name is not None or (rt.namespaced and namespace is None):
+                raise ApiError(405, f"POST is not supported on {path}")
+            stored = cluster.create(rt, namespace, _parse(raw_body, request.content_type), dry_run=dry_run)
+            return self._ok(stored.raw, status=201)
+        if name is None:
+            raise ApiError(405, f"{method} is not supported on collections")
+        if method == "PATCH":
+            content_type = request.content_type
+            if content_type not in PATCH_TYPES:
+                raise ApiError(415, f"the media type {content_type!r} is not supported for PATCH")
+            patch = _parse(raw_body, content_type)
+            stored = cluster.patch(rt, namespace, name, content_type, patch, subresource=subresource, dry_run=dry_run)
+            return self._ok(stored.raw)
+        if method == "PUT":
+            body = _parse(raw_body, request.content_type)
+            return self._ok(cluster.replace(rt, namespace, name, body, subresource=subresource, dry_run=dry_run).raw)
+        if method == "DELETE":
+            if subresource is not None:
+                raise ApiError(405, "DELETE is not supported on subresources")
+            # DeleteOptions are optional: a body in an undecodable format is ignored rather than refused.
+            decodable = raw_body and request.content_type in _BODY_TYPES
+            options = _parse(raw_body, request.content_type) if decodable else None
+            return self._ok(cluster.delete(rt, namespace, name, options, dry_run=dry_run).raw)
+        raise ApiError(405, f"the method {method} is not supported")
+
+    @staticmethod
+    def _ok(raw: bytes, status: int = 200) -> web.Response:
+        return web.Response(body=raw, status=status, content_type=_JSON)
+
+    def _doc(self, doc: dict[str, Any] | None) -> web.Response:
+        if doc is None:
+            raise ApiError(404, "the server could not find the requested resource")
+        return self._ok(dumps(doc))
+
+    # ----------------------------------------------------------------------------------------- watches
+
+    async def _watch(
+        self, request: web.BaseRequest, rt: ResourceType, namespace: str | None, query: MultiMapping[str]
+    ) -> web.StreamResponse:
+        predicate = combine(
+            parse_label_selector(query.get("labelSelector")), parse_field_selector(query.get("fieldSelector"))
+        )
+        timeout = _int_param(query, "timeoutSeconds")
+        bookmarks = query.get("allowWatchBookmarks") in _TRUE
+        lines, watcher = self.cluster.open_watch(
+            rt,
+            namespace,
+            predicate,
+            query.get("resourceVersion"),
+            send_initial_events=query.get("sendInitialEvents") in _TRUE,
+            bookmarks=bookmarks,
+        )
+        self._record(request, 200, None)
+        response = web.StreamResponse(headers={"Content-Type": _JSON, "Cache-Control": "no-cache"})
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            if lines:
+                await response.write(b"".join(lines))
+            if watcher is None:
+                return response  # The 410 Gone error event was the whole answer.
+            deadline = asyncio.get_running_loop().time() + timeout if timeout else None
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._pump(response, watcher, rt if bookmarks else None)
+            except TimeoutError:
+                # Like the real server: a last bookmark so the client resumes from the newest version.
+                if bookmarks:
+                    await response.write(self.cluster.bookmark_line(rt))
+            with contextlib.suppress(ConnectionError):
+                await response.write_eof()
+        except ConnectionError:
+            pass  # The client went away.
+        finally:
+            if watcher is not None:
+                self.cluster.close_watch(rt, watcher)
+        return response
+
+    async def _pump(self, response: web.StreamResponse, watcher: Watcher, bookmarks_for: ResourceType | None) -> None:
+        queue = watcher.queue
+        interval = self.bookmark_interval if bookmarks_for is not None else 0.0
+        while True:
+            if interval and queue.empty():
+                # Idle streams get periodic bookmarks, as from the real server: kopf reconnects a stream
+                # that has been silent for 70 seconds.
+                try:
+                    async with asyncio.timeout(interval):
+                        line = await queue.get()
+                except TimeoutError:
+                    assert bookmarks_for is not None
+                    await response.write(self.cluster.bookmark_line(bookmarks_for))
+                    continue
+            else:
+                line = await queue.get()
+            if line is None:
+                return
+            if queue.empty():
+                await response.write(line)
+            else:
+                # Catch up in one write: a burst of events costs one syscall, not one per event.
+                batch = [line]
+                ended = False
+                while not queue.empty():
+                    item = queue.get_nowait()
+                    if item is None:
+                        ended = True
+                        break
+                    batch.append(item)
+                await response.write(b"".join(batch))
+                if ended:
+                    return
+            if watcher.closed and queue.empty():
+                return  # Cut off for lagging: the client resumes from the last version it got.
+
+
+def server_sockets(site: web.TCPSite) -> list[Any]:
+    server = site._server  # aiohttp exposes the listening sockets only here.
+    assert server is not None and hasattr(server, "sockets")
+    return list(server.sockets)
+
+
+def _copy(raw: bytes) -> dict[str, Any]:
+    """A private copy of a stored object: callers may mutate it without touching the store."""
+    obj: dict[str, Any] = json.loads(raw)
+    return obj
+
+
+def _int_param(query: MultiMapping[str], name: str) -> int:
+    value = query.get(name)
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError as e:
+        raise bad_request(f"invalid {name}: {value!r}") from e
+
+
+def _parse(raw: bytes | None, content_type: str) -> Any:
+    if not raw:
+        raise bad_request("the request needs a body")
+    if content_type not in _BODY_TYPES:
+        # Protobuf/CBOR (kubectl's typed commands) cannot be decoded without the Go type schemas.
+        raise ApiError(
+            415,
+            f"the body of the request was in an unknown format ({content_type}) - "
+            "accepted media types include: application/json, application/yaml",
+        )
+    try:
+        if content_type in _YAML_TYPES:
+            return yaml.safe_load(raw)
+        return json.loads(raw)
+    except (ValueError, yaml.YAMLError) as e:
+        raise bad_request(f"the body of the request could not be decoded: {e}") from e

@@ -1,0 +1,283 @@
+"""Pulls Funnel events from the durable JetStream consumers and decides each message's fate.
+
+A message is acknowledged only after its Kubernetes writes succeeded. Anything that can never succeed
+(unparseable, wrong schema, oversized, ...) is copied to the dead-letter stream with the reason and
+terminated. Transient failures are nak'ed with an explicit, growing delay (a bare nak would redeliver
+at once) until the retry budget is spent, then dead-lettered too. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from branch_operator.clients.emitter import Emitter
+from branch_operator.clients.kube import Invalid, KubeError
+from branch_operator.clients.nats_bus import NatsBus
+from branch_operator.config import Settings
+from branch_operator.contracts.funnel import EventRejected, parse_message, subjects_from_settings
+from branch_operator.controllers.indexing import EventProcessor, Outcome, Result
+from branch_operator.domain.audit import AuditAction, AuditRecord
+from branch_operator.ingest import guard
+
+log = logging.getLogger(__name__)
+
+
+class Disposition(enum.StrEnum):
+    ACKED = "acked"
+    RETRY = "retry"
+    DEAD_LETTERED = "dead_lettered"
+
+
+def backoff_seconds(delivered: int, *, base: float = 0.5, cap: float = 30.0) -> float:
+    return float(min(cap, base * (2 ** max(0, delivered - 1))))
+
+
+class IndexingConsumer:
+    def __init__(
+        self, bus: NatsBus, processor: EventProcessor, emitter: Emitter, settings: Settings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.bus = bus
+        self.processor = processor
+        self.emitter = emitter
+        self.settings = settings
+        self.clock = clock
+        self.attached: dict[str, bool] = {}
+        self.results: list[Callable[[str, Result | None, Disposition], None]] = []
+        # (event kind, seconds from receipt to acknowledgement after the Kubernetes writes)
+        self.timings: list[Callable[[str, float], None]] = []
+        # (event id, event kind) for every message that parsed, before anything is decided about it
+        self.received: list[Callable[[str, str], None]] = []
+        self._subjects: dict[str, str] = {str(k): v for k, v in subjects_from_settings(settings).items()}
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.attached) and all(self.attached.values()) and self.bus.connected
+
+    async def run(self) -> None:
+        """Consume all three durable consumers until cancelled."""
+        tasks = [
+            asyncio.create_task(self._loop(kind, durable), name=f"consume-{kind}")
+            for kind, (durable, _subject) in self.bus.consumer_names().items()
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self, kind: str, durable: str) -> None:
+        self.attached[durable] = False
+        failures = 0
+        while True:
+            try:
+                sub = await self.bus.bind(durable)
+                epoch = self.bus.epoch
+                self.attached[durable] = True
+                failures = 0
+                log.info("consuming %s via durable consumer %s", kind, durable)
+                await self._pump(sub, epoch)
+                # Reconnected: the old pull subscription may be dead (nats.py issue 504); bind again.
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            except asyncio.CancelledError:
+                self.attached[durable] = False
+                raise
+            except (nats.errors.Error, NotFoundError, OSError, TimeoutError) as exc:
+                self.attached[durable] = False
+                failures += 1
+                delay = backoff_seconds(failures, cap=10.0)
+                log.warning("consumer %s unavailable (%s: %s); retrying in %.1fs",
+                            durable, type(exc).__name__, exc, delay, exc_info=log.isEnabledFor(logging.DEBUG))
+                try:
+                    await asyncio.wait_for(self.bus.reconnected.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+                self.bus.reconnected.clear()
+                if self.settings.manage_streams and self.bus.connected:
+                    with contextlib.suppress(Exception):
+                        await self.bus.ensure_streams()
+                        await self.bus.ensure_consumers()
+
+    async def _pump(self, sub: Any, epoch: int) -> None:
+        """Keep up to ``fetch_batch`` messages in hand at once, fetching more as each one finishes.
+
+        Waiting for a whole batch before fetching the next would leave the operator idle behind the
+        slowest message of each batch (a conflict re-read, a slow write); events of one branch are still
+        applied one at a time (EventProcessor serialises them).
+        """
+        in_flight: set[asyncio.Task[Disposition]] = set()
+        try:
+            while self.bus.epoch == epoch:
+                room = max(1, self.settings.fetch_batch) - len(in_flight)
+                if room <= 0:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                for msg in await self._next_batch(sub, room):
+                    task = asyncio.create_task(self.handle_msg(msg))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                    task.add_done_callback(_report_crash)
+        except BaseException:
+            # Stopping (or a failed fetch): messages in hand are cancelled with the loop and redelivered.
+            for task in in_flight:
+                task.cancel()
+            raise
+        finally:
+            # After a reconnect, messages in hand are finished (acked or nak'ed), not left to their ack wait.
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _next_batch(self, sub: Any, room: int) -> list[Msg]:
+        """Wait for one message, then take whatever else (up to ``room``) is already queued.
+
+        A single fetch of N waits until N messages arrived or it expired, which would hold a lone event
+        for the whole poll interval; fetching one first keeps latency low under light load.
+        """
+        try:
+            msgs: list[Msg] = await sub.fetch(1, timeout=1.0)
+        except (nats.errors.TimeoutError, TimeoutError):  # nothing within the poll interval
+            return []
+        if room > 1:
+            try:
+                msgs += await sub.fetch(room - 1, timeout=0.01)
+            except (nats.errors.TimeoutError, TimeoutError):
+                pass
+        return msgs
+
+    async def handle_msg(self, msg: Msg) -> Disposition:
+        delivered = _delivered(msg)
+        try:
+            event = parse_message(msg.subject, msg.data, msg.headers, max_bytes=self.settings.max_event_bytes,
+                                  subjects=self._subjects)
+            guard.check_event(event, self.settings)  # only the watched namespaces
+        except EventRejected as rejected:
+            return await self._dead_letter(msg, rejected.reason_code, str(rejected), delivered,
+                                           event_id=rejected.event_id, branch_name=rejected.branch_name)
+
+        for seen in self.received:
+            seen(event.id, event.kind)
+        started = time.monotonic()
+        try:
+            result = await self.processor.handle(event, may_wait=delivered < self.settings.early_event_retries)
+        except Invalid as exc:
+            # The API server refused what the event asks for (e.g. a value the CRD forbids): retrying won't help.
+            return await self._dead_letter(msg, "RejectedByApiServer", str(exc), delivered, event_id=event.id,
+                                           branch_name=event.data.branch_name)
+        except (KubeError, nats.errors.Error, OSError, TimeoutError) as exc:
+            return await self._retry(msg, delivered, f"{type(exc).__name__}: {exc}", event.id,
+                                     event.data.branch_name)
+        except Exception as exc:  # a bug must not crash-loop the operator, nor lose the message
+            log.exception("processing event %s failed", event.id)
+            return await self._retry(msg, delivered, f"{type(exc).__name__}: {exc}", event.id,
+                                     event.data.branch_name)
+        if result.outcome is Outcome.WAIT:
+            # Possibly ahead of its run's started event (another subject, another consumer): ask again soon.
+            delay = backoff_seconds(delivered, base=0.25, cap=2.0)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
+            self._notify(event.id, result, Disposition.RETRY)
+            return Disposition.RETRY
+        await msg.ack()
+        for timing in self.timings:
+            timing(event.kind, time.monotonic() - started)
+        self._notify(event.id, result, Disposition.ACKED)
+        return Disposition.ACKED
+
+    async def _retry(
+        self, msg: Msg, delivered: int, reason: str, event_id: str, branch_name: str | None = None,
+    ) -> Disposition:
+        if delivered >= self.settings.max_deliver:
+            return await self._dead_letter(msg, "RetriesExhausted", reason, delivered, event_id=event_id,
+                                           branch_name=branch_name)
+        delay = backoff_seconds(delivered)
+        log.warning("event %s: %s; redelivery %d in %.1fs", event_id, reason, delivered + 1, delay)
+        with contextlib.suppress(Exception):  # if the nak is lost, ack_wait redelivers anyway
+            await msg.nak(delay=delay)
+        self._notify(event_id, None, Disposition.RETRY)
+        return Disposition.RETRY
+
+    async def _dead_letter(
+        self, msg: Msg, code: str, message: str, delivered: int, *, event_id: str | None = None,
+        branch_name: str | None = None,
+    ) -> Disposition:
+        seq = _stream_seq(msg)
+        headers = dict(msg.headers or {})
+        headers.pop("Nats-Msg-Id", None)
+        headers.update({
+            "Oms-Dlq-Reason-Code": code,
+            "Oms-Dlq-Reason": message[:1024],
+            "Oms-Dlq-Original-Subject": msg.subject,
+            "Oms-Dlq-Delivery-Count": str(delivered),
+            "Oms-Dlq-Stream-Seq": str(seq),
+            "Oms-Dlq-Rejected-At": self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        })
+        token = msg.subject.rsplit(".", 1)[-1] or "unknown"
+        try:
+            await self.bus.publish(
+                f"{self.settings.dlq_subject_prefix}.{token}", msg.data, headers=headers,
+                msg_id=f"dlq:{self.settings.stream}:{seq}",
+            )
+            # The stream's timestamp, not the clock: a re-run after a crash yields the same audit id.
+            await self.emitter.audit(AuditRecord.build(
+                AuditAction.EVENT_REJECTED, branch_name=branch_name, when=_stored_at(msg) or self.clock(),
+                seed=f"rejected|{self.settings.stream}|{seq}", actor=self.settings.operator_id,
+                correlation_id=event_id, reason=code,
+                details={"message": message[:1024], "subject": msg.subject, "stream_seq": seq,
+                         "delivered": delivered},
+            ))
+        except Exception as exc:
+            # Parking failed: keep the message in the input stream rather than lose it.
+            log.error("could not dead-letter message seq %s (%s); will retry", seq, exc)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=backoff_seconds(delivered))
+            return Disposition.RETRY
+        log.warning("dead-lettered message seq %s on %s: %s: %s", seq, msg.subject, code, message)
+        await msg.term()
+        self._notify(event_id, None, Disposition.DEAD_LETTERED)
+        return Disposition.DEAD_LETTERED
+
+    def _notify(self, event_id: str | None, result: Result | None, disposition: Disposition) -> None:
+        for cb in self.results:
+            cb(event_id or "", result, disposition)
+
+
+def _report_crash(task: asyncio.Task[Disposition]) -> None:
+    # handle_msg decides every message's fate itself; anything escaping it is a bug, to be seen in the log
+    # (the message is redelivered after its ack wait).
+    if not task.cancelled() and task.exception() is not None:
+        log.error("handling a message failed", exc_info=task.exception())
+
+
+def _delivered(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered or 1)
+    except Exception:
+        return 1
+
+
+def _stream_seq(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:
+        return 0
+
+
+def _stored_at(msg: Msg) -> datetime | None:
+    try:
+        ts = msg.metadata.timestamp
+    except Exception:
+        return None
+    return ts if isinstance(ts, datetime) else None

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from branch_operator.api.models import Branch
 from branch_operator.controllers.catalog import BranchCatalog
+from branch_operator.controllers.triggers import MergeTriggers
 from branch_operator.handlers import branches as handlers
-from branch_operator.handlers import policies as policy_handlers
+from branch_operator.handlers import locks as lock_handlers
 
 
 def branch(name: str, branch_name: str | None = None, *, ns: str = "ns", target: str | None = None,
@@ -215,7 +216,8 @@ class FakeReconciler:
 
 def fake_memo() -> tuple[Any, BranchCatalog, FakeReconciler]:
     catalog, reconciler = BranchCatalog(), FakeReconciler()
-    return SimpleNamespace(runtime=SimpleNamespace(catalog=catalog, reconciler=reconciler)), catalog, reconciler
+    runtime = SimpleNamespace(catalog=catalog, reconciler=reconciler, triggers=MergeTriggers(catalog, reconciler))
+    return SimpleNamespace(runtime=runtime), catalog, reconciler
 
 
 async def test_a_new_target_re_evaluates_the_ready_branches_merging_into_it() -> None:
@@ -251,16 +253,16 @@ async def test_a_target_lock_re_evaluates_the_ready_branches_merging_into_the_lo
     memo, catalog, reconciler = fake_memo()
     catalog.prime([branch("rel", "release"), branch("f1", "feature/1", target="release", phase="READY"),
                    branch("f2", "feature/2", target="main", phase="READY")])
-    await policy_handlers.target_lock_changed(namespace="ns", spec={"branch": "rel"}, memo=memo)
+    await lock_handlers.target_lock_changed(namespace="ns", spec={"branch": "rel"}, memo=memo)
     assert reconciler.keys == [("ns", "f1")]
-    await policy_handlers.target_lock_changed(namespace="ns", spec={"branch": "unknown"}, memo=memo)
+    await lock_handlers.target_lock_changed(namespace="ns", spec={"branch": "unknown"}, memo=memo)
     assert reconciler.keys == [("ns", "f1")]
 
 
 async def test_without_a_runtime_the_handlers_do_nothing() -> None:
     memo = SimpleNamespace()
     await handlers.branch_catalog(type="ADDED", body=branch("b1"), namespace="ns", memo=memo)
-    await policy_handlers.target_lock_changed(namespace="ns", spec={"branch": "b1"}, memo=memo)
+    await lock_handlers.target_lock_changed(namespace="ns", spec={"branch": "b1"}, memo=memo)
 
 
 # ------------------------------------------------------------------- policy status keeper, primed at start-up
@@ -271,9 +273,9 @@ async def test_the_first_policy_status_pass_counts_every_branch_listed_at_start_
     from datetime import UTC, datetime
 
     from branch_operator.clients.kube import KubeClient
+    from branch_operator.controllers.policy_status import PolicyStatusKeeper
     from branch_operator.embedded.apiserver.server import EmbeddedApiServer
     from branch_operator.embedded.env import install_crds
-    from branch_operator.handlers import policies as policy_handlers
 
     server = EmbeddedApiServer()
     url = await server.start()
@@ -289,9 +291,8 @@ async def test_the_first_policy_status_pass_counts_every_branch_listed_at_start_
             await kube.create("automergepolicies", "p", {
                 "apiVersion": "oms.dev/v1alpha1", "kind": "AutoMergePolicy", "metadata": {"name": "all"},
                 "spec": {"enabled": True, "branchNamePatterns": ["feature/*"]}})
-            memo = SimpleNamespace(runtime=SimpleNamespace(kube=kube, clock=lambda: datetime.now(UTC)))
-            policy_handlers.prime(memo, await kube.list_branches("p"))
-            keeper = memo.runtime.policy_status
+            keeper = PolicyStatusKeeper(kube, lambda: datetime.now(UTC))
+            keeper.prime(await kube.list_branches("p"))
             first = await kube.get("branches", "p", "b0")
             assert not keeper.branch_changed("ADDED", first)  # kopf's listing brings nothing new
             await keeper._refresh_once("p")

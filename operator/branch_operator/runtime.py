@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from branch_operator.clients.emitter import Emitter
 from branch_operator.clients.kube import KubeClient, KubeError, NotFound
@@ -24,6 +24,8 @@ from branch_operator.controllers.catalog import BranchCatalog
 from branch_operator.controllers.indexing import EventProcessor
 from branch_operator.controllers.locks import LockLifecycle
 from branch_operator.controllers.merge import MergeReconciler
+from branch_operator.controllers.policy_status import GenerationTracker, PolicyStatusKeeper
+from branch_operator.controllers.triggers import MergeTriggers
 from branch_operator.domain.merge.policy import PolicyRef
 from branch_operator.ingest.consumer import IndexingConsumer
 from branch_operator.kit.scheduler import Scheduler
@@ -33,16 +35,22 @@ from branch_operator.ops.stalls import StallMonitor
 log = logging.getLogger(__name__)
 
 
+class PolicyIndex(Protocol):
+    """kopf's index of AutoMergePolicies by namespace (``handlers.policies.policies_by_ns``)."""
+
+    def get(self, namespace: str, default: Any = ..., /) -> Any: ...
+
+
 class IndexLookup:
     """The lookups the processor and reconciler need: Branches from the catalog, policies from a kopf index.
 
-    AutoMergePolicies stay a kopf index (handlers.policies_by_ns): they are few, so kopf's per-object
-    readiness bookkeeping costs nothing there, unlike for Branches (see catalog.py).
+    AutoMergePolicies stay a kopf index: they are few, so kopf's per-object readiness bookkeeping costs
+    nothing there, unlike for Branches (see controllers/catalog.py).
     """
 
-    def __init__(self, catalog: BranchCatalog) -> None:
+    def __init__(self, catalog: BranchCatalog, policies_by_ns: PolicyIndex | None) -> None:
         self.catalog = catalog
-        self.policies_by_ns: Any = None  # kopf.Index[ns] -> PolicyRef
+        self.policies_by_ns = policies_by_ns
 
     def find(self, namespace: str, branch_name: str) -> str | None:
         return self.catalog.find(namespace, branch_name)
@@ -61,21 +69,27 @@ class IndexLookup:
 
 
 class Runtime:
+    """The composition root: builds every part with what it needs, starts and stops the background tasks.
+
+    ``policies`` is kopf's AutoMergePolicy index (None in tests that need no policies).
+    """
+
     def __init__(
-        self, settings: Settings, kube: KubeClient, bus: NatsBus,
+        self, settings: Settings, kube: KubeClient, bus: NatsBus, *,
+        policies: PolicyIndex | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
         self.kube = kube
         self.bus = bus
-        # Filled by handlers.py: primed from start-up's list call, then kept current by a Branch watch.
+        # Primed from start-up's list call (prime), then kept current by the first Branch handler.
         self.catalog = BranchCatalog()
-        self.lookup = IndexLookup(self.catalog)
+        self.lookup = IndexLookup(self.catalog, policies)
         self.emitter = Emitter(bus, settings)
         self.processor = EventProcessor(kube, self.emitter, settings, self.lookup, clock)
         self.reconciler = MergeReconciler(kube, self.emitter, settings, self.lookup, clock,
                                           backend=build_backend(settings))
-        # Issue 4: wakes a branch's merge evaluation when a window opens, a freeze ends, a timeout passes.
+        # Wakes a branch's merge evaluation when a window opens, a freeze ends, a timeout passes.
         self.scheduler = Scheduler(clock, self.reconciler.reconcile_key)
         self.reconciler.scheduler = self.scheduler
         self._merging: set[asyncio.Task[None]] = set()
@@ -85,8 +99,11 @@ class Runtime:
         self.consumer = IndexingConsumer(bus, self.processor, self.emitter, settings, clock)
         self.tasks: list[asyncio.Task[None]] = []
         self.watching = False
-        # Operating it (issue 5): metrics, incident notifications, lock lifecycle, admin requests.
+        self.triggers = MergeTriggers(self.catalog, self.reconciler)
         self.clock = clock
+        self.policy_status = PolicyStatusKeeper(kube, clock)
+        # Spec changes of policies, told apart from status-only writes (the keeper's own among them).
+        self.policy_specs = GenerationTracker()
         self.metrics = OperatorMetrics() if settings.metrics_enabled else None
         self.notifier = Notifier.from_settings(settings, self.emitter, self.metrics)
         self.emitter.audit_observers.append(self.notifier.observe_audit)
@@ -103,6 +120,12 @@ class Runtime:
                                    on_lag=self.metrics.observe_lag if self.metrics else None,
                                    on_gc=self.metrics.observe_gc if self.metrics else None)
         self.http_url: str | None = None  # where /metrics, /healthz and /readyz are served
+
+    def prime(self, branches: Sequence[Mapping[str, Any]]) -> None:
+        """Start-up's list of every watched Branch, before kopf's watches deliver anything."""
+        self.catalog.prime(branches)
+        self.policy_status.prime(branches)
+        self.watching = True
 
     @property
     def ready(self) -> bool:
@@ -127,9 +150,7 @@ class Runtime:
         ]
 
     async def stop(self) -> None:
-        keeper = getattr(self, "policy_status", None)  # set by policy_handlers on first use
-        if keeper is not None:
-            keeper.close()
+        self.policy_status.close()
         tasks = [*self.tasks, *self._merging]
         for task in tasks:
             task.cancel()

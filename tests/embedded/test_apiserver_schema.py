@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from branch_operator.embedded.apiserver.schema import CompiledSchema
 from branch_operator.embedded.apiserver import schema as apiserver_schema
+from branch_operator.embedded.apiserver.schema import CompiledSchema
 
 from .conftest import BRANCHES, CRDS, Api, branch, crd
 

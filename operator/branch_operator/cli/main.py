@@ -24,7 +24,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     """Production entry point: kopf against the cluster of the in-cluster config or kubeconfig."""
     import kopf
 
-    from branch_operator.handlers import branches as handlers  # noqa: F401  (registers the kopf handlers)
+    import branch_operator.handlers  # noqa: F401  (registers the kopf handlers)
 
     overrides: dict[str, Any] = {}
     if args.nats:

@@ -102,7 +102,7 @@ class OperatorHandle:
         self._thread: threading.Thread | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
-        from branch_operator.handlers import branches as handlers  # noqa: F401  (registers the kopf handlers)
+        import branch_operator.handlers  # noqa: F401  (registers the kopf handlers)
 
         self._thread = threading.Thread(target=self._main, name="oms-operator", daemon=True)
         self._thread.start()

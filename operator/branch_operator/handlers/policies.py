@@ -1,215 +1,51 @@
-"""kopf registrations for auto-merge policies (issue 4), imported by handlers.py.
+"""kopf registrations for AutoMergePolicies: the policy index, policy status, and merge triggers.
 
-* ``AutoMergePolicy`` status: ``Accepted`` condition, ``observedGeneration``, matched and governed
-  branch counts, ``lastEvaluationTime``; recomputed for a namespace when a policy's spec changes or a
-  Branch appears, disappears or changes what policies match on (name, target, labels), and written
-  only when it changes.
-* Locks on a *target* branch: a READY branch whose ``spec.targetBranch`` is the locked Branch's
-  ``spec.branchName`` is re-evaluated (handlers.lock_changed covers locks on the branch itself); so is
-  one whose target Branch appears (:func:`reevaluate_merging_into`, called by handlers.branch_catalog).
-* :func:`spec_changed`, which lets the policy watch skip the events of status-only writes.
+AutoMergePolicies are the one kopf index: they are few, so kopf's per-object readiness toggles cost
+nothing there, unlike for Branches (see controllers/catalog.py).
 """
 
 from __future__ import annotations
 
-import asyncio
+import copy
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import kopf
 
-from branch_operator.api.models import GROUP, VERSION, AutoMergePolicy, Branch, BranchLock
-from branch_operator.clients.kube import KubeClient, KubeError, NotFound
-from branch_operator.domain.merge.trace import policy_status_patch, policy_statuses
-
-if TYPE_CHECKING:
-    from branch_operator.runtime import Runtime
-
-__all__ = ["PolicyStatusKeeper", "reevaluate_merging_into", "spec_changed"]
+from branch_operator.api.models import GROUP, VERSION, AutoMergePolicy, AutoMergePolicySpec
+from branch_operator.domain.merge.policy import PolicyRef
+from branch_operator.handlers.context import runtime_of
 
 log = logging.getLogger(__name__)
 
-_TRACKER_MEMO = "policy_generations"
-_KEEPER_MEMO = "policy_status"
 
-
-class GenerationTracker:
-    """Remembers each object's (uid, generation), to tell spec changes from status-only writes."""
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], tuple[str, int]] = {}
-
-    def changed(self, type_: str | None, body: Mapping[str, Any]) -> bool:
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        if type_ == "DELETED":
-            self._seen.pop(key, None)
-            return True
-        seen = (str(meta.get("uid") or ""), int(meta.get("generation") or 0))
-        if self._seen.get(key) == seen:
-            return False
-        self._seen[key] = seen
-        return True
-
-
-def spec_changed(memo: Any, type_: str | None, body: Mapping[str, Any]) -> bool:
-    """True for a policy's first sighting, a spec change (new generation) and a deletion."""
-    tracker = memo.get(_TRACKER_MEMO)
-    if tracker is None:
-        tracker = memo[_TRACKER_MEMO] = GenerationTracker()
-    return bool(tracker.changed(type_, body))
-
-
-def _branch_facts(body: Mapping[str, Any]) -> tuple[str, str, frozenset[tuple[str, str]]]:
-    spec = body.get("spec") or {}
-    labels = (body.get("metadata") or {}).get("labels") or {}
-    return str(spec.get("branchName", "")), str(spec.get("targetBranch", "main")), frozenset(labels.items())
-
-
-REFRESH_DEBOUNCE_SECONDS = 1.0
-
-
-class PolicyStatusKeeper:
-    """Keeps AutoMergePolicy status true, one namespace at a time, writing only real changes."""
-
-    def __init__(self, kube: KubeClient, clock: Callable[[], datetime]) -> None:
-        self.kube = kube
-        self.clock = clock
-        self.policies = GenerationTracker()
-        self._facts: dict[tuple[str, str], tuple[str, str, frozenset[tuple[str, str]]]] = {}
-        self._dirty: set[str] = set()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-
-    def branch_changed(self, type_: str | None, body: Mapping[str, Any]) -> bool:
-        """Whether this Branch event can change what policies match (status writes cannot)."""
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        if type_ == "DELETED":
-            return self._facts.pop(key, None) is not None
-        facts = _branch_facts(body)
-        if self._facts.get(key) == facts:
-            return False
-        self._facts[key] = facts
-        return True
-
-    async def refresh(self, namespace: str) -> None:
-        """Ask for the namespace's policy statuses to be recomputed; returns at once.
-
-        The pass runs in a task of its own: a kopf handler that waited for it would hold up the next
-        events of its object, and a policy's newer generation must reach the index without delay.
-        Requests arriving while a pass is pending or running coalesce into one more pass.
-        """
-        self._dirty.add(namespace)
-        task = self._tasks.get(namespace)
-        if task is None or task.done():
-            self._tasks[namespace] = asyncio.create_task(self._run(namespace), name=f"policy-status-{namespace}")
-
-    async def _run(self, namespace: str) -> None:
-        while namespace in self._dirty:
-            # Gather a burst (e.g. GitOps applying many Branches) into one pass.
-            await asyncio.sleep(REFRESH_DEBOUNCE_SECONDS)
-            self._dirty.discard(namespace)
-            try:
-                await self._refresh_once(namespace)
-            except Exception as exc:  # a background task: report, never die silently or crash the loop
-                log.warning("policy status of namespace %s not updated: %s", namespace, exc)
-
-    def close(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-
-    async def _refresh_once(self, namespace: str) -> None:
-        policies = await self.kube.list_policies(namespace)
-        if not policies:
-            return
-        # From the facts every Branch event already gave us, not a list call: listing and decoding every
-        # Branch of the namespace per pass kept the operator busy for as long as a burst lasted.
-        branches = [
-            {"metadata": {"name": name, "labels": dict(labels)}, "spec": {"branchName": bn, "targetBranch": target}}
-            for (ns, name), (bn, target, labels) in list(self._facts.items()) if ns == namespace
-        ]
-        views = policy_statuses(policies, branches)
-        now = self.clock()
-        for obj in policies:
-            meta = obj["metadata"]
-            view = views.get(meta["name"])
-            if view is None:
-                continue
-            patch = policy_status_patch(view, obj.get("status") or {}, generation=meta.get("generation"), now=now)
-            if patch is None:
-                continue
-            try:
-                await self.kube.patch_status(AutoMergePolicy.PLURAL, namespace, meta["name"], patch,
-                                             resource_version=None)
-            except NotFound:
-                continue
-
-
-def _runtime(memo: Any) -> Any:
-    return getattr(memo, "runtime", None)
-
-
-def _keeper(memo: Any) -> PolicyStatusKeeper | None:
-    runtime = _runtime(memo)
-    if runtime is None:
+@kopf.index(GROUP, VERSION, AutoMergePolicy.PLURAL)
+def policies_by_ns(
+    namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
+) -> dict[str, PolicyRef] | None:
+    namespace = namespace or ""
+    try:
+        parsed = AutoMergePolicySpec.model_validate(copy.deepcopy(dict(spec)))
+    except ValueError as exc:
+        # An invalid policy is ignored as a whole, never half-applied.
+        log.warning("ignoring AutoMergePolicy %s/%s: %s", namespace, name, exc)
         return None
-    # On the runtime, not in memo: kopf hands each object its own shallow copy of memo, so state kept in
-    # memo would be per object, and this keeper must see every Branch of a namespace.
-    keeper = getattr(runtime, _KEEPER_MEMO, None)
-    if keeper is None:
-        clock = getattr(runtime, "clock", None) or (lambda: datetime.now(UTC))
-        keeper = PolicyStatusKeeper(runtime.kube, clock)
-        setattr(runtime, _KEEPER_MEMO, keeper)
-    return keeper  # type: ignore[no-any-return]
-
-
-def prime(memo: Any, branches: Iterable[Mapping[str, Any]]) -> None:
-    """Start-up's Branch list: without it, policy statuses written during kopf's first pass over the
-    Branches would count only those seen so far (one status write per debounce, each a partial count)."""
-    keeper = _keeper(memo)
-    if keeper is not None:
-        for branch in branches:
-            keeper.branch_changed("ADDED", branch)
-
-
-# ---------------------------------------------------------------------------------------- watches
+    return {namespace: PolicyRef(name=name, generation=int(meta.get("generation") or 0), spec=parsed)}
 
 
 @kopf.on.event(GROUP, VERSION, AutoMergePolicy.PLURAL)
 async def policy_status(type: str | None, body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> None:
-    keeper = _keeper(memo)
-    if keeper is None or namespace is None or not keeper.policies.changed(type, body):
+    runtime = runtime_of(memo)
+    if runtime is None or namespace is None or not runtime.policy_status.policies.changed(type, body):
         return
-    await keeper.refresh(namespace)
+    await runtime.policy_status.refresh(namespace)
 
 
-@kopf.on.event(GROUP, VERSION, Branch.PLURAL)
-async def branch_for_policy_status(
-    type: str | None, body: kopf.Body, namespace: str | None, memo: Any, **_: Any
-) -> None:
-    keeper = _keeper(memo)
-    if keeper is None or namespace is None or not keeper.branch_changed(type, body):
+@kopf.on.event(GROUP, VERSION, AutoMergePolicy.PLURAL)
+async def policy_changed(type: str | None, body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> None:
+    """A policy applied, changed or deleted by GitOps: re-decide the READY branches it may affect."""
+    runtime = runtime_of(memo)
+    # Status-only writes (the keeper's own) change nothing a decision reads.
+    if runtime is None or namespace is None or not runtime.policy_specs.changed(type, body):
         return
-    await keeper.refresh(namespace)
-
-
-@kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
-async def target_lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
-    """A lock on a Branch that READY branches merge into can block or unblock them."""
-    runtime = _runtime(memo)
-    if runtime is None or namespace is None:
-        return
-    branch_name = runtime.catalog.branch_name_of(namespace, str(spec.get("branch", "")))
-    if branch_name is not None:
-        await reevaluate_merging_into(runtime, namespace, branch_name)
-
-
-async def reevaluate_merging_into(runtime: Runtime, namespace: str, branch_name: str) -> None:
-    """Re-decide the READY Branches of ``namespace`` whose target is ``branch_name``."""
-    for name in runtime.catalog.ready_by_target(namespace, branch_name):
-        try:
-            await runtime.reconciler.reconcile_key((namespace, name))
-        except KubeError as exc:
-            log.warning("merge reconciliation of %s/%s failed: %s", namespace, name, exc)
+    await runtime.triggers.namespace(namespace)

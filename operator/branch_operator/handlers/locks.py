@@ -1,0 +1,36 @@
+"""kopf registrations for BranchLocks: merge triggers, then the lock lifecycle (TTL, expiry)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+
+from branch_operator.api.models import GROUP, VERSION, BranchLock
+from branch_operator.handlers.context import runtime_of
+
+
+@kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
+async def target_lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
+    """A lock on a Branch that READY branches merge into can block or unblock them."""
+    runtime = runtime_of(memo)
+    if runtime is None or namespace is None:
+        return
+    await runtime.triggers.lock_on_target(namespace, str(spec.get("branch", "")))
+
+
+@kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
+async def lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
+    """A lock taken or released can block or unblock a READY branch's merge."""
+    runtime = runtime_of(memo)
+    if runtime is None or namespace is None:
+        return
+    await runtime.triggers.lock_on(namespace, str(spec.get("branch", "")))
+
+
+@kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
+async def lock_observed(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
+    runtime = runtime_of(memo)
+    if runtime is not None:
+        await runtime.lock_lifecycle.observe(type, copy.deepcopy(dict(body)))

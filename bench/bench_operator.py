@@ -44,7 +44,7 @@ import aiohttp
 import nats
 from _pauses import PauseRecorder
 
-from branch_operator.contracts.funnel import encode_structured, make_event
+from branch_operator.contracts.funnel_encode import encode_structured, make_event
 from branch_operator.embedded.natsserver import NatsServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from nats.js import api as js_api
 from branch_operator.cli import dlq
 from branch_operator.cli.main import main
 from branch_operator.config import Settings
-from branch_operator.contracts.funnel import encode_binary, encode_structured, make_event
+from branch_operator.contracts.funnel_encode import encode_binary, encode_structured, make_event
 from branch_operator.embedded.natsserver import NatsServer, free_port
 
 BIN = Path(sys.executable).parent

@@ -1,4 +1,4 @@
-"""Benchmark of the real operator on the embedded default (issue 7, part 2).
+"""Benchmark of the real operator on the embedded default.
 
 Three processes, so CPU and memory figures belong to the right one: the embedded API server
 (bench/_apiserver_proc.py), a real nats-server, and the operator (`branch-operator run`). This process

@@ -1,4 +1,4 @@
-"""Exactly-once effects over at-least-once delivery, under the faults this machine can produce (issue 3).
+"""Exactly-once effects over at-least-once delivery, under the faults this machine can produce.
 
 Each test drives a workload from ``tests/reference_model.py`` (waves of Funnel events: shuffled across
 subjects and branches, ~10% re-published copies, late events of older runs, a few events for unknown

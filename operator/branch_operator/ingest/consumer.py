@@ -97,7 +97,8 @@ class IndexingConsumer:
                 failures = 0
                 log.info("consuming %s via durable consumer %s", kind, durable)
                 await self._pump(sub, epoch)
-                # Reconnected: the old pull subscription may be dead (nats.py issue 504); bind again.
+                # Reconnected: the old pull subscription may be dead (nats-py can lose one silently across a
+                # server restart); bind again.
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
             except asyncio.CancelledError:

@@ -1,4 +1,4 @@
-"""Benchmark of the real operator on the embedded default (issue 7, part 2).
+"""Benchmark of the real operator on the embedded default.
 
 Three processes, so CPU and memory figures belong to the right one: the embedded API server
 (bench/_apiserver_proc.py), a real nats-server, and the operator (`branch-operator run`). This process
@@ -44,7 +44,7 @@ import aiohttp
 import nats
 from _pauses import PauseRecorder
 
-from branch_operator.contracts.funnel import encode_structured, make_event
+from branch_operator.contracts.funnel_encode import encode_structured, make_event
 from branch_operator.embedded.natsserver import NatsServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

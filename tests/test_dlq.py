@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,22 @@ from nats.js import api as js_api
 from branch_operator.cli import dlq
 from branch_operator.cli.main import main
 from branch_operator.config import Settings
-from branch_operator.contracts.funnel import encode_binary, encode_structured, make_event
+from branch_operator.contracts.dlq import (
+    H_REASON,
+    H_REASON_CODE,
+    dead_letter_headers,
+    dead_letter_msg_id,
+    dead_letter_subject,
+    read_dead_letter,
+    replay_headers,
+)
+from branch_operator.contracts.funnel_encode import encode_binary, encode_structured, make_event
 from branch_operator.embedded.natsserver import NatsServer, free_port
 
 BIN = Path(sys.executable).parent
 SETTINGS = Settings()
 INPUT, DLQ = SETTINGS.stream, SETTINGS.dlq_stream
+REJECTED_AT = datetime(2025, 6, 26, 10, 30, tzinfo=UTC)
 
 
 def parked(seq: int = 7, data: bytes = b"", **headers: str) -> dlq.Parked:
@@ -35,18 +46,46 @@ def parked(seq: int = 7, data: bytes = b"", **headers: str) -> dlq.Parked:
 
 
 def dlq_headers(code: str, subject: str, original_seq: int, **extra: str) -> dict[str, str]:
-    return {
-        **extra,
-        "Oms-Dlq-Reason-Code": code,
-        "Oms-Dlq-Reason": f"{code}: because",
-        "Oms-Dlq-Original-Subject": subject,
-        "Oms-Dlq-Delivery-Count": "3" if code == "RetriesExhausted" else "1",
-        "Oms-Dlq-Stream-Seq": str(original_seq),
-        "Oms-Dlq-Rejected-At": "2025-06-26T10:30:00Z",
-    }
+    return dead_letter_headers(
+        extra, reason_code=code, reason=f"{code}: because", original_subject=subject,
+        delivered=3 if code == "RetriesExhausted" else 1, stream_seq=original_seq, rejected_at=REJECTED_AT,
+    )
 
 
 # ------------------------------------------------------------------------------------- pure parts
+
+
+def test_dead_letter_headers_keep_the_original_minus_its_msg_id_and_say_why() -> None:
+    original = {"Content-Type": "application/json", "Nats-Msg-Id": "funnel-1", "X-Trace": "t-1"}
+    headers = dead_letter_headers(
+        original, reason_code="InvalidJSON", reason="r" * 2000, original_subject="funnel.indexing.completed",
+        delivered=2, stream_seq=41, rejected_at=datetime(2025, 6, 26, 10, 30, 5, 123456, tzinfo=UTC))
+    assert headers == {  # the wire format docs/delivery.md documents
+        "Content-Type": "application/json", "X-Trace": "t-1",
+        "Oms-Dlq-Reason-Code": "InvalidJSON",
+        "Oms-Dlq-Reason": "r" * 1024,
+        "Oms-Dlq-Original-Subject": "funnel.indexing.completed",
+        "Oms-Dlq-Delivery-Count": "2",
+        "Oms-Dlq-Stream-Seq": "41",
+        "Oms-Dlq-Rejected-At": "2025-06-26T10:30:05Z",
+    }
+    assert original["Nats-Msg-Id"] == "funnel-1"  # the caller's headers are not changed
+    assert dead_letter_subject("funnel.dlq", "funnel.indexing.completed") == "funnel.dlq.completed"
+    assert dead_letter_subject("funnel.dlq", "funnel.indexing.") == "funnel.dlq.unknown"
+    assert dead_letter_msg_id("FUNNEL_INDEXING", 41) == "dlq:FUNNEL_INDEXING:41"
+
+
+def test_what_the_writer_parks_the_reader_reads_back_and_replay_restores() -> None:
+    original = {"Content-Type": "application/cloudevents+json", "X-Trace": "t-1"}
+    headers = dead_letter_headers(
+        {**original, "Nats-Msg-Id": "funnel-1"}, reason_code="RetriesExhausted", reason="503",
+        original_subject="funnel.indexing.started", delivered=10, stream_seq=7, rejected_at=REJECTED_AT)
+    letter = read_dead_letter({k.lower(): v for k, v in headers.items()})  # header case is not kept everywhere
+    assert (letter.reason_code, letter.reason, letter.original_subject, letter.delivery_count, letter.stream_seq,
+            letter.rejected_at) == ("RetriesExhausted", "503", "funnel.indexing.started", 10, 7,
+                                    "2025-06-26T10:30:00Z")
+    assert replay_headers(headers, 3) == {**original, "Nats-Msg-Id": "replay:3"}
+    assert read_dead_letter({H_REASON_CODE: "X", "Oms-Dlq-Stream-Seq": "seven"}).stream_seq is None
 
 
 def test_structured_body_gives_event_id_and_branch() -> None:
@@ -88,9 +127,9 @@ def test_replay_headers_drop_dlq_and_jetstream_control_headers() -> None:
 
 
 def test_select_by_dlq_seq_or_event_id_and_by_reason() -> None:
-    a = parked(1, json.dumps({"id": "ev-a"}).encode(), **{"Oms-Dlq-Reason-Code": "RetriesExhausted"})
-    b = parked(2, json.dumps({"id": "ev-b"}).encode(), **{"Oms-Dlq-Reason-Code": "InvalidData"})
-    c = parked(3, b"junk", **{"Oms-Dlq-Reason-Code": "InvalidJSON"})
+    a = parked(1, json.dumps({"id": "ev-a"}).encode(), **{H_REASON_CODE: "RetriesExhausted"})
+    b = parked(2, json.dumps({"id": "ev-b"}).encode(), **{H_REASON_CODE: "InvalidData"})
+    c = parked(3, b"junk", **{H_REASON_CODE: "InvalidJSON"})
     assert dlq.select([a, b, c], ids=["3", "ev-a"]) == ([a, c], [])
     assert dlq.select([a, b, c], ids=["ev-b", "9", "ev-z"]) == ([b], ["9", "ev-z"])
     assert dlq.select([a, b, c], all_=True) == ([a, b, c], [])
@@ -103,7 +142,7 @@ def test_table_has_one_row_per_message_and_no_control_characters() -> None:
     rows = [
         parked(5, encode_structured(event)[0], **dlq_headers("RetriesExhausted", "funnel.indexing.completed", 8)),
         parked(6, b"{", **{**dlq_headers("InvalidJSON", "funnel.indexing.started", 9),
-                           "Oms-Dlq-Reason": "line one\nline two\t" + "x" * 200}),
+                           H_REASON: "line one\nline two\t" + "x" * 200}),
     ]
     lines = dlq.format_table(rows).splitlines()
     assert lines[0].split() == ["SEQ", "SUBJECT", "CODE", "DELIVERIES", "REJECTED", "AT", "EVENT", "ID", "BRANCH",
@@ -253,7 +292,7 @@ def test_replay_all_of_one_reason(nats_url: str) -> None:
 
 def test_message_without_original_subject_is_reported_not_guessed(nats_url: str,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    asyncio.run(_setup(nats_url, [("funnel.dlq.started", b"{}", {"Oms-Dlq-Reason-Code": "InvalidCloudEvent"})]))
+    asyncio.run(_setup(nats_url, [("funnel.dlq.started", b"{}", {H_REASON_CODE: "InvalidCloudEvent"})]))
     assert main(["dlq", "replay", "--nats", nats_url, "--id", "1"]) == 1
     assert "no Oms-Dlq-Original-Subject header" in capsys.readouterr().err
     assert asyncio.run(_stream(nats_url, INPUT)) == [] and len(asyncio.run(_stream(nats_url, DLQ))) == 1

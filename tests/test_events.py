@@ -1,4 +1,4 @@
-"""The Funnel indexing-event contract (branch_operator.contracts.funnel)."""
+"""The Funnel indexing-event contract (branch_operator.contracts.funnel, funnel_decode, funnel_encode)."""
 
 from __future__ import annotations
 
@@ -32,13 +32,11 @@ from branch_operator.contracts.funnel import (
     IndexingEvent,
     RejectReason,
     default_subjects,
-    encode_binary,
-    encode_structured,
-    make_cloudevent,
-    make_event,
     parse_message,
     subjects_from_settings,
 )
+from branch_operator.contracts.funnel_encode import encode_binary, encode_structured, make_event
+from branch_operator.contracts.outbound import make_cloudevent
 
 STARTED = "funnel.indexing.started"
 COMPLETED = "funnel.indexing.completed"

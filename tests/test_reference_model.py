@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from branch_operator.api.models import BranchStatus
-from branch_operator.contracts.funnel import encode_structured, parse_message
+from branch_operator.contracts.funnel import parse_message
+from branch_operator.contracts.funnel_encode import encode_structured
 from branch_operator.domain.lifecycle import Outcome as PlanOutcome
 from branch_operator.domain.lifecycle import plan_indexing_event
 

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from nats.aio.msg import Msg
 
 from branch_operator.cli import dlq
-from branch_operator.contracts.funnel import encode_binary, encode_structured, make_event
+from branch_operator.contracts.funnel_encode import encode_binary, encode_structured, make_event
 from branch_operator.controllers.indexing import Outcome, Result
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.ingest.consumer import Disposition

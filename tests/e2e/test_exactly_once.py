@@ -1,4 +1,4 @@
-"""Exactly-once effects over at-least-once delivery, under the faults this machine can produce (issue 3).
+"""Exactly-once effects over at-least-once delivery, under the faults this machine can produce.
 
 Each test drives a workload from ``tests/reference_model.py`` (waves of Funnel events: shuffled across
 subjects and branches, ~10% re-published copies, late events of older runs, a few events for unknown
@@ -44,7 +44,7 @@ from nats.js.errors import NotFoundError
 from branch_operator.api.models import API_VERSION, AutoMergePolicy, Branch, BranchLock, LockType
 from branch_operator.clients.kube import KubeClient
 from branch_operator.config import Settings
-from branch_operator.contracts.funnel import encode_structured
+from branch_operator.contracts.funnel_encode import encode_structured
 from branch_operator.controllers.indexing import Result
 from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle

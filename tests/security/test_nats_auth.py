@@ -19,7 +19,7 @@ import pytest
 from branch_operator.clients.kube import KubeClient
 from branch_operator.clients.nats_bus import NatsBus, connect_options
 from branch_operator.config import Settings
-from branch_operator.contracts.funnel import encode_structured, make_event
+from branch_operator.contracts.funnel_encode import encode_structured, make_event
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.embedded.natsserver import NatsServer
 

@@ -19,7 +19,7 @@ import yaml
 from branch_operator import rbac
 from branch_operator.api.models import LockType
 from branch_operator.clients.kube import USER_AGENT, KubeClient, NotFound
-from branch_operator.contracts.funnel import encode_structured, make_event
+from branch_operator.contracts.funnel_encode import encode_structured, make_event
 from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.apiserver.server import EmbeddedApiServer, RequestRecord
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle

@@ -24,7 +24,7 @@ import yaml
 from branch_operator.clients.kube import KubeClient
 from branch_operator.clients.nats_bus import connect_options
 from branch_operator.config import Settings
-from branch_operator.contracts.funnel import encode_structured, make_event
+from branch_operator.contracts.funnel_encode import encode_structured, make_event
 from branch_operator.domain.audit import AuditRecord
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.embedded.natsserver import NatsServer

@@ -28,13 +28,8 @@ from hypothesis import strategies as st
 from branch_operator.api.models import BRANCH_NAME_PATTERN, MAX_BRANCH_NAME
 from branch_operator.clients.kube import KubeClient
 from branch_operator.config import Settings
-from branch_operator.contracts.funnel import (
-    EventRejected,
-    encode_structured,
-    escape_controls,
-    make_event,
-    parse_message,
-)
+from branch_operator.contracts.funnel import EventRejected, escape_controls, parse_message
+from branch_operator.contracts.funnel_encode import encode_structured, make_event
 from branch_operator.domain.audit import AuditRecord, branch_slug, make_audit_id, parse_audit_id
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.ingest import guard

@@ -1,8 +1,9 @@
 """The dead-letter stream, for people: ``branch-operator dlq list`` and ``branch-operator dlq replay``.
 
-The consumer (consumer.py) parks every message it cannot process in the dead-letter stream
+The consumer (ingest/consumer.py) parks every message it cannot process in the dead-letter stream
 (``FUNNEL_INDEXING_DLQ``, subjects ``funnel.dlq.<kind>``) with the original body and headers plus
-``Oms-Dlq-*`` headers that say why. This module reads them back and re-drives them:
+``Oms-Dlq-*`` headers that say why (their names and rules: contracts/dlq.py). This module reads them
+back and re-drives them:
 
 * ``list`` shows each parked message by its **DLQ stream sequence** (the id every other command
   takes), with the reason, the delivery count and, when the body can be read, the CloudEvent id and
@@ -41,24 +42,18 @@ from nats.js.errors import NotFoundError
 
 from branch_operator.clients.nats_bus import connect_options
 from branch_operator.config import Settings, mask_url
+from branch_operator.contracts.dlq import (
+    H_ORIGINAL_SUBJECT,
+    NATS_MSG_ID,
+    DeadLetter,
+    header_value,
+    read_dead_letter,
+    replay_headers,
+    replay_msg_id,
+)
 
-DLQ_HEADER_PREFIX = "Oms-Dlq-"
-H_REASON_CODE = "Oms-Dlq-Reason-Code"
-H_REASON = "Oms-Dlq-Reason"
-H_ORIGINAL_SUBJECT = "Oms-Dlq-Original-Subject"
-H_DELIVERY_COUNT = "Oms-Dlq-Delivery-Count"
-H_STREAM_SEQ = "Oms-Dlq-Stream-Seq"
-H_REJECTED_AT = "Oms-Dlq-Rejected-At"
-# JetStream reads these on publish (dedupe id, optimistic-concurrency expectations, TTLs, rollups):
-# a replay must not carry the original's.
-_NATS_CONTROL_PREFIX = "nats-"
 # Bodies larger than this are not parsed for the id/branch columns.
 _PEEK_LIMIT = 1024 * 1024
-
-
-def replay_msg_id(dlq_seq: int) -> str:
-    """The ``Nats-Msg-Id`` of a replay: the same for every replay of one parked message."""
-    return f"replay:{dlq_seq}"
 
 
 @dataclass(frozen=True)
@@ -72,35 +67,36 @@ class Parked:
     stored_at: datetime | None = None
 
     def header(self, name: str) -> str | None:
-        wanted = name.lower()
-        for key, value in self.headers.items():
-            if key.lower() == wanted:
-                return value
-        return None
+        return header_value(self.headers, name)
+
+    @property
+    def letter(self) -> DeadLetter:
+        """Why and from where it was parked (its ``Oms-Dlq-*`` headers)."""
+        return read_dead_letter(self.headers)
 
     @property
     def original_subject(self) -> str | None:
-        return self.header(H_ORIGINAL_SUBJECT)
+        return self.letter.original_subject
 
     @property
     def reason_code(self) -> str:
-        return self.header(H_REASON_CODE) or ""
+        return self.letter.reason_code
 
     @property
     def reason(self) -> str:
-        return self.header(H_REASON) or ""
+        return self.letter.reason
 
     @property
     def delivery_count(self) -> int | None:
-        return _int_or_none(self.header(H_DELIVERY_COUNT))
+        return self.letter.delivery_count
 
     @property
     def original_seq(self) -> int | None:
-        return _int_or_none(self.header(H_STREAM_SEQ))
+        return self.letter.stream_seq
 
     @property
     def rejected_at(self) -> str | None:
-        return self.header(H_REJECTED_AT)
+        return self.letter.rejected_at
 
     @property
     def event_id(self) -> str | None:
@@ -135,12 +131,7 @@ class Parked:
 
     def replay_headers(self) -> dict[str, str]:
         """The original headers, minus ``Oms-Dlq-*`` and ``Nats-*``, plus the replay's ``Nats-Msg-Id``."""
-        headers = {
-            k: v for k, v in self.headers.items()
-            if not k.lower().startswith((DLQ_HEADER_PREFIX.lower(), _NATS_CONTROL_PREFIX))
-        }
-        headers["Nats-Msg-Id"] = replay_msg_id(self.seq)
-        return headers
+        return replay_headers(self.headers, self.seq)
 
     def matches(self, wanted: str) -> bool:
         """``wanted`` is this message's DLQ sequence or its CloudEvent id."""
@@ -181,13 +172,6 @@ class ReplayResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 # ------------------------------------------------------------------------------------ operations
@@ -338,7 +322,7 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
         if args.dry_run:
             for p in chosen:
                 print(f"would replay dlq seq {p.seq} ({p.reason_code}; event {p.event_id or '-'}) -> "
-                      f"{p.original_subject or '?'} with Nats-Msg-Id {replay_msg_id(p.seq)}")
+                      f"{p.original_subject or '?'} with {NATS_MSG_ID} {replay_msg_id(p.seq)}")
             return 0
         results = await replay(js, settings, chosen)
     finally:

@@ -11,7 +11,7 @@ import nats
 
 from branch_operator.clients.nats_bus import connect_options
 from branch_operator.config import Settings
-from branch_operator.contracts.funnel import encode_binary, encode_structured, make_event
+from branch_operator.contracts.funnel_encode import encode_binary, encode_structured, make_event
 
 
 def build_event(

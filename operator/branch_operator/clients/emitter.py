@@ -19,7 +19,12 @@ from typing import Any
 
 from branch_operator.clients.nats_bus import NatsBus
 from branch_operator.config import Settings
-from branch_operator.contracts.funnel import make_cloudevent
+from branch_operator.contracts.outbound import (
+    STRUCTURED_CONTENT_TYPE,
+    TYPE_BRANCH_MERGED,
+    make_cloudevent,
+    notification_type,
+)
 from branch_operator.domain.audit import AuditRecord
 from branch_operator.domain.lifecycle import rfc3339
 
@@ -90,12 +95,12 @@ class Emitter:
             "merged_at": merged_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "correlation_id": correlation_id,
         }
-        return self._cloudevent(self.settings.merged_subject, "com.oms.branch.merged", branch_name, data, msg_id)
+        return self._cloudevent(self.settings.merged_subject, TYPE_BRANCH_MERGED, branch_name, data, msg_id)
 
     def notification_message(self, *, msg_id: str, kind: str, branch_name: str, data: dict[str, Any]) -> Outgoing:
         """A notification CloudEvent for admins (e.g. ``com.oms.branch.indexing_failed``)."""
         return self._cloudevent(
-            self.settings.notifications_subject, f"com.oms.branch.{kind}", branch_name, data, msg_id)
+            self.settings.notifications_subject, notification_type(kind), branch_name, data, msg_id)
 
     def _cloudevent(self, subject: str, type_: str, ce_subject: str, data: dict[str, Any], msg_id: str) -> Outgoing:
         event = make_cloudevent(type_, self.settings.operator_id, ce_subject, data, event_id=msg_id)
@@ -141,7 +146,7 @@ class Emitter:
         assert self.bus is not None
         # Audit records are plain JSON lines; everything else is a structured CloudEvent.
         headers = None if message.subject == self.settings.audit_subject else {
-            "Content-Type": "application/cloudevents+json"}
+            "Content-Type": STRUCTURED_CONTENT_TYPE}
         await self.bus.publish(message.subject, message.data.encode(), msg_id=message.msg_id, headers=headers)
 
     # ---------------------------------------------------------------------------------- outboxes

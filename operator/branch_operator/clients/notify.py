@@ -28,16 +28,12 @@ import aiohttp
 from branch_operator.clients.emitter import Emitter
 from branch_operator.clients.kube import KubeClient, KubeError, NotFound
 from branch_operator.config import Settings
+from branch_operator.contracts.outbound import INDEXING_FAILED, MERGE_BLOCKED, MERGE_FAILED
 from branch_operator.domain.audit import AuditRecord
 from branch_operator.domain.lifecycle import rfc3339, to_utc
 from branch_operator.kit.deadlines import DeadlineScheduler
 
 log = logging.getLogger(__name__)
-
-INDEXING_FAILED = "indexing_failed"
-MERGE_BLOCKED = "merge_blocked"
-LOCK_EXPIRED = "lock_expired"
-MERGE_FAILED = "merge_failed"
 
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 

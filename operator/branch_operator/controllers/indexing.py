@@ -27,6 +27,7 @@ from branch_operator.clients.emitter import Emitter, Outgoing, from_outbox, outb
 from branch_operator.clients.kube import Conflict, KubeClient, NotFound, Obj, Transient
 from branch_operator.config import Settings
 from branch_operator.contracts.funnel import EventRejected, IndexingEvent, parse_message
+from branch_operator.contracts.outbound import INDEXING_FAILED
 from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.lifecycle import EventPlan, plan_indexing_event, rfc3339
 from branch_operator.domain.lifecycle import Outcome as PlanOutcome
@@ -327,7 +328,7 @@ class EventProcessor:
         messages = [self.emitter.audit_message(r) for r in records]
         if plan.notify:
             messages.append(self.emitter.notification_message(
-                msg_id=f"notify:{event.id}", kind="indexing_failed", branch_name=event.data.branch_name,
+                msg_id=f"notify:{event.id}", kind=INDEXING_FAILED, branch_name=event.data.branch_name,
                 data={
                     "namespace": ns, "branch": name, "branch_name": event.data.branch_name,
                     "indexing_id": event.data.indexing_id, "reason": plan.event_message,

@@ -36,6 +36,7 @@ from branch_operator.clients.emitter import OUTBOX_FLUSH_WINDOW_SECONDS, Emitter
 from branch_operator.clients.kube import Conflict, KubeClient, NotFound, Obj, now_rfc3339
 from branch_operator.clients.merge_backends import EventBackend, MergeBackend, MergeRequest, MergeResult, Outcome
 from branch_operator.config import Settings
+from branch_operator.contracts.outbound import MERGE_FAILED
 from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.lifecycle import rfc3339
 from branch_operator.domain.locks import label_value
@@ -457,7 +458,7 @@ class MergeReconciler:
         if failed_before == 0:
             # One notification per merge that starts failing; later retries post Events only.
             await self.emitter.notify(
-                msg_id=f"merge-failed:{key}", kind="merge_failed", branch_name=str(obj["spec"]["branchName"]),
+                msg_id=f"merge-failed:{key}", kind=MERGE_FAILED, branch_name=str(obj["spec"]["branchName"]),
                 data={"namespace": meta["namespace"], "branch": meta["name"],
                       "branch_name": obj["spec"]["branchName"], "target_branch": target, "merge_id": key,
                       "reason": result.detail, "retry_at": rfc3339(retry_at), "policy": evaluation.policy},

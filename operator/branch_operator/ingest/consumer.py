@@ -25,6 +25,14 @@ from branch_operator.clients.emitter import Emitter
 from branch_operator.clients.kube import Invalid, KubeError
 from branch_operator.clients.nats_bus import NatsBus
 from branch_operator.config import Settings
+from branch_operator.contracts.dlq import (
+    MAX_REASON_LENGTH,
+    REJECTED_BY_API_SERVER,
+    RETRIES_EXHAUSTED,
+    dead_letter_headers,
+    dead_letter_msg_id,
+    dead_letter_subject,
+)
 from branch_operator.contracts.funnel import EventRejected, parse_message, subjects_from_settings
 from branch_operator.controllers.indexing import EventProcessor, Outcome, Result
 from branch_operator.domain.audit import AuditAction, AuditRecord
@@ -89,7 +97,8 @@ class IndexingConsumer:
                 failures = 0
                 log.info("consuming %s via durable consumer %s", kind, durable)
                 await self._pump(sub, epoch)
-                # Reconnected: the old pull subscription may be dead (nats.py issue 504); bind again.
+                # Reconnected: the old pull subscription may be dead (nats-py can lose one silently across a
+                # server restart); bind again.
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
             except asyncio.CancelledError:
@@ -174,7 +183,7 @@ class IndexingConsumer:
             result = await self.processor.handle(event, may_wait=delivered < self.settings.early_event_retries)
         except Invalid as exc:
             # The API server refused what the event asks for (e.g. a value the CRD forbids): retrying won't help.
-            return await self._dead_letter(msg, "RejectedByApiServer", str(exc), delivered, event_id=event.id,
+            return await self._dead_letter(msg, REJECTED_BY_API_SERVER, str(exc), delivered, event_id=event.id,
                                            branch_name=event.data.branch_name)
         except (KubeError, nats.errors.Error, OSError, TimeoutError) as exc:
             return await self._retry(msg, delivered, f"{type(exc).__name__}: {exc}", event.id,
@@ -200,7 +209,7 @@ class IndexingConsumer:
         self, msg: Msg, delivered: int, reason: str, event_id: str, branch_name: str | None = None,
     ) -> Disposition:
         if delivered >= self.settings.max_deliver:
-            return await self._dead_letter(msg, "RetriesExhausted", reason, delivered, event_id=event_id,
+            return await self._dead_letter(msg, RETRIES_EXHAUSTED, reason, delivered, event_id=event_id,
                                            branch_name=branch_name)
         delay = backoff_seconds(delivered)
         log.warning("event %s: %s; redelivery %d in %.1fs", event_id, reason, delivered + 1, delay)
@@ -214,28 +223,21 @@ class IndexingConsumer:
         branch_name: str | None = None,
     ) -> Disposition:
         seq = _stream_seq(msg)
-        headers = dict(msg.headers or {})
-        headers.pop("Nats-Msg-Id", None)
-        headers.update({
-            "Oms-Dlq-Reason-Code": code,
-            "Oms-Dlq-Reason": message[:1024],
-            "Oms-Dlq-Original-Subject": msg.subject,
-            "Oms-Dlq-Delivery-Count": str(delivered),
-            "Oms-Dlq-Stream-Seq": str(seq),
-            "Oms-Dlq-Rejected-At": self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
-        })
-        token = msg.subject.rsplit(".", 1)[-1] or "unknown"
+        headers = dead_letter_headers(
+            msg.headers, reason_code=code, reason=message, original_subject=msg.subject, delivered=delivered,
+            stream_seq=seq, rejected_at=self.clock(),
+        )
         try:
             await self.bus.publish(
-                f"{self.settings.dlq_subject_prefix}.{token}", msg.data, headers=headers,
-                msg_id=f"dlq:{self.settings.stream}:{seq}",
+                dead_letter_subject(self.settings.dlq_subject_prefix, msg.subject), msg.data, headers=headers,
+                msg_id=dead_letter_msg_id(self.settings.stream, seq),
             )
             # The stream's timestamp, not the clock: a re-run after a crash yields the same audit id.
             await self.emitter.audit(AuditRecord.build(
                 AuditAction.EVENT_REJECTED, branch_name=branch_name, when=_stored_at(msg) or self.clock(),
                 seed=f"rejected|{self.settings.stream}|{seq}", actor=self.settings.operator_id,
                 correlation_id=event_id, reason=code,
-                details={"message": message[:1024], "subject": msg.subject, "stream_seq": seq,
+                details={"message": message[:MAX_REASON_LENGTH], "subject": msg.subject, "stream_seq": seq,
                          "delivered": delivered},
             ))
         except Exception as exc:

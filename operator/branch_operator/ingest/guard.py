@@ -1,5 +1,5 @@
 """Checks on where an event may make the operator write, applied to every parsed event before it is
-processed. The event contract (``events.py``) checks each value's shape; this module checks that a
+processed. The event contract (``contracts/funnel.py``) checks each value's shape; this module checks that a
 well-formed value is one this operator is allowed to act on.
 
 An event names its namespace (``data.namespace`` or the ``namespace`` extension) and Funnel is not

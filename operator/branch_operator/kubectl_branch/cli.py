@@ -313,7 +313,7 @@ def _nats_url(args: argparse.Namespace) -> str:
 
 async def cmd_publish(ctx: Context) -> int:
     from branch_operator.cli.publish import event_from_args, subject_for
-    from branch_operator.contracts.funnel import encode_binary, encode_structured
+    from branch_operator.contracts.funnel_encode import encode_binary, encode_structured
     from branch_operator.kubectl_branch.audit import connect
 
     args = ctx.args

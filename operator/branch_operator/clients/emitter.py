@@ -21,7 +21,7 @@ from branch_operator.clients.nats_bus import NatsBus
 from branch_operator.config import Settings
 from branch_operator.contracts.funnel import make_cloudevent
 from branch_operator.domain.audit import AuditRecord
-from branch_operator.domain.lifecycle import rfc3339
+from branch_operator.domain.timefmt import rfc3339
 
 audit_log = logging.getLogger("oms.audit")
 log = logging.getLogger(__name__)

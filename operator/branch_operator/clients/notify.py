@@ -29,7 +29,7 @@ from branch_operator.clients.emitter import Emitter
 from branch_operator.clients.kube import KubeClient, KubeError, NotFound
 from branch_operator.config import Settings
 from branch_operator.domain.audit import AuditRecord
-from branch_operator.domain.lifecycle import rfc3339, to_utc
+from branch_operator.domain.timefmt import rfc3339, to_utc
 from branch_operator.kit.deadlines import DeadlineScheduler
 
 log = logging.getLogger(__name__)

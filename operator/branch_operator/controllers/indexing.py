@@ -28,10 +28,11 @@ from branch_operator.clients.kube import Conflict, KubeClient, NotFound, Obj, Tr
 from branch_operator.config import Settings
 from branch_operator.contracts.funnel import EventRejected, IndexingEvent, parse_message
 from branch_operator.domain.audit import AuditAction, AuditRecord
-from branch_operator.domain.lifecycle import EventPlan, plan_indexing_event, rfc3339
+from branch_operator.domain.lifecycle import EventPlan, plan_indexing_event
 from branch_operator.domain.lifecycle import Outcome as PlanOutcome
 from branch_operator.domain.locks import label_value, lock_body, locks_to_release
 from branch_operator.domain.locks import lock_name as make_lock_name
+from branch_operator.domain.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 

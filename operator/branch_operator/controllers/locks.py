@@ -27,8 +27,8 @@ from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFou
 from branch_operator.clients.notify import LOCK_EXPIRED, Incident, Notifier
 from branch_operator.config import Settings
 from branch_operator.domain.audit import AuditAction, AuditRecord
-from branch_operator.domain.lifecycle import rfc3339, to_utc
 from branch_operator.domain.locks import label_value
+from branch_operator.domain.timefmt import rfc3339, to_utc
 from branch_operator.kit.deadlines import DeadlineScheduler
 
 log = logging.getLogger(__name__)

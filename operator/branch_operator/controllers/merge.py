@@ -37,7 +37,6 @@ from branch_operator.clients.kube import Conflict, KubeClient, NotFound, Obj, no
 from branch_operator.clients.merge_backends import EventBackend, MergeBackend, MergeRequest, MergeResult, Outcome
 from branch_operator.config import Settings
 from branch_operator.domain.audit import AuditAction, AuditRecord
-from branch_operator.domain.lifecycle import rfc3339
 from branch_operator.domain.locks import label_value
 from branch_operator.domain.merge.policy import (
     ManualRequest,
@@ -49,6 +48,7 @@ from branch_operator.domain.merge.policy import (
     select_policy,
 )
 from branch_operator.domain.merge.trace import merge_changed, merge_key, merge_status_patch
+from branch_operator.domain.timefmt import rfc3339
 from branch_operator.kit.scheduler import Scheduler
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,10 @@ from branch_operator.api.models import GROUP, LockType, Phase
 from branch_operator.domain.lifecycle import (
     ALLOWED_MANUAL_TRANSITIONS,
     check_manual_transition,
-    rfc3339,
     set_condition,
     truncate,
 )
+from branch_operator.domain.timefmt import rfc3339
 
 ANNOTATION_FORCE_UNLOCK = f"{GROUP}/force-unlock"
 ANNOTATION_SET_STATE = f"{GROUP}/set-state"

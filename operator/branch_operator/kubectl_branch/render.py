@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from branch_operator.domain.timefmt import human_duration
+
 Obj = Mapping[str, Any]
 
 # What to do about each blocking reason (shown by `why`): the runbook in one line each.
@@ -32,15 +34,6 @@ def parse_time(ts: Any) -> datetime | None:
     except ValueError:
         return None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-def human_duration(seconds: float) -> str:
-    """kubectl's short ages: 45s, 5m, 3h, 2d (the largest unit that fits, like `kubectl get`)."""
-    secs = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs // size}{unit}"
-    return f"{max(secs, 0)}s"
 
 
 def age(ts: Any, now: datetime) -> str:

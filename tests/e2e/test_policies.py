@@ -21,9 +21,8 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from branch_operator.api.models import AutoMergePolicy, LockType
+from branch_operator.api.models import ANNOTATION_MERGE_REQUEST, ANNOTATION_REQUESTED_BY, AutoMergePolicy, LockType
 from branch_operator.cli.simulate import run as run_simulate
-from branch_operator.controllers.merge import ANNOTATION_MERGE_REQUEST, ANNOTATION_REQUESTED_BY
 from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.kit.scheduler import ManualClock

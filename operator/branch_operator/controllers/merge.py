@@ -31,7 +31,13 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from branch_operator.api.models import GROUP, BranchStatus, MergeDecision, Phase
+from branch_operator.api.models import (
+    ANNOTATION_MERGE_REQUEST,
+    ANNOTATION_REQUESTED_BY,
+    BranchStatus,
+    MergeDecision,
+    Phase,
+)
 from branch_operator.clients.emitter import OUTBOX_FLUSH_WINDOW_SECONDS, Emitter, Outgoing, outbox
 from branch_operator.clients.kube import Conflict, KubeClient, NotFound, Obj, now_rfc3339
 from branch_operator.clients.merge_backends import EventBackend, MergeBackend, MergeRequest, MergeResult, Outcome
@@ -53,8 +59,6 @@ from branch_operator.kit.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
-ANNOTATION_MERGE_REQUEST = f"{GROUP}/merge-request"
-ANNOTATION_REQUESTED_BY = f"{GROUP}/requested-by"
 # Audit actions this module adds to domain.audit's (any [a-z_.]+ name is a valid action).
 AUDIT_MERGE_DEFERRED = "branch.merge_deferred"
 AUDIT_MERGE_FAILED = "branch.merge_failed"

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from branch_operator.api.models import ANNOTATION_FORCE_UNLOCK, ANNOTATION_MERGE_REQUEST, ANNOTATION_SET_STATE
 from branch_operator.domain.timefmt import human_duration
 
 Obj = Mapping[str, Any]
@@ -137,7 +138,7 @@ def describe_branch(branch: Obj, locks: Sequence[Obj], events: Sequence[Obj], no
     if meta.get("deletionTimestamp"):
         add(f"Deleting since: {meta['deletionTimestamp']} (finalizers: {', '.join(meta.get('finalizers') or [])})")
     pending = {k: v for k, v in (meta.get("annotations") or {}).items()
-               if k in ("oms.dev/force-unlock", "oms.dev/set-state", "oms.dev/merge-request")}
+               if k in (ANNOTATION_FORCE_UNLOCK, ANNOTATION_SET_STATE, ANNOTATION_MERGE_REQUEST)}
     if pending:
         add("Pending admin requests:")
         out.extend(f"  {k}: {v}" for k, v in sorted(pending.items()))

@@ -19,7 +19,16 @@ from typing import Any
 
 import kopf
 
-from branch_operator.api.models import GROUP, VERSION, AutoMergePolicy, AutoMergePolicySpec, Branch, BranchLock, Phase
+from branch_operator.api.models import (
+    FINALIZER,
+    GROUP,
+    VERSION,
+    AutoMergePolicy,
+    AutoMergePolicySpec,
+    Branch,
+    BranchLock,
+    Phase,
+)
 from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFound
 from branch_operator.clients.nats_bus import NatsBus
 from branch_operator.config import Settings
@@ -37,7 +46,7 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
     settings.scanning.disabled = True
     # Our own Events come from the operator's client; kopf should only post its warnings and errors.
     settings.posting.level = logging.WARNING
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")

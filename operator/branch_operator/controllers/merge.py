@@ -54,7 +54,7 @@ from branch_operator.domain.merge.policy import (
     select_policy,
 )
 from branch_operator.domain.merge.trace import merge_changed, merge_key, merge_status_patch
-from branch_operator.domain.timefmt import rfc3339
+from branch_operator.domain.timefmt import parse_time, rfc3339
 from branch_operator.kit.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def needs_announcement(status: Mapping[str, Any], *, now: datetime,
             or not merge.get("mergeId") or merge.get("announcedAt")):
         return False
     key = announcement_key(str(merge["mergeId"]))
-    written = _parse_time(box.get("writtenAt"))
+    written = parse_time(box.get("writtenAt"))
     return (box.get("key") == key and written is not None and not sent(box)
             and (now - written).total_seconds() <= OUTBOX_FLUSH_WINDOW_SECONDS)
 
@@ -125,15 +125,6 @@ def _merged_view(obj: Obj, patch: Mapping[str, Any]) -> Obj:
     merge = {**(status.get("merge") or {}), **patch.get("merge", {})}
     status["merge"] = {k: v for k, v in merge.items() if v is not None}
     return {**obj, "status": status}
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 class MergeReconciler:
@@ -382,7 +373,7 @@ class MergeReconciler:
         previous = status_raw.get("merge") or {}
         failed_before = int(previous.get("attempts") or 0) if (
             previous.get("decision") == MergeDecision.FAILED.value and previous.get("mergeId") == key) else 0
-        retry_at = _parse_time(previous.get("nextEvaluationTime")) if failed_before else None
+        retry_at = parse_time(previous.get("nextEvaluationTime")) if failed_before else None
         if retry_at is not None and now < retry_at and evaluation.manual is None:
             self._schedule((ns, name), retry_at)  # a failed merge waits for its retry time
             return MergeDecision.FAILED
@@ -475,7 +466,7 @@ class MergeReconciler:
         meta, status_raw = obj["metadata"], obj.get("status") or {}
         merge = status_raw.get("merge") or {}
         key = str(merge.get("mergeId"))
-        merged_at = _parse_time(merge.get("mergedAt")) or self.clock()
+        merged_at = parse_time(merge.get("mergedAt")) or self.clock()
         target = str(merge.get("targetBranch") or (obj.get("spec") or {}).get("targetBranch", "main"))
         indexing = BranchStatus.model_validate(status_raw).indexing
         manual = merge.get("manualRequest") or {}

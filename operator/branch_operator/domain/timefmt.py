@@ -12,8 +12,9 @@ and writes times the same way. The duration formats differ on purpose, one per a
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-__all__ = ["compact_duration", "format_duration", "human_duration", "rfc3339", "to_utc"]
+__all__ = ["compact_duration", "format_duration", "human_duration", "parse_time", "rfc3339", "to_utc"]
 
 
 def to_utc(dt: datetime) -> datetime:
@@ -25,6 +26,22 @@ def rfc3339(dt: datetime) -> str:
     """RFC 3339 in UTC with a ``Z`` suffix, as the API server writes timestamps."""
     text = to_utc(dt).isoformat(timespec="microseconds" if dt.microsecond else "seconds")
     return text.removesuffix("+00:00") + "Z"
+
+
+def parse_time(raw: Any) -> datetime | None:
+    """A timestamp read from an object (RFC 3339, ``Z`` or an offset; or a datetime), in UTC.
+
+    None for a missing, empty or unparsable value: the callers read fields that other writers may have
+    left out or mangled, and treat them as unknown rather than fail.
+    """
+    if not raw:
+        return None
+    if isinstance(raw, datetime):
+        return to_utc(raw)
+    try:
+        return to_utc(datetime.fromisoformat(str(raw).replace("Z", "+00:00")))
+    except ValueError:
+        return None
 
 
 def format_duration(seconds: float) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from branch_operator.api.models import ANNOTATION_FORCE_UNLOCK, ANNOTATION_MERGE_REQUEST, ANNOTATION_SET_STATE
-from branch_operator.domain.timefmt import human_duration
+from branch_operator.domain.timefmt import human_duration, parse_time
 
 Obj = Mapping[str, Any]
 
@@ -25,16 +25,6 @@ REASON_HINTS: Mapping[str, str] = {
     "TargetLockHeld": "the target branch is locked (kubectl branch locks on the target's Branch)",
     "OutsideMergeWindow": "outside the policy's merge windows; it merges when the next window opens by itself",
 }
-
-
-def parse_time(ts: Any) -> datetime | None:
-    if not ts:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def age(ts: Any, now: datetime) -> str:

@@ -25,7 +25,7 @@ from branch_operator.api.models import ANNOTATION_MERGE_REQUEST, ANNOTATION_REQU
 from branch_operator.cli.simulate import run as run_simulate
 from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
-from branch_operator.kit.scheduler import ManualClock
+from branch_operator.kit.deadlines import ManualClock
 
 from .conftest import Oms, open_oms, wait_for
 
@@ -489,7 +489,7 @@ async def test_a_window_opening_merges_a_deferred_branch_without_anyone_touching
     assert condition(deferred, "Mergeable")["reason"] == "OutsideMergeWindow"
     scheduler = clocked.operator.runtime.scheduler
     # Scheduled right after the write this test has just read: waited for, not raced.
-    await wait_for(lambda: scheduler.due((oms.namespace, "weekend")) == MONDAY_0900_SEOUL,
+    await wait_for(lambda: scheduler.deadline((oms.namespace, "weekend")) == MONDAY_0900_SEOUL,
                    what="the wake-up at the window's opening")
 
     clocked.clock.set(MONDAY_0900_SEOUL - timedelta(minutes=1))  # not yet: nothing happens

@@ -55,7 +55,7 @@ from branch_operator.domain.merge.policy import (
 )
 from branch_operator.domain.merge.trace import merge_changed, merge_key, merge_status_patch
 from branch_operator.domain.timefmt import parse_time, rfc3339
-from branch_operator.kit.scheduler import Scheduler
+from branch_operator.kit.deadlines import DeadlineScheduler
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class MergeReconciler:
         self.policy_source = policies
         self.clock = clock
         self.backend: MergeBackend = backend or EventBackend()
-        self.scheduler: Scheduler | None = None
+        self.scheduler: DeadlineScheduler[Key] | None = None
         # One evaluation per branch at a time in this process, so a merge is never executed twice
         # concurrently; across replicas the resourceVersion on every write does the same job.
         self._locks: dict[Key, asyncio.Lock] = {}

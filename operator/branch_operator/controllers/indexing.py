@@ -11,12 +11,10 @@ in between re-publishes the outbox (JetStream drops what it already has), so not
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import enum
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -33,6 +31,7 @@ from branch_operator.domain.lifecycle import Outcome as PlanOutcome
 from branch_operator.domain.locks import label_value, lock_body, locks_to_release
 from branch_operator.domain.locks import lock_name as make_lock_name
 from branch_operator.domain.timefmt import rfc3339
+from branch_operator.kit.keyed import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -87,21 +86,7 @@ class EventProcessor:
         self.on_ready: list[Callable[[Obj], None]] = []
         # Events for one branch are applied one at a time in this process; across replicas the
         # resourceVersion check on the status write does the same job.
-        self._branch_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._branch_users: dict[tuple[str, str], int] = {}
-
-    @contextlib.asynccontextmanager
-    async def _serialised(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        lock = self._branch_locks.setdefault(key, asyncio.Lock())
-        self._branch_users[key] = self._branch_users.get(key, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._branch_users[key] -= 1
-            if self._branch_users[key] == 0:  # keep the map bounded by the branches in flight
-                del self._branch_users[key]
-                del self._branch_locks[key]
+        self._serialised: KeyedLocks[tuple[str, str]] = KeyedLocks()
 
     async def find_branch(self, namespace: str, branch_name: str) -> str | None:
         if self.lookup is not None:

@@ -23,11 +23,10 @@ twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -56,6 +55,7 @@ from branch_operator.domain.merge.policy import (
 from branch_operator.domain.merge.trace import merge_changed, merge_key, merge_status_patch
 from branch_operator.domain.timefmt import parse_time, rfc3339
 from branch_operator.kit.deadlines import DeadlineScheduler
+from branch_operator.kit.keyed import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -142,23 +142,9 @@ class MergeReconciler:
         self.scheduler: DeadlineScheduler[Key] | None = None
         # One evaluation per branch at a time in this process, so a merge is never executed twice
         # concurrently; across replicas the resourceVersion on every write does the same job.
-        self._locks: dict[Key, asyncio.Lock] = {}
-        self._users: dict[Key, int] = {}
+        self._serialised: KeyedLocks[Key] = KeyedLocks()
         # The resourceVersion each Branch was last decided on (bounded; forgetting one costs one read).
         self._decided: OrderedDict[Key, str] = OrderedDict()
-
-    @contextlib.asynccontextmanager
-    async def _serialised(self, key: Key) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._users[key] = self._users.get(key, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if self._users[key] == 0:
-                del self._users[key]
-                del self._locks[key]
 
     def wants(self, branch: Mapping[str, Any]) -> bool:
         """:func:`wants`, knowing which announcements this process has already published."""

@@ -32,6 +32,7 @@ from branch_operator.domain.locks import label_value, lock_body, locks_to_releas
 from branch_operator.domain.locks import lock_name as make_lock_name
 from branch_operator.domain.timefmt import rfc3339
 from branch_operator.kit.keyed import KeyedLocks
+from branch_operator.kit.retry import Again, retry
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,17 @@ class Result:
     from_phase: str | None = None
     to_phase: str | None = None
     audit_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Committed:
+    """What an attempt that won its status write hands to the effects after the commit."""
+
+    obj: Obj
+    updated: Obj
+    status: BranchStatusModel
+    plan: EventPlan
+    messages: list[Outgoing]
 
 
 class BranchLookup(Protocol):
@@ -106,13 +118,17 @@ class EventProcessor:
             return await self._handle(event, namespace, may_wait)
 
     async def _handle(self, event: IndexingEvent, namespace: str, may_wait: bool) -> Result:
-        name = await self.find_branch(namespace, event.data.branch_name)
-        if name is None:
+        found = await self.find_branch(namespace, event.data.branch_name)
+        if found is None:
             return await self._unknown(event, namespace)
 
+        name = found
         new_lock: str | None = None
         deleted: dict[str, str] = {}  # lock name -> type; kept across conflict retries: deleted once stays deleted
-        for _attempt in range(MAX_CONFLICT_RETRIES):
+
+        async def attempt() -> Result | _Committed:
+            """Up to the status write (the commit point): a conflict there starts over from the read."""
+            nonlocal name, new_lock
             try:
                 obj = await self.kube.get_branch(namespace, name)
             except NotFound:
@@ -126,7 +142,7 @@ class EventProcessor:
                 if other is None or other == name or new_lock is not None or deleted:
                     return await self._unknown(event, namespace)
                 name = other
-                continue
+                raise Again from None
             status = BranchStatusModel.model_validate(obj.get("status") or {})
             plan = plan_indexing_event(status, event, now=self.clock(), may_wait=may_wait)
             phase = _phase(status.phase) or Phase.ACTIVE.value
@@ -155,25 +171,32 @@ class EventProcessor:
             patch["outbox"] = outbox(event.id, messages, written_at=self.clock())
             if plan.park:
                 patch["pendingResult"] = self._parked(event)
-            try:
-                updated = await self.kube.patch_branch_status(
-                    namespace, name, patch, resource_version=obj["metadata"].get("resourceVersion"))
-            except Conflict:
-                log.info("status of %s/%s changed underneath; re-reading", namespace, name)
-                continue
-            if plan.applied and _phase(plan.to_phase) == Phase.READY.value:
-                for listener in self.on_ready:
-                    listener(updated)
-            await self.kube.post_event(obj, type_=plan.event_type, reason=plan.event_reason,
-                                       message=plan.event_message)
-            await self.emitter.send_outbox(event.id, messages)
-            if plan.applied and plan.kind == "started":
-                await self._replay_parked(status, event, namespace)
-            outcome = {PlanOutcome.APPLIED: Outcome.APPLIED, PlanOutcome.STALE: Outcome.STALE}.get(
-                plan.outcome, Outcome.PENDING if plan.park else Outcome.UNEXPECTED)
-            return Result(outcome, namespace, name, _phase(plan.from_phase), _phase(plan.to_phase),
-                          [m.msg_id for m in messages if m.record is not None])
-        raise Transient(409, f"gave up on {namespace}/{name} after {MAX_CONFLICT_RETRIES} conflicting writes")
+            updated = await self.kube.patch_branch_status(
+                namespace, name, patch, resource_version=obj["metadata"].get("resourceVersion"))
+            return _Committed(obj, updated, status, plan, messages)
+
+        async def conflicted(_conflict: BaseException) -> None:
+            log.info("status of %s/%s changed underneath; re-reading", namespace, name)
+
+        done = await retry(
+            attempt, on=Conflict, attempts=MAX_CONFLICT_RETRIES, after_failure=conflicted,
+            give_up=lambda: Transient(409, f"gave up on {namespace}/{name} after {MAX_CONFLICT_RETRIES} "
+                                           "conflicting writes"))
+        if isinstance(done, Result):
+            return done
+        obj, updated, status, plan, messages = done.obj, done.updated, done.status, done.plan, done.messages
+        if plan.applied and _phase(plan.to_phase) == Phase.READY.value:
+            for listener in self.on_ready:
+                listener(updated)
+        await self.kube.post_event(obj, type_=plan.event_type, reason=plan.event_reason,
+                                   message=plan.event_message)
+        await self.emitter.send_outbox(event.id, messages)
+        if plan.applied and plan.kind == "started":
+            await self._replay_parked(status, event, namespace)
+        outcome = {PlanOutcome.APPLIED: Outcome.APPLIED, PlanOutcome.STALE: Outcome.STALE}.get(
+            plan.outcome, Outcome.PENDING if plan.park else Outcome.UNEXPECTED)
+        return Result(outcome, namespace, name, _phase(plan.from_phase), _phase(plan.to_phase),
+                      [m.msg_id for m in messages if m.record is not None])
 
     # --------------------------------------------------------------------------------- effects
 

@@ -1,4 +1,4 @@
-"""Lock lifecycle arithmetic, the deadline scheduler, and notification sinks (no cluster needed)."""
+"""Lock lifecycle arithmetic and notification sinks (no cluster needed); the scheduler in tests/test_deadlines.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from branch_operator.clients.notify import (
 )
 from branch_operator.controllers.locks import expires_at, last_renewal, stamp_patch
 from branch_operator.embedded.natsserver import free_port
-from branch_operator.kit.deadlines import DeadlineScheduler
 
 T0 = datetime(2025, 6, 26, 10, 0, tzinfo=UTC)
 
@@ -54,56 +53,6 @@ def test_expiry_counts_from_the_last_renewal() -> None:
     no_ttl = lock()
     del no_ttl["spec"]["ttlSeconds"]
     assert expires_at(no_ttl) is None
-
-
-# ------------------------------------------------------------------------------------------ deadlines
-
-
-async def test_one_task_fires_deadlines_in_order_and_honours_changes() -> None:
-    fired: list[str] = []
-    done = asyncio.Event()
-
-    async def fire(key: str) -> None:
-        fired.append(key)
-        if key == "last":
-            done.set()
-
-    s: DeadlineScheduler[str] = DeadlineScheduler(fire)
-    now = datetime.now(UTC)
-    s.schedule("b", now + timedelta(milliseconds=60))
-    s.schedule("a", now + timedelta(milliseconds=20))
-    s.schedule("cancelled", now + timedelta(milliseconds=10))
-    s.cancel("cancelled")
-    s.schedule("moved", now + timedelta(milliseconds=5))
-    s.schedule("moved", now + timedelta(milliseconds=80))  # rescheduled later: fires once, at the new time
-    s.schedule("last", now + timedelta(milliseconds=100))
-    task = asyncio.create_task(s.run())
-    try:
-        await asyncio.wait_for(done.wait(), 5)
-    finally:
-        task.cancel()
-    assert fired == ["a", "b", "moved", "last"] and len(s) == 0
-
-
-async def test_a_failing_callback_does_not_stop_the_others() -> None:
-    fired: list[str] = []
-    done = asyncio.Event()
-
-    async def fire(key: str) -> None:
-        if key == "bad":
-            raise RuntimeError("boom")
-        fired.append(key)
-        done.set()
-
-    s: DeadlineScheduler[str] = DeadlineScheduler(fire)
-    s.schedule("bad", datetime.now(UTC))
-    s.schedule("good", datetime.now(UTC) + timedelta(milliseconds=10))
-    task = asyncio.create_task(s.run())
-    try:
-        await asyncio.wait_for(done.wait(), 5)
-    finally:
-        task.cancel()
-    assert fired == ["good"]
 
 
 # ------------------------------------------------------------------------------------------ notifications

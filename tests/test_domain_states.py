@@ -30,12 +30,11 @@ from branch_operator.domain.lifecycle import (
     RunMatch,
     check_manual_transition,
     find_condition,
-    format_duration,
     indexing_duration,
     plan_indexing_event,
-    rfc3339,
     set_condition,
 )
+from branch_operator.domain.timefmt import format_duration, rfc3339
 
 NOW = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 T10 = datetime(2024, 1, 1, 10, 0, 0, tzinfo=UTC)

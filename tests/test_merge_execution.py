@@ -1,11 +1,9 @@
-"""The merge scheduler and the webhook backend in isolation (issue 4); end to end in tests/e2e/test_policies.py."""
+"""The webhook merge backend in isolation; end to end in tests/e2e/test_policies.py."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,92 +19,8 @@ from branch_operator.clients.merge_backends import (
     build_backend,
 )
 from branch_operator.config import Settings
-from branch_operator.kit.scheduler import ManualClock, Scheduler
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)  # polling a condition with a deadline
-
-
-# ---------------------------------------------------------------------------------------------- scheduler
-
-
-async def test_scheduler_fires_when_the_clock_reaches_each_due_time_and_only_then() -> None:
-    clock = ManualClock(T0)
-    fired: list[tuple[str, str]] = []
-
-    async def fire(key: tuple[str, str]) -> None:
-        fired.append(key)
-
-    scheduler = Scheduler(clock, fire)
-    clock.subscribe(scheduler.poke)
-    task = asyncio.create_task(scheduler.run())
-    try:
-        scheduler.schedule(("ns", "late"), T0 + timedelta(hours=2))
-        scheduler.schedule(("ns", "soon"), T0 + timedelta(hours=1))
-        scheduler.schedule(("ns", "gone"), T0 + timedelta(minutes=1))
-        scheduler.schedule(("ns", "gone"), None)  # forgotten: a merged branch has nothing to wait for
-        await asyncio.sleep(0.05)  # give a wrong implementation the chance to fire early
-        assert fired == [] and len(scheduler) == 2
-
-        clock.advance(timedelta(hours=1))
-        await until(lambda: fired == [("ns", "soon")])
-        clock.advance(timedelta(hours=5))
-        await until(lambda: fired == [("ns", "soon"), ("ns", "late")])
-        assert len(scheduler) == 0 and scheduler.fired == 2
-    finally:
-        task.cancel()
-
-
-async def test_scheduler_is_woken_from_another_thread() -> None:
-    clock = ManualClock(T0)
-    fired = asyncio.Event()
-
-    async def fire(key: tuple[str, str]) -> None:
-        fired.set()
-
-    scheduler = Scheduler(clock, fire)
-    clock.subscribe(scheduler.poke)
-    task = asyncio.create_task(scheduler.run())
-    try:
-        scheduler.schedule(("ns", "b"), T0 + timedelta(days=3))
-        await asyncio.sleep(0.02)
-        # Tests move the clock from their own thread while the operator runs on its own loop.
-        mover = threading.Thread(target=clock.advance, args=(timedelta(days=3),))
-        mover.start()
-        mover.join()
-        await asyncio.wait_for(fired.wait(), 5)
-    finally:
-        task.cancel()
-
-
-async def test_a_failing_wake_up_is_retried_later() -> None:
-    clock = ManualClock(T0)
-    calls = 0
-
-    async def fire(key: tuple[str, str]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RuntimeError("API server unavailable")
-
-    scheduler = Scheduler(clock, fire)
-    clock.subscribe(scheduler.poke)
-    task = asyncio.create_task(scheduler.run())
-    try:
-        scheduler.schedule(("ns", "b"), T0)
-        await until(lambda: calls == 1)
-        assert scheduler.due(("ns", "b")) == T0 + timedelta(seconds=30)
-        clock.advance(timedelta(seconds=30))
-        await until(lambda: calls == 2)
-    finally:
-        task.cancel()
 
 
 # ------------------------------------------------------------------------------------------------ backends

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime
 
+from branch_operator.domain.timefmt import human_duration
 from branch_operator.kubectl_branch import cli as plugin
 from branch_operator.kubectl_branch.audit import matches
 from branch_operator.kubectl_branch.render import (
@@ -13,7 +14,6 @@ from branch_operator.kubectl_branch.render import (
     branch_rows,
     describe_branch,
     explain_merge,
-    human_duration,
     lock_rows,
 )
 

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from branch_operator.domain.timefmt import compact_duration
 from branch_operator.domain.windows import (
     Window,
     compile_window,
     evaluate_windows,
-    format_duration,
     occurrences,
     parse_cron,
     parse_duration,
@@ -98,7 +98,7 @@ def test_bad_durations(text: str) -> None:
 
 
 def test_format_duration() -> None:
-    assert [format_duration(timedelta(seconds=s)) for s in (5400, 32400, 45, 3661)] == ["1h30m", "9h", "45s", "1h1m1s"]
+    assert [compact_duration(timedelta(seconds=s)) for s in (5400, 32400, 45, 3661)] == ["1h30m", "9h", "45s", "1h1m1s"]
 
 
 def test_zones() -> None:

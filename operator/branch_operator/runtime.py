@@ -28,7 +28,7 @@ from branch_operator.controllers.policy_status import GenerationTracker, PolicyS
 from branch_operator.controllers.triggers import MergeTriggers
 from branch_operator.domain.merge.policy import PolicyRef
 from branch_operator.ingest.consumer import IndexingConsumer
-from branch_operator.kit.scheduler import Scheduler
+from branch_operator.kit.deadlines import RETRY_AFTER, DeadlineScheduler
 from branch_operator.ops.metrics import OperatorMetrics
 from branch_operator.ops.stalls import StallMonitor
 
@@ -90,7 +90,8 @@ class Runtime:
         self.reconciler = MergeReconciler(kube, self.emitter, settings, self.lookup, clock,
                                           backend=build_backend(settings))
         # Wakes a branch's merge evaluation when a window opens, a freeze ends, a timeout passes.
-        self.scheduler = Scheduler(clock, self.reconciler.reconcile_key)
+        self.scheduler = DeadlineScheduler(self.reconciler.reconcile_key, name="merge re-evaluation", clock=clock,
+                                           retry_after=RETRY_AFTER)
         self.reconciler.scheduler = self.scheduler
         self._merging: set[asyncio.Task[None]] = set()
         self.processor.on_ready.append(self._merge_soon)

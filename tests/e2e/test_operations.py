@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from branch_operator.api.models import GROUP, LockType
+from branch_operator.api.models import FINALIZER, LockType
 from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.embedded.natsserver import free_port
@@ -26,7 +26,6 @@ from .conftest import Oms, open_oms, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-FINALIZER = f"{GROUP}/finalizer"
 
 
 async def kb(oms: Oms, *argv: str, namespace: bool = True) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""Issue 4 end to end: policies, windows, freezes, dry run, break-glass, simulate and the merge backends.
+"""End to end: policies, windows, freezes, dry run, break-glass, simulate and the merge backends.
 
 The first half uses the session's operator (real clock, ``event`` backend). The second half runs its
 own environment whose operator has a :class:`ManualClock` and the ``webhook`` backend pointed at a local
@@ -21,12 +21,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from branch_operator.api.models import AutoMergePolicy, LockType
+from branch_operator.api.models import ANNOTATION_MERGE_REQUEST, ANNOTATION_REQUESTED_BY, AutoMergePolicy, LockType
 from branch_operator.cli.simulate import run as run_simulate
-from branch_operator.controllers.merge import ANNOTATION_MERGE_REQUEST, ANNOTATION_REQUESTED_BY
 from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
-from branch_operator.kit.scheduler import ManualClock
+from branch_operator.kit.deadlines import ManualClock
 
 from .conftest import Oms, open_oms, wait_for
 
@@ -490,7 +489,7 @@ async def test_a_window_opening_merges_a_deferred_branch_without_anyone_touching
     assert condition(deferred, "Mergeable")["reason"] == "OutsideMergeWindow"
     scheduler = clocked.operator.runtime.scheduler
     # Scheduled right after the write this test has just read: waited for, not raced.
-    await wait_for(lambda: scheduler.due((oms.namespace, "weekend")) == MONDAY_0900_SEOUL,
+    await wait_for(lambda: scheduler.deadline((oms.namespace, "weekend")) == MONDAY_0900_SEOUL,
                    what="the wake-up at the window's opening")
 
     clocked.clock.set(MONDAY_0900_SEOUL - timedelta(minutes=1))  # not yet: nothing happens

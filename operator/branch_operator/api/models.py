@@ -19,11 +19,20 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "oms"
 
-# Labels and annotations the operator owns.
+# Labels, annotations and the finalizer the operator owns.
 LABEL_BRANCH = f"{GROUP}/branch"  # on BranchLocks: the Kubernetes name of the Branch they lock
 LABEL_LOCK_TYPE = f"{GROUP}/lock-type"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "oms-branch-operator"
+FINALIZER = f"{GROUP}/finalizer"  # on Branches: their locks are released and audited before they go
+# Administrator requests on a Branch (domain.admin decides them, controllers.admin carries them out).
+ANNOTATION_FORCE_UNLOCK = f"{GROUP}/force-unlock"
+ANNOTATION_SET_STATE = f"{GROUP}/set-state"
+ANNOTATION_REASON = f"{GROUP}/reason"
+ANNOTATION_REQUESTED_BY = f"{GROUP}/requested-by"  # also read with a merge request
+ANNOTATION_REQUEST_ID = f"{GROUP}/request-id"
+# A break-glass merge, consumed by the merge reconciler; the plugin's `merge` command sets it.
+ANNOTATION_MERGE_REQUEST = f"{GROUP}/merge-request"
 
 # Bounds that keep status small and audit ids / label values well-formed.
 MAX_BRANCH_NAME = 200

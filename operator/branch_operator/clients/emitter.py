@@ -26,7 +26,7 @@ from branch_operator.contracts.outbound import (
     notification_type,
 )
 from branch_operator.domain.audit import AuditRecord
-from branch_operator.domain.lifecycle import rfc3339
+from branch_operator.domain.timefmt import rfc3339
 
 audit_log = logging.getLogger("oms.audit")
 log = logging.getLogger(__name__)

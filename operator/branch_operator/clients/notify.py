@@ -30,7 +30,7 @@ from branch_operator.clients.kube import KubeClient, KubeError, NotFound
 from branch_operator.config import Settings
 from branch_operator.contracts.outbound import INDEXING_FAILED, MERGE_BLOCKED, MERGE_FAILED
 from branch_operator.domain.audit import AuditRecord
-from branch_operator.domain.lifecycle import rfc3339, to_utc
+from branch_operator.domain.timefmt import parse_time, rfc3339
 from branch_operator.kit.deadlines import DeadlineScheduler
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ def blocked_since(obj: Mapping[str, Any]) -> datetime | None:
         (c for c in status.get("conditions") or [] if c.get("type") == "Mergeable"), {})
     for raw in (mergeable.get("lastTransitionTime") if mergeable.get("status") == "False" else None,
                 merge.get("evaluatedAt"), status.get("phaseTransitionTime")):
-        when = _parse_time(raw)
+        when = parse_time(raw)
         if when is not None:
             return when
     return None
@@ -278,7 +278,7 @@ def merge_failed_incident(obj: Mapping[str, Any], now: datetime) -> Incident | N
         kind=MERGE_FAILED, key=f"{MERGE_FAILED}:{meta.get('uid')}:{run_key(obj)}",
         namespace=meta.get("namespace"), branch=meta["name"], branch_name=(obj.get("spec") or {}).get("branchName"),
         title=f"Merge failed for {(obj.get('spec') or {}).get('branchName') or meta['name']}", message=message,
-        at=_parse_time(merge.get("evaluatedAt")) or now, severity="critical",
+        at=parse_time(merge.get("evaluatedAt")) or now, severity="critical",
         details={"policy": merge.get("policy"), "target_branch": merge.get("targetBranch"),
                  "reasons": merge.get("reasons") or []},
     )
@@ -346,14 +346,3 @@ class IncidentWatch:
 
     async def run(self) -> None:
         await self.scheduler.run()
-
-
-def _parse_time(raw: Any) -> datetime | None:
-    if not raw:
-        return None
-    if isinstance(raw, datetime):
-        return to_utc(raw)
-    try:
-        return to_utc(datetime.fromisoformat(str(raw).replace("Z", "+00:00")))
-    except ValueError:
-        return None

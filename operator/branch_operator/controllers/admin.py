@@ -24,6 +24,7 @@ from branch_operator.config import Settings
 from branch_operator.domain import admin
 from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.locks import label_value
+from branch_operator.kit.retry import retry
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +66,33 @@ class AdminExecutor:
     async def _execute(self, branch: Obj, request: admin.AdminRequest) -> admin.AdminDecision:
         meta = branch["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        released: list[str] = []
-        for _attempt in range(MAX_CONFLICT_RETRIES):
+        released: list[str] = []  # kept across attempts: a lock deleted once stays deleted
+
+        async def attempt() -> tuple[admin.AdminDecision, Obj | None, datetime]:
             now = self.clock()
             locks = await self.kube.list_locks(ns, label_value(name))
             decision = admin.decide(request, branch, locks, now)
             if not decision.applied:
                 await self._refused(branch, decision, request.requested_by)
-                return decision
+                return decision, None, now
             for lock_name in decision.release:
                 if lock_name not in released and await self.kube.delete_lock(ns, lock_name):
                     released.append(lock_name)
-            try:
-                updated = await self.kube.patch_branch_status(
-                    ns, name, decision.status_patch, resource_version=branch["metadata"].get("resourceVersion"))
-            except Conflict:
-                branch = await self.kube.get_branch(ns, name)  # e.g. an indexing event landed: decide again
-                continue
+            updated = await self.kube.patch_branch_status(
+                ns, name, decision.status_patch, resource_version=branch["metadata"].get("resourceVersion"))
+            return decision, updated, now
+
+        async def reread(_conflict: BaseException) -> None:
+            nonlocal branch
+            branch = await self.kube.get_branch(ns, name)  # e.g. an indexing event landed: decide again
+
+        decision, updated, now = await retry(
+            attempt, on=Conflict, attempts=MAX_CONFLICT_RETRIES, after_failure=reread,
+            give_up=lambda: KubeError(409, f"gave up on admin request for {ns}/{name} "
+                                           f"after {MAX_CONFLICT_RETRIES} conflicts"))
+        if updated is not None:
             await self._applied(updated, decision, released, now)
-            return decision
-        raise KubeError(409, f"gave up on admin request for {ns}/{name} after {MAX_CONFLICT_RETRIES} conflicts")
+        return decision
 
     async def _applied(self, branch: Obj, decision: admin.AdminDecision, released: list[str], now: datetime) -> None:
         request = decision.request

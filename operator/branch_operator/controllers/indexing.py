@@ -11,12 +11,10 @@ in between re-publishes the outbox (JetStream drops what it already has), so not
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import enum
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -29,10 +27,13 @@ from branch_operator.config import Settings
 from branch_operator.contracts.funnel import EventRejected, IndexingEvent, parse_message
 from branch_operator.contracts.outbound import INDEXING_FAILED
 from branch_operator.domain.audit import AuditAction, AuditRecord
-from branch_operator.domain.lifecycle import EventPlan, plan_indexing_event, rfc3339
+from branch_operator.domain.lifecycle import EventPlan, plan_indexing_event
 from branch_operator.domain.lifecycle import Outcome as PlanOutcome
 from branch_operator.domain.locks import label_value, lock_body, locks_to_release
 from branch_operator.domain.locks import lock_name as make_lock_name
+from branch_operator.domain.timefmt import rfc3339
+from branch_operator.kit.keyed import KeyedLocks
+from branch_operator.kit.retry import Again, retry
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,17 @@ class Result:
     from_phase: str | None = None
     to_phase: str | None = None
     audit_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Committed:
+    """What an attempt that won its status write hands to the effects after the commit."""
+
+    obj: Obj
+    updated: Obj
+    status: BranchStatusModel
+    plan: EventPlan
+    messages: list[Outgoing]
 
 
 class BranchLookup(Protocol):
@@ -87,21 +99,7 @@ class EventProcessor:
         self.on_ready: list[Callable[[Obj], None]] = []
         # Events for one branch are applied one at a time in this process; across replicas the
         # resourceVersion check on the status write does the same job.
-        self._branch_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._branch_users: dict[tuple[str, str], int] = {}
-
-    @contextlib.asynccontextmanager
-    async def _serialised(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        lock = self._branch_locks.setdefault(key, asyncio.Lock())
-        self._branch_users[key] = self._branch_users.get(key, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._branch_users[key] -= 1
-            if self._branch_users[key] == 0:  # keep the map bounded by the branches in flight
-                del self._branch_users[key]
-                del self._branch_locks[key]
+        self._serialised: KeyedLocks[tuple[str, str]] = KeyedLocks()
 
     async def find_branch(self, namespace: str, branch_name: str) -> str | None:
         if self.lookup is not None:
@@ -121,13 +119,17 @@ class EventProcessor:
             return await self._handle(event, namespace, may_wait)
 
     async def _handle(self, event: IndexingEvent, namespace: str, may_wait: bool) -> Result:
-        name = await self.find_branch(namespace, event.data.branch_name)
-        if name is None:
+        found = await self.find_branch(namespace, event.data.branch_name)
+        if found is None:
             return await self._unknown(event, namespace)
 
+        name = found
         new_lock: str | None = None
         deleted: dict[str, str] = {}  # lock name -> type; kept across conflict retries: deleted once stays deleted
-        for _attempt in range(MAX_CONFLICT_RETRIES):
+
+        async def attempt() -> Result | _Committed:
+            """Up to the status write (the commit point): a conflict there starts over from the read."""
+            nonlocal name, new_lock
             try:
                 obj = await self.kube.get_branch(namespace, name)
             except NotFound:
@@ -141,7 +143,7 @@ class EventProcessor:
                 if other is None or other == name or new_lock is not None or deleted:
                     return await self._unknown(event, namespace)
                 name = other
-                continue
+                raise Again from None
             status = BranchStatusModel.model_validate(obj.get("status") or {})
             plan = plan_indexing_event(status, event, now=self.clock(), may_wait=may_wait)
             phase = _phase(status.phase) or Phase.ACTIVE.value
@@ -170,25 +172,32 @@ class EventProcessor:
             patch["outbox"] = outbox(event.id, messages, written_at=self.clock())
             if plan.park:
                 patch["pendingResult"] = self._parked(event)
-            try:
-                updated = await self.kube.patch_branch_status(
-                    namespace, name, patch, resource_version=obj["metadata"].get("resourceVersion"))
-            except Conflict:
-                log.info("status of %s/%s changed underneath; re-reading", namespace, name)
-                continue
-            if plan.applied and _phase(plan.to_phase) == Phase.READY.value:
-                for listener in self.on_ready:
-                    listener(updated)
-            await self.kube.post_event(obj, type_=plan.event_type, reason=plan.event_reason,
-                                       message=plan.event_message)
-            await self.emitter.send_outbox(event.id, messages)
-            if plan.applied and plan.kind == "started":
-                await self._replay_parked(status, event, namespace)
-            outcome = {PlanOutcome.APPLIED: Outcome.APPLIED, PlanOutcome.STALE: Outcome.STALE}.get(
-                plan.outcome, Outcome.PENDING if plan.park else Outcome.UNEXPECTED)
-            return Result(outcome, namespace, name, _phase(plan.from_phase), _phase(plan.to_phase),
-                          [m.msg_id for m in messages if m.record is not None])
-        raise Transient(409, f"gave up on {namespace}/{name} after {MAX_CONFLICT_RETRIES} conflicting writes")
+            updated = await self.kube.patch_branch_status(
+                namespace, name, patch, resource_version=obj["metadata"].get("resourceVersion"))
+            return _Committed(obj, updated, status, plan, messages)
+
+        async def conflicted(_conflict: BaseException) -> None:
+            log.info("status of %s/%s changed underneath; re-reading", namespace, name)
+
+        done = await retry(
+            attempt, on=Conflict, attempts=MAX_CONFLICT_RETRIES, after_failure=conflicted,
+            give_up=lambda: Transient(409, f"gave up on {namespace}/{name} after {MAX_CONFLICT_RETRIES} "
+                                           "conflicting writes"))
+        if isinstance(done, Result):
+            return done
+        obj, updated, status, plan, messages = done.obj, done.updated, done.status, done.plan, done.messages
+        if plan.applied and _phase(plan.to_phase) == Phase.READY.value:
+            for listener in self.on_ready:
+                listener(updated)
+        await self.kube.post_event(obj, type_=plan.event_type, reason=plan.event_reason,
+                                   message=plan.event_message)
+        await self.emitter.send_outbox(event.id, messages)
+        if plan.applied and plan.kind == "started":
+            await self._replay_parked(status, event, namespace)
+        outcome = {PlanOutcome.APPLIED: Outcome.APPLIED, PlanOutcome.STALE: Outcome.STALE}.get(
+            plan.outcome, Outcome.PENDING if plan.park else Outcome.UNEXPECTED)
+        return Result(outcome, namespace, name, _phase(plan.from_phase), _phase(plan.to_phase),
+                      [m.msg_id for m in messages if m.record is not None])
 
     # --------------------------------------------------------------------------------- effects
 

@@ -28,8 +28,8 @@ from branch_operator.clients.notify import Incident, Notifier
 from branch_operator.config import Settings
 from branch_operator.contracts.outbound import LOCK_EXPIRED
 from branch_operator.domain.audit import AuditAction, AuditRecord
-from branch_operator.domain.lifecycle import rfc3339, to_utc
 from branch_operator.domain.locks import label_value
+from branch_operator.domain.timefmt import parse_time, rfc3339
 from branch_operator.kit.deadlines import DeadlineScheduler
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,6 @@ LockKey = tuple[str, str]  # (namespace, name)
 
 
 # ---------------------------------------------------------------------------------------------- pure
-
-
-def parse_time(raw: Any) -> datetime | None:
-    if not raw:
-        return None
-    try:
-        return to_utc(datetime.fromisoformat(str(raw).replace("Z", "+00:00")))
-    except ValueError:
-        return None
 
 
 def acquired_at(lock: Mapping[str, Any]) -> datetime | None:

@@ -23,22 +23,26 @@ twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from branch_operator.api.models import GROUP, BranchStatus, MergeDecision, Phase
+from branch_operator.api.models import (
+    ANNOTATION_MERGE_REQUEST,
+    ANNOTATION_REQUESTED_BY,
+    BranchStatus,
+    MergeDecision,
+    Phase,
+)
 from branch_operator.clients.emitter import OUTBOX_FLUSH_WINDOW_SECONDS, Emitter, Outgoing, outbox
 from branch_operator.clients.kube import Conflict, KubeClient, NotFound, Obj, now_rfc3339
 from branch_operator.clients.merge_backends import EventBackend, MergeBackend, MergeRequest, MergeResult, Outcome
 from branch_operator.config import Settings
 from branch_operator.contracts.outbound import MERGE_FAILED
 from branch_operator.domain.audit import AuditAction, AuditRecord
-from branch_operator.domain.lifecycle import rfc3339
 from branch_operator.domain.locks import label_value
 from branch_operator.domain.merge.policy import (
     ManualRequest,
@@ -50,12 +54,12 @@ from branch_operator.domain.merge.policy import (
     select_policy,
 )
 from branch_operator.domain.merge.trace import merge_changed, merge_key, merge_status_patch
-from branch_operator.kit.scheduler import Scheduler
+from branch_operator.domain.timefmt import parse_time, rfc3339
+from branch_operator.kit.deadlines import DeadlineScheduler
+from branch_operator.kit.keyed import KeyedLocks
 
 log = logging.getLogger(__name__)
 
-ANNOTATION_MERGE_REQUEST = f"{GROUP}/merge-request"
-ANNOTATION_REQUESTED_BY = f"{GROUP}/requested-by"
 # Audit actions this module adds to domain.audit's (any [a-z_.]+ name is a valid action).
 AUDIT_MERGE_DEFERRED = "branch.merge_deferred"
 AUDIT_MERGE_FAILED = "branch.merge_failed"
@@ -100,7 +104,7 @@ def needs_announcement(status: Mapping[str, Any], *, now: datetime,
             or not merge.get("mergeId") or merge.get("announcedAt")):
         return False
     key = announcement_key(str(merge["mergeId"]))
-    written = _parse_time(box.get("writtenAt"))
+    written = parse_time(box.get("writtenAt"))
     return (box.get("key") == key and written is not None and not sent(box)
             and (now - written).total_seconds() <= OUTBOX_FLUSH_WINDOW_SECONDS)
 
@@ -124,15 +128,6 @@ def _merged_view(obj: Obj, patch: Mapping[str, Any]) -> Obj:
     return {**obj, "status": status}
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 class MergeReconciler:
     def __init__(
         self, kube: KubeClient, emitter: Emitter, settings: Settings, policies: PolicySource,
@@ -145,26 +140,12 @@ class MergeReconciler:
         self.policy_source = policies
         self.clock = clock
         self.backend: MergeBackend = backend or EventBackend()
-        self.scheduler: Scheduler | None = None
+        self.scheduler: DeadlineScheduler[Key] | None = None
         # One evaluation per branch at a time in this process, so a merge is never executed twice
         # concurrently; across replicas the resourceVersion on every write does the same job.
-        self._locks: dict[Key, asyncio.Lock] = {}
-        self._users: dict[Key, int] = {}
+        self._serialised: KeyedLocks[Key] = KeyedLocks()
         # The resourceVersion each Branch was last decided on (bounded; forgetting one costs one read).
         self._decided: OrderedDict[Key, str] = OrderedDict()
-
-    @contextlib.asynccontextmanager
-    async def _serialised(self, key: Key) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._users[key] = self._users.get(key, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if self._users[key] == 0:
-                del self._users[key]
-                del self._locks[key]
 
     def wants(self, branch: Mapping[str, Any]) -> bool:
         """:func:`wants`, knowing which announcements this process has already published."""
@@ -379,7 +360,7 @@ class MergeReconciler:
         previous = status_raw.get("merge") or {}
         failed_before = int(previous.get("attempts") or 0) if (
             previous.get("decision") == MergeDecision.FAILED.value and previous.get("mergeId") == key) else 0
-        retry_at = _parse_time(previous.get("nextEvaluationTime")) if failed_before else None
+        retry_at = parse_time(previous.get("nextEvaluationTime")) if failed_before else None
         if retry_at is not None and now < retry_at and evaluation.manual is None:
             self._schedule((ns, name), retry_at)  # a failed merge waits for its retry time
             return MergeDecision.FAILED
@@ -472,7 +453,7 @@ class MergeReconciler:
         meta, status_raw = obj["metadata"], obj.get("status") or {}
         merge = status_raw.get("merge") or {}
         key = str(merge.get("mergeId"))
-        merged_at = _parse_time(merge.get("mergedAt")) or self.clock()
+        merged_at = parse_time(merge.get("mergedAt")) or self.clock()
         target = str(merge.get("targetBranch") or (obj.get("spec") or {}).get("targetBranch", "main"))
         indexing = BranchStatus.model_validate(status_raw).indexing
         manual = merge.get("manualRequest") or {}

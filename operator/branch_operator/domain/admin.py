@@ -21,22 +21,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from branch_operator.api.models import GROUP, LockType, Phase
+from branch_operator.api.models import (
+    ANNOTATION_FORCE_UNLOCK,
+    ANNOTATION_REASON,
+    ANNOTATION_REQUEST_ID,
+    ANNOTATION_REQUESTED_BY,
+    ANNOTATION_SET_STATE,
+    LockType,
+    Phase,
+)
 from branch_operator.domain.lifecycle import (
     ALLOWED_MANUAL_TRANSITIONS,
     check_manual_transition,
-    rfc3339,
     set_condition,
     truncate,
 )
-
-ANNOTATION_FORCE_UNLOCK = f"{GROUP}/force-unlock"
-ANNOTATION_SET_STATE = f"{GROUP}/set-state"
-ANNOTATION_REASON = f"{GROUP}/reason"
-ANNOTATION_REQUESTED_BY = f"{GROUP}/requested-by"
-ANNOTATION_REQUEST_ID = f"{GROUP}/request-id"
-# Consumed by the merge reconciler, not here; the plugin's `merge` command sets it.
-ANNOTATION_MERGE_REQUEST = f"{GROUP}/merge-request"
+from branch_operator.domain.timefmt import rfc3339
 
 ACTION_ANNOTATIONS = (ANNOTATION_FORCE_UNLOCK, ANNOTATION_SET_STATE)
 # Removed together when a request is claimed. Not merge-request: that one belongs to the reconciler.

@@ -56,7 +56,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
@@ -71,6 +71,7 @@ from branch_operator.api.models import (
     LockType,
     Phase,
 )
+from branch_operator.domain.timefmt import format_duration, rfc3339, to_utc
 
 __all__ = [
     "ALLOWED_MANUAL_TRANSITIONS",
@@ -89,12 +90,9 @@ __all__ = [
     "check_manual_transition",
     "effective_kind",
     "find_condition",
-    "format_duration",
     "indexing_duration",
     "plan_indexing_event",
-    "rfc3339",
     "set_condition",
-    "to_utc",
     "truncate",
 ]
 
@@ -667,37 +665,12 @@ def check_manual_transition(from_phase: Phase, to_phase: Phase) -> str | None:
 # --------------------------------------------------------------------------------------- small helpers
 
 
-def to_utc(dt: datetime) -> datetime:
-    """``dt`` in UTC; naive datetimes are taken to be UTC already (Funnel and the API server speak UTC)."""
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def rfc3339(dt: datetime) -> str:
-    """RFC 3339 in UTC with a ``Z`` suffix, as the API server writes timestamps."""
-    text = to_utc(dt).isoformat(timespec="microseconds" if dt.microsecond else "seconds")
-    return text.removesuffix("+00:00") + "Z"
-
-
 def indexing_duration(started_at: datetime | None, completed_at: datetime | None) -> float | None:
     """Seconds from start to completion; None when unknown or negative (clock skew, not a duration)."""
     if started_at is None or completed_at is None:
         return None
     seconds = (to_utc(completed_at) - to_utc(started_at)).total_seconds()
     return seconds if seconds >= 0 else None
-
-
-def format_duration(seconds: float) -> str:
-    total = round(seconds)
-    if total < 60:
-        return f"{seconds:.3g}s" if seconds < 10 else f"{total}s"
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h"] if hours else []
-    if minutes:
-        parts.append(f"{minutes}m")
-    if secs:
-        parts.append(f"{secs}s")
-    return " ".join(parts)
 
 
 def _run_facts(records: int | None, duration: float | None) -> str:

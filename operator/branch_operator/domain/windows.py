@@ -33,6 +33,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from branch_operator.domain.timefmt import compact_duration
+
 __all__ = [
     "MAX_DURATION",
     "CronSchedule",
@@ -41,7 +43,6 @@ __all__ = [
     "WindowVerdict",
     "compile_window",
     "evaluate_windows",
-    "format_duration",
     "parse_cron",
     "parse_duration",
     "parse_zone",
@@ -169,14 +170,6 @@ def parse_duration(text: str) -> timedelta:
     return value
 
 
-def format_duration(value: timedelta) -> str:
-    total = int(value.total_seconds())
-    hours, rest = divmod(total, 3600)
-    minutes, seconds = divmod(rest, 60)
-    out = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{seconds}s" if seconds else "")
-    return out or "0s"
-
-
 @functools.lru_cache(maxsize=128)
 def parse_zone(name: str) -> ZoneInfo:
     """An IANA time zone (``Asia/Seoul``); ``ValueError`` for unknown names."""
@@ -199,7 +192,7 @@ class Window:
 
     @property
     def label(self) -> str:
-        return f"{self.kind} '{self.schedule_text}' for {format_duration(self.duration)} ({self.zone.key})"
+        return f"{self.kind} '{self.schedule_text}' for {compact_duration(self.duration)} ({self.zone.key})"
 
     def starts_on(self, day: date) -> list[datetime]:
         """This window's start times on one local calendar day, in UTC, ascending."""

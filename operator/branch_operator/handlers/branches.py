@@ -22,7 +22,8 @@ import kopf
 from branch_operator.api.models import GROUP, VERSION, Branch, Phase
 from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFound
 from branch_operator.domain import admin
-from branch_operator.domain.lifecycle import rfc3339, set_condition
+from branch_operator.domain.lifecycle import set_condition
+from branch_operator.domain.timefmt import rfc3339
 from branch_operator.handlers.context import runtime_of
 
 log = logging.getLogger(__name__)

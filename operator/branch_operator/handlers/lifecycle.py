@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from branch_operator.api.models import GROUP
+from branch_operator.api.models import FINALIZER, GROUP
 from branch_operator.clients.kube import KubeClient
 from branch_operator.clients.nats_bus import NatsBus
 from branch_operator.config import Settings
@@ -25,7 +25,7 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
     settings.scanning.disabled = True
     # Our own Events come from the operator's client; kopf should only post its warnings and errors.
     settings.posting.level = logging.WARNING
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")

@@ -25,18 +25,21 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from branch_operator.api.models import Branch, BranchLock, LockType, Phase
-from branch_operator.cli.publish import add_event_arguments
-from branch_operator.clients.kube import KubeClient, KubeError, NotFound, Transient
-from branch_operator.config import Settings
-from branch_operator.domain.admin import (
+from branch_operator.api.models import (
     ANNOTATION_FORCE_UNLOCK,
     ANNOTATION_MERGE_REQUEST,
     ANNOTATION_REASON,
     ANNOTATION_REQUEST_ID,
     ANNOTATION_REQUESTED_BY,
     ANNOTATION_SET_STATE,
+    Branch,
+    BranchLock,
+    LockType,
+    Phase,
 )
+from branch_operator.cli.publish import add_event_arguments
+from branch_operator.clients.kube import KubeClient, KubeError, NotFound, Transient
+from branch_operator.config import Settings
 from branch_operator.domain.lifecycle import check_manual_transition
 from branch_operator.domain.locks import label_value
 from branch_operator.kubectl_branch import render

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from branch_operator.api.models import ANNOTATION_FORCE_UNLOCK, ANNOTATION_MERGE_REQUEST, ANNOTATION_SET_STATE
+from branch_operator.domain.timefmt import human_duration, parse_time
 
 Obj = Mapping[str, Any]
 
@@ -22,25 +25,6 @@ REASON_HINTS: Mapping[str, str] = {
     "TargetLockHeld": "the target branch is locked (kubectl branch locks on the target's Branch)",
     "OutsideMergeWindow": "outside the policy's merge windows; it merges when the next window opens by itself",
 }
-
-
-def parse_time(ts: Any) -> datetime | None:
-    if not ts:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-def human_duration(seconds: float) -> str:
-    """kubectl's short ages: 45s, 5m, 3h, 2d (the largest unit that fits, like `kubectl get`)."""
-    secs = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs // size}{unit}"
-    return f"{max(secs, 0)}s"
 
 
 def age(ts: Any, now: datetime) -> str:
@@ -144,7 +128,7 @@ def describe_branch(branch: Obj, locks: Sequence[Obj], events: Sequence[Obj], no
     if meta.get("deletionTimestamp"):
         add(f"Deleting since: {meta['deletionTimestamp']} (finalizers: {', '.join(meta.get('finalizers') or [])})")
     pending = {k: v for k, v in (meta.get("annotations") or {}).items()
-               if k in ("oms.dev/force-unlock", "oms.dev/set-state", "oms.dev/merge-request")}
+               if k in (ANNOTATION_FORCE_UNLOCK, ANNOTATION_SET_STATE, ANNOTATION_MERGE_REQUEST)}
     if pending:
         add("Pending admin requests:")
         out.extend(f"  {k}: {v}" for k, v in sorted(pending.items()))

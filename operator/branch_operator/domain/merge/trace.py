@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from branch_operator.api.models import AutoMergePolicySpec, ConditionType, MergeDecision, Phase
-from branch_operator.domain.lifecycle import ConditionStatus, find_condition, rfc3339, set_condition, truncate
+from branch_operator.domain.lifecycle import ConditionStatus, find_condition, set_condition, truncate
 from branch_operator.domain.merge.policy import (
     MergeEvaluation,
     PolicyRef,
@@ -41,6 +41,7 @@ from branch_operator.domain.merge.policy import (
     review_policies,
     select_policy,
 )
+from branch_operator.domain.timefmt import rfc3339
 
 __all__ = [
     "PolicyStatusView",

@@ -36,7 +36,7 @@ _RETRYABLE = frozenset({408, 425, 429})
 
 @dataclass(frozen=True, slots=True)
 class MergeRequest:
-    key: str  # idempotency key (domain.merge_trace.merge_key)
+    key: str  # idempotency key (domain.merge.trace.merge_key)
     namespace: str
     name: str
     branch_name: str

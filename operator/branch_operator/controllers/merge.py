@@ -1,4 +1,4 @@
-"""Merge reconciliation for READY branches: the I/O half of domain.policy and domain.merge_trace.
+"""Merge reconciliation for READY branches: the I/O half of domain.merge.
 
 Level-triggered: it is called with a Branch (on Branch, policy and lock changes, when the scheduler
 says a window opened or a freeze ended, and on the periodic resync), re-reads it, and either merges
@@ -39,7 +39,7 @@ from branch_operator.config import Settings
 from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.lifecycle import rfc3339
 from branch_operator.domain.locks import label_value
-from branch_operator.domain.merge.policy import (
+from branch_operator.domain.merge import (
     ManualRequest,
     MergeEvaluation,
     PolicyRef,

@@ -24,7 +24,7 @@ from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFou
 from branch_operator.clients.nats_bus import NatsBus
 from branch_operator.config import Settings
 from branch_operator.domain.lifecycle import rfc3339, set_condition
-from branch_operator.domain.merge.policy import PolicyRef
+from branch_operator.domain.merge import PolicyRef
 from branch_operator.ops import gc_tuning
 from branch_operator.runtime import Runtime
 

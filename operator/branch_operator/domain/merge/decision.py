@@ -1,0 +1,219 @@
+"""Whether a READY Branch may be merged now: :func:`evaluate_merge` turns the checks into a decision.
+
+Pure logic, no I/O. Every check of :func:`evaluate_merge` is always evaluated and reported
+(:mod:`branch_operator.domain.merge.checks`), so a blocked Branch shows every obstacle at once rather
+than one per fix. Messages contain only times that stay the same from one evaluation to the next, never
+an age: the trace is written to status, and text that changed on every evaluation would make every
+re-evaluation write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from branch_operator.api.models import (
+    AutoMergePolicySpec,
+    BlockReason,
+    Conflict,
+    IndexingStatus,
+    MergeDecision,
+    Phase,
+)
+from branch_operator.domain.lifecycle import rfc3339, to_utc, truncate
+from branch_operator.domain.merge.checks import (
+    Check,
+    Facts,
+    ManualRequest,
+    expires_at,
+    freeze_active,
+    quote_names,
+    run_checks,
+)
+from branch_operator.domain.merge.selection import PolicyRef, policy_windows
+from branch_operator.domain.windows import evaluate_windows
+
+__all__ = [
+    "REASON_ORDER",
+    "TIME_REASONS",
+    "MergeEvaluation",
+    "evaluate_merge",
+]
+
+
+# The order checks and reasons are reported in: from "nothing to evaluate against" to the most transient.
+REASON_ORDER: tuple[BlockReason, ...] = (
+    BlockReason.NO_MATCHING_POLICY,
+    BlockReason.FROZEN,
+    BlockReason.AUTO_MERGE_DISABLED,
+    BlockReason.VALIDATION_FAILED,
+    BlockReason.INSUFFICIENT_RECORDS,
+    BlockReason.CONFLICTS_DETECTED,
+    BlockReason.EXPIRED,
+    BlockReason.LOCK_HELD,
+    BlockReason.TARGET_LOCK_HELD,
+    BlockReason.OUTSIDE_MERGE_WINDOW,
+)
+# Reasons that pass by themselves as time goes by: when they are the only ones, the decision is Deferred.
+TIME_REASONS = frozenset({BlockReason.OUTSIDE_MERGE_WINDOW})
+
+# status.merge.message is capped at 4096 characters.
+_MAX_MESSAGE = 4096
+# An expiry is re-evaluated just after the limit: exactly at the limit the branch is still in time.
+_PAST_LIMIT = timedelta(seconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class MergeEvaluation:
+    decision: MergeDecision  # Merged = "merge now"; WouldMerge = dry run; Deferred = only a window closed; Blocked
+    reasons: list[BlockReason]  # every failing check, in REASON_ORDER; empty iff Merged or WouldMerge
+    checks: list[Check]  # every check, in REASON_ORDER
+    message: str
+    policy: str | None
+    policy_generation: int | None
+    dry_run: bool
+    event_id: str | None  # the indexing CloudEvent this decision is about
+    next_evaluation: datetime | None  # when the clock alone may change the decision; None = never
+    manual: ManualRequest | None
+
+    @property
+    def should_merge(self) -> bool:
+        return self.decision is MergeDecision.MERGED
+
+
+def evaluate_merge(
+    *,
+    phase: Phase | None,
+    auto_merge: bool,
+    indexing: IndexingStatus | None,
+    conflicts: Sequence[Conflict],
+    other_locks: Sequence[str],
+    policy: PolicyRef | None,
+    now: datetime,
+    target_branch: str = "main",
+    target_object: str | None = None,
+    target_locks: Sequence[str] = (),
+    manual: ManualRequest | None = None,
+    tied: Sequence[str] = (),
+) -> MergeEvaluation:
+    """Decide whether a READY Branch may be merged now, reporting every check.
+
+    ``other_locks`` are the branch's blocking locks (:func:`.checks.blocking_locks`), ``target_object``
+    the Kubernetes name of the target's Branch (None: there is none) and ``target_locks`` its locks.
+    ``manual`` is a break-glass request: it bypasses ``enabled``/``autoMerge``, the timeout and the
+    merge windows, and failed validation only when the policy allows it. ``tied`` names the policies
+    that share the winner's priority (from :class:`Selection`).
+
+    Only READY Branches have a result to merge: any other phase raises ``ValueError`` (a caller bug,
+    not a block reason). Without a policy the remaining checks run against the CRD defaults, so the
+    person reading the status sees what would still block once a policy matches. ``policy`` must be
+    accepted (:func:`review_policies`); windows that do not parse raise ``ValueError``.
+    """
+    if phase is not Phase.READY:
+        raise ValueError(f"merge is only evaluated for READY branches, not {phase}")
+    spec = policy.spec if policy is not None else AutoMergePolicySpec()
+    windows = policy_windows(spec)
+    facts = Facts(
+        policy=policy, spec=spec, tied=tied, auto_merge=auto_merge, indexing=indexing, conflicts=conflicts,
+        other_locks=other_locks, target_branch=target_branch, target_object=target_object,
+        target_locks=target_locks, manual=manual, now=to_utc(now),
+        windows=evaluate_windows(windows, to_utc(now)) if windows else None,
+    )
+    checks = run_checks(facts)
+    reasons = [c.reason for c in checks if not c.passed]
+    if reasons and all(r in TIME_REASONS for r in reasons):
+        decision = MergeDecision.DEFERRED
+    elif reasons:
+        decision = MergeDecision.BLOCKED
+    elif spec.dry_run:
+        decision = MergeDecision.WOULD_MERGE
+    else:
+        decision = MergeDecision.MERGED
+    return MergeEvaluation(
+        decision=decision,
+        reasons=reasons,
+        checks=checks,
+        message=_message(decision, facts, checks),
+        policy=policy.name if policy is not None else None,
+        policy_generation=policy.generation if policy is not None else None,
+        dry_run=spec.dry_run,
+        event_id=indexing.event_id if indexing is not None else None,
+        next_evaluation=None if decision is MergeDecision.MERGED else _next_evaluation(facts),
+        manual=manual,
+    )
+
+
+def _next_evaluation(f: Facts) -> datetime | None:
+    """The first time after ``now`` at which the clock alone can change some check's outcome."""
+    candidates: list[datetime] = []
+    freeze = f.spec.freeze
+    if freeze is not None and freeze.until is not None and freeze_active(f):
+        candidates.append(to_utc(freeze.until))
+    expires = expires_at(f)
+    if expires is not None and f.now <= expires:
+        candidates.append(expires + _PAST_LIMIT)
+    if f.windows is not None:
+        change = f.windows.next_change if f.windows.open else f.windows.next_opening
+        if change is not None:
+            candidates.append(change)
+    later = [c for c in candidates if c > f.now]
+    return min(later) if later else None
+
+
+def _message(decision: MergeDecision, f: Facts, checks: Sequence[Check]) -> str:
+    name = f.policy.name if f.policy is not None else ""
+    by = ""
+    if f.manual is not None:
+        by = " for the merge request" + (f" of {f.manual.requested_by}" if f.manual.requested_by else "")
+    if decision is MergeDecision.WOULD_MERGE:
+        return f"All auto-merge checks passed{by}; policy {name} is in dry-run mode, so nothing was merged."
+    if decision is MergeDecision.MERGED:
+        return f"All auto-merge checks passed{by} under policy {name}."
+    phrases = [p for check in checks if not check.passed for p in _phrases(check, f)]
+    head = "Auto-merge deferred: " if decision is MergeDecision.DEFERRED else "Auto-merge blocked: "
+    if f.manual is not None:
+        head = head.replace("Auto-merge", "Merge request")
+    return truncate(head + "; ".join(phrases) + ".", _MAX_MESSAGE)
+
+
+def _phrases(check: Check, f: Facts) -> list[str]:
+    reason = check.reason
+    if reason is BlockReason.NO_MATCHING_POLICY:
+        return ["no AutoMergePolicy matches the branch"]
+    if reason is BlockReason.FROZEN:
+        return [f"policy {f.policy.name if f.policy else ''} is frozen ({truncate(f.spec.freeze.reason, 200)})"
+                if f.spec.freeze else "frozen"]
+    if reason is BlockReason.AUTO_MERGE_DISABLED:
+        out = []
+        if f.policy is not None and not f.spec.enabled:
+            out.append(f"policy {f.policy.name} disables auto-merge")
+        if not f.auto_merge:
+            out.append("the branch sets autoMerge to false")
+        return out
+    if reason is BlockReason.VALIDATION_FAILED:
+        validation = f.indexing.validation if f.indexing is not None else None
+        if validation is None:
+            return ["no validation results are recorded"]
+        return [f"validation failed with {len(validation.errors)} error(s)"]
+    if reason is BlockReason.INSUFFICIENT_RECORDS:
+        records = f.indexing.records_indexed if f.indexing is not None else None
+        shown = "an unknown number of" if records is None else f"only {records}"
+        return [f"{shown} records indexed (minimum {f.spec.min_records_indexed})"]
+    if reason is BlockReason.CONFLICTS_DETECTED:
+        return [f"{len(f.conflicts)} merge conflict(s) ({quote_names([c.path for c in f.conflicts])})"]
+    if reason is BlockReason.EXPIRED:
+        completed = f.indexing.completed_at if f.indexing is not None else None
+        if completed is None:
+            return ["no indexing completion time is recorded"]
+        return [f"indexing completed more than {f.spec.timeout_hours:g}h ago"]
+    if reason is BlockReason.LOCK_HELD:
+        return [f"lock(s) held: {quote_names(f.other_locks)}"]
+    if reason is BlockReason.TARGET_LOCK_HELD:
+        return [f"lock(s) held on target {f.target_branch}: {quote_names(f.target_locks)}"]
+    # OUTSIDE_MERGE_WINDOW
+    opening = f.windows.next_opening if f.windows is not None else None
+    when = f"next opening {rfc3339(opening)}" if opening else "no opening found"
+    if f.windows is not None and f.windows.denies:
+        return [f"a deny merge window is active ({when})"]
+    return [f"outside the merge windows ({when})"]

@@ -31,10 +31,10 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from branch_operator.api.models import GROUP, BranchStatus, MergeDecision, Phase
+from branch_operator.api.models import GROUP, BranchStatus, MergeDecision, Outbox, Phase
 from branch_operator.clients.emitter import OUTBOX_FLUSH_WINDOW_SECONDS, Emitter, Outgoing, outbox
 from branch_operator.clients.kube import Conflict, KubeClient, NotFound, Obj, now_rfc3339
-from branch_operator.clients.merge_backends import EventBackend, MergeBackend, MergeRequest, MergeResult, Outcome
+from branch_operator.clients.merge_backends import EventBackend, MergeBackend, MergeRequest, MergeResult
 from branch_operator.config import Settings
 from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.lifecycle import rfc3339
@@ -48,6 +48,14 @@ from branch_operator.domain.merge import (
     review_policies,
     select_policy,
 )
+from branch_operator.domain.merge.decision import (
+    MergeStep,
+    Step,
+    conflict_step,
+    failed_attempts,
+    merge_step,
+    pending_retry,
+)
 from branch_operator.domain.merge.trace import merge_changed, merge_key, merge_status_patch
 from branch_operator.kit.scheduler import Scheduler
 
@@ -55,10 +63,6 @@ log = logging.getLogger(__name__)
 
 ANNOTATION_MERGE_REQUEST = f"{GROUP}/merge-request"
 ANNOTATION_REQUESTED_BY = f"{GROUP}/requested-by"
-# Audit actions this module adds to domain.audit's (any [a-z_.]+ name is a valid action).
-AUDIT_MERGE_DEFERRED = "branch.merge_deferred"
-AUDIT_MERGE_FAILED = "branch.merge_failed"
-AUDIT_MERGE_REQUESTED = "branch.merge_requested"
 
 Key = tuple[str, str]
 # After a failed announcement (NATS away), the next attempt; the announcement's ids make it safe to repeat.
@@ -325,7 +329,8 @@ class MergeReconciler:
                    f"run) can be merged. The request was consumed; annotate again once it is READY.")
         await self.kube.post_event(obj, type_="Warning", reason="MergeRequestRefused", message=message)
         await self.emitter.audit(self._record(
-            obj, AUDIT_MERGE_REQUESTED, self.clock(), seed_extra=f"{obj['metadata'].get('resourceVersion')}",
+            obj, AuditAction.BRANCH_MERGE_REQUESTED, self.clock(),
+            seed_extra=f"{obj['metadata'].get('resourceVersion')}",
             reason="NotReady", from_state=phase, to_state=phase,
             details={"request_reason": manual.reason, "requested_by": manual.requested_by, "outcome": "refused",
                      "message": message},
@@ -348,7 +353,7 @@ class MergeReconciler:
             await self.kube.post_event(obj, type_=event_type, reason="MergeRequestRefused"
                                        if event_type == "Warning" else "WouldMerge", message=evaluation.message)
             await self.emitter.audit(self._record(
-                obj, AUDIT_MERGE_REQUESTED, now, seed_extra=f"{obj['metadata'].get('resourceVersion')}",
+                obj, AuditAction.BRANCH_MERGE_REQUESTED, now, seed_extra=f"{obj['metadata'].get('resourceVersion')}",
                 reason=reasons or decision.value, from_state=Phase.READY.value, to_state=Phase.READY.value,
                 details={**details, "request_reason": manual.reason, "requested_by": manual.requested_by,
                          "outcome": outcome},
@@ -361,7 +366,7 @@ class MergeReconciler:
         await self.kube.post_event(obj, type_="Normal" if deferred else "Warning",
                                    reason="MergeDeferred" if deferred else "MergeBlocked", message=evaluation.message)
         await self.emitter.audit(self._record(
-            obj, AUDIT_MERGE_DEFERRED if deferred else AuditAction.BRANCH_MERGE_BLOCKED, now,
+            obj, AuditAction.BRANCH_MERGE_DEFERRED if deferred else AuditAction.BRANCH_MERGE_BLOCKED, now,
             seed_extra="|".join([event_id or "", reasons, evaluation.message]),
             reason=reasons, from_state=Phase.READY.value, to_state=Phase.READY.value, details=details,
         ))
@@ -376,11 +381,9 @@ class MergeReconciler:
         key = merge_key(meta.get("uid"), indexing.event_id if indexing else None,
                         indexing.indexing_id if indexing else None)
         previous = status_raw.get("merge") or {}
-        failed_before = int(previous.get("attempts") or 0) if (
-            previous.get("decision") == MergeDecision.FAILED.value and previous.get("mergeId") == key) else 0
-        retry_at = _parse_time(previous.get("nextEvaluationTime")) if failed_before else None
-        if retry_at is not None and now < retry_at and evaluation.manual is None:
-            self._schedule((ns, name), retry_at)  # a failed merge waits for its retry time
+        retry_at = pending_retry(previous, key, now=now, manual=evaluation.manual)
+        if retry_at is not None:
+            self._schedule((ns, name), retry_at)
             return MergeDecision.FAILED
         result = await self.backend.execute(MergeRequest(
             key=key, namespace=ns, name=name, branch_name=str(obj["spec"]["branchName"]), target_branch=target,
@@ -390,25 +393,35 @@ class MergeReconciler:
             manual_reason=evaluation.manual.reason if evaluation.manual else None,
             requested_by=evaluation.manual.requested_by if evaluation.manual else None,
         ))
-        conditions = status_raw.get("conditions") or []
-        if result.outcome is Outcome.MERGED:
-            patch = merge_status_patch(evaluation, now=now, target_branch=target, merged=True,
-                                       conditions=conditions, observed_generation=meta.get("generation"),
-                                       merge_id=key)
-            box_key = announcement_key(key)
-            messages = self._announcements(_merged_view(obj, patch))
-            # The outbox this write replaces (the indexing result's) must not be lost if it never went out.
-            await self.emitter.flush_replaced(status.outbox, new_key=box_key, now=self.clock())
-            patch["outbox"] = outbox(box_key, messages, written_at=self.clock())
-            updated = await self._write(obj, patch)
-            if updated is None:
-                return None
-            self._schedule((ns, name), None)
-            await self._announce(updated, messages)
-            return MergeDecision.MERGED
-        if result.outcome is Outcome.CONFLICT:
+        step = merge_step(result.outcome, failed_before=failed_attempts(previous, key), now=now,
+                          retry_interval=self._retry_interval)
+        if step.step is Step.RECORD_MERGED:
+            return await self._merged(obj, evaluation, key, target, now, replaced=status.outbox)
+        if step.step is Step.DECIDE_WITH_CONFLICTS:
             return await self._conflicted(obj, result, key, target, now)
-        return await self._failed(obj, evaluation, result, key, failed_before, target, now)
+        return await self._failed(obj, evaluation, result, key, step, target, now)
+
+    @property
+    def _retry_interval(self) -> timedelta:
+        return timedelta(seconds=self.settings.merge_retry_interval_seconds)
+
+    async def _merged(self, obj: Obj, evaluation: MergeEvaluation, key: str, target: str, now: datetime,
+                      *, replaced: Outbox | None) -> MergeDecision | None:
+        meta, status_raw = obj["metadata"], obj.get("status") or {}
+        patch = merge_status_patch(evaluation, now=now, target_branch=target, merged=True,
+                                   conditions=status_raw.get("conditions") or [],
+                                   observed_generation=meta.get("generation"), merge_id=key)
+        box_key = announcement_key(key)
+        messages = self._announcements(_merged_view(obj, patch))
+        # The outbox this write replaces (the indexing result's) must not be lost if it never went out.
+        await self.emitter.flush_replaced(replaced, new_key=box_key, now=self.clock())
+        patch["outbox"] = outbox(box_key, messages, written_at=self.clock())
+        updated = await self._write(obj, patch)
+        if updated is None:
+            return None
+        self._schedule((meta["namespace"], meta["name"]), None)
+        await self._announce(updated, messages)
+        return MergeDecision.MERGED
 
     async def _conflicted(
         self, obj: Obj, result: MergeResult, key: str, target: str, now: datetime
@@ -417,9 +430,9 @@ class MergeReconciler:
         meta, status_raw = obj["metadata"], obj.get("status") or {}
         # Re-decided with the conflicts OMS reported (and without the merge request, already consumed).
         evaluation = await self._evaluate(obj, now, None, conflicts=result.conflicts)
-        if evaluation.decision is MergeDecision.MERGED:
-            # The policy does not block on conflicts, but OMS refused: that is a failed merge.
-            return await self._failed(obj, evaluation, result, key, 0, target, now)
+        step = conflict_step(evaluation, now=now, retry_interval=self._retry_interval)
+        if step.step is Step.RECORD_FAILED:
+            return await self._failed(obj, evaluation, result, key, step, target, now)
         patch = merge_status_patch(evaluation, now=now, target_branch=target, merged=False,
                                    conditions=status_raw.get("conditions") or [],
                                    observed_generation=meta.get("generation"))
@@ -427,17 +440,17 @@ class MergeReconciler:
         updated = await self._write(obj, patch)
         if updated is None:
             return None
-        self._schedule((meta["namespace"], meta["name"]), evaluation.next_evaluation)
+        self._schedule((meta["namespace"], meta["name"]), step.retry_at)
         await self.kube.post_event(updated, type_="Warning", reason="MergeConflict",
                                    message=f"OMS refused the merge into {target}: {result.detail}")
         await self._report(updated, evaluation, now)
         return evaluation.decision
 
     async def _failed(self, obj: Obj, evaluation: MergeEvaluation, result: MergeResult, key: str,
-                      failed_before: int, target: str, now: datetime) -> MergeDecision | None:
+                      step: MergeStep, target: str, now: datetime) -> MergeDecision | None:
         meta, status_raw = obj["metadata"], obj.get("status") or {}
-        attempts = failed_before + 1
-        retry_at = now + timedelta(seconds=self.settings.merge_retry_interval_seconds)
+        attempts, retry_at = step.attempts, step.retry_at
+        assert retry_at is not None, "a failed merge is always tried again"
         updated = await self._write(obj, merge_status_patch(
             evaluation, now=now, target_branch=target, merged=False, conditions=status_raw.get("conditions") or [],
             observed_generation=meta.get("generation"), merge_error=result.detail, merge_id=key,
@@ -449,12 +462,12 @@ class MergeReconciler:
                    f"again at {rfc3339(retry_at)}.")
         await self.kube.post_event(updated, type_="Warning", reason="MergeFailed", message=message)
         await self.emitter.audit(self._record(
-            updated, AUDIT_MERGE_FAILED, now, seed_extra=f"{key}|{attempts}", reason="MergeFailed",
+            updated, AuditAction.BRANCH_MERGE_FAILED, now, seed_extra=f"{key}|{attempts}", reason="MergeFailed",
             from_state=Phase.READY.value, to_state=Phase.READY.value,
             details={"merge_id": key, "attempts": attempts, "error": result.detail, "backend": self.backend.name,
                      "policy": evaluation.policy},
         ))
-        if failed_before == 0:
+        if step.first_failure:
             # One notification per merge that starts failing; later retries post Events only.
             await self.emitter.notify(
                 msg_id=f"merge-failed:{key}", kind="merge_failed", branch_name=str(obj["spec"]["branchName"]),
@@ -492,7 +505,7 @@ class MergeReconciler:
             )))
         if manual:
             messages.append(self.emitter.audit_message(self._record(
-                obj, AUDIT_MERGE_REQUESTED, merged_at, seed_extra=key, reason="Merged",
+                obj, AuditAction.BRANCH_MERGE_REQUESTED, merged_at, seed_extra=key, reason="Merged",
                 from_state=Phase.READY.value, to_state=Phase.ACTIVE.value,
                 details={**details, "outcome": "merged"},
             )))
@@ -546,17 +559,16 @@ class MergeReconciler:
         except Exception as exc:  # an Event is best-effort, like KubeClient.post_event
             log.warning("could not post Event %s on %s/%s: %s", reason, ns, meta["name"], exc)
 
-    def _record(self, obj: Obj, action: AuditAction | str, when: datetime, *, seed_extra: str,
+    def _record(self, obj: Obj, action: AuditAction, when: datetime, *, seed_extra: str,
                 **fields: Any) -> AuditRecord:
         meta = obj["metadata"]
         status = BranchStatus.model_validate(obj.get("status") or {})
         indexing = status.indexing
-        action_value = action.value if isinstance(action, AuditAction) else action
         return AuditRecord.build(
             action,
             branch_name=obj["spec"]["branchName"],
             when=when,
-            seed=f"{meta.get('uid')}|{action_value}|{seed_extra}",
+            seed=f"{meta.get('uid')}|{action.value}|{seed_extra}",
             actor=self.settings.operator_id,
             namespace=meta["namespace"],
             branch=meta["name"],

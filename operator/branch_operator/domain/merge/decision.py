@@ -1,6 +1,12 @@
-"""Whether a READY Branch may be merged now: :func:`evaluate_merge` turns the checks into a decision.
+"""Whether a READY Branch may be merged now, and what a merge backend's result means.
 
-Pure logic, no I/O. Every check of :func:`evaluate_merge` is always evaluated and reported
+Pure logic, no I/O. :func:`evaluate_merge` turns the checks into a decision. When that decision is to
+merge, the I/O layer asks :func:`pending_retry` whether an earlier failure of the same merge still waits
+for its retry time, calls the merge backend (whose answers :func:`classify_answer` interprets), and
+records what :func:`merge_step` (or, after OMS reported conflicts, :func:`conflict_step`) says the result
+came to: merged, blocked by the conflicts, or failed with a retry at a given time.
+
+Every check of :func:`evaluate_merge` is always evaluated and reported
 (:mod:`branch_operator.domain.merge.checks`), so a blocked Branch shows every obstacle at once rather
 than one per fix. Messages contain only times that stay the same from one evaluation to the next, never
 an age: the trace is written to status, and text that changed on every evaluation would make every
@@ -9,9 +15,11 @@ re-evaluation write.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from branch_operator.api.models import (
     AutoMergePolicySpec,
@@ -37,8 +45,17 @@ from branch_operator.domain.windows import evaluate_windows
 __all__ = [
     "REASON_ORDER",
     "TIME_REASONS",
+    "Answer",
     "MergeEvaluation",
+    "MergeStep",
+    "Outcome",
+    "Step",
+    "classify_answer",
+    "conflict_step",
     "evaluate_merge",
+    "failed_attempts",
+    "merge_step",
+    "pending_retry",
 ]
 
 
@@ -217,3 +234,110 @@ def _phrases(check: Check, f: Facts) -> list[str]:
     if f.windows is not None and f.windows.denies:
         return [f"a deny merge window is active ({when})"]
     return [f"outside the merge windows ({when})"]
+
+
+# ------------------------------------------------------------------------------------------ execution
+
+
+class Outcome(enum.StrEnum):
+    """What one execution of a merge by a merge backend came to."""
+
+    MERGED = "merged"
+    CONFLICT = "conflict"  # OMS refused because of conflicts (409)
+    FAILED = "failed"  # refused for another reason, or no answer after every attempt
+
+
+class Answer(enum.StrEnum):
+    """What one answer of the merge endpoint means."""
+
+    MERGED = "merged"
+    CONFLICT = "conflict"
+    RETRY = "retry"  # may work if asked again (within the same execution, after a backoff)
+    FAILED = "failed"  # asking again cannot change it
+
+
+# Besides 5xx and no answer at all: timeout, "too early" and rate limiting are worth another attempt.
+_RETRYABLE_STATUS = frozenset({408, 425, 429})
+
+
+def classify_answer(status: int | None) -> Answer:
+    """The meaning of the merge endpoint's HTTP ``status``; None = no answer (connection error, timeout)."""
+    if status is None:
+        return Answer.RETRY
+    if 200 <= status < 300:
+        return Answer.MERGED
+    if status == 409:
+        return Answer.CONFLICT
+    if status >= 500 or status in _RETRYABLE_STATUS:
+        return Answer.RETRY
+    return Answer.FAILED
+
+
+def failed_attempts(merge: Mapping[str, Any], key: str) -> int:
+    """Failed executions of merge ``key`` that ``merge`` (the wire ``status.merge``) records; 0 for any other."""
+    if merge.get("decision") != MergeDecision.FAILED.value or merge.get("mergeId") != key:
+        return 0
+    return int(merge.get("attempts") or 0)
+
+
+def pending_retry(merge: Mapping[str, Any], key: str, *, now: datetime,
+                  manual: ManualRequest | None) -> datetime | None:
+    """The retry time a failed merge ``key`` still waits for (nothing is executed before it), else None.
+
+    A merge request does not wait: a person asked for the merge now.
+    """
+    if manual is not None or not failed_attempts(merge, key):
+        return None
+    retry_at = _parse_time(merge.get("nextEvaluationTime"))
+    return retry_at if retry_at is not None and to_utc(now) < retry_at else None
+
+
+class Step(enum.StrEnum):
+    RECORD_MERGED = "merged"  # record the merge (READY -> ACTIVE) and announce it
+    DECIDE_WITH_CONFLICTS = "conflicts"  # decide again with the conflicts OMS reported (conflict_step)
+    RECORD_CONFLICTS = "record-conflicts"  # record the conflicts: the branch waits for their resolution
+    RECORD_FAILED = "failed"  # record Failed; the branch stays READY and is tried again at retry_at
+
+
+@dataclass(frozen=True, slots=True)
+class MergeStep:
+    step: Step
+    attempts: int | None = None  # RECORD_FAILED: failed executions of the merge, this one included
+    retry_at: datetime | None = None  # RECORD_FAILED: the next try; RECORD_CONFLICTS: the next evaluation
+
+    @property
+    def first_failure(self) -> bool:
+        return self.step is Step.RECORD_FAILED and self.attempts == 1
+
+
+def _failed(failed_before: int, now: datetime, retry_interval: timedelta) -> MergeStep:
+    return MergeStep(Step.RECORD_FAILED, attempts=failed_before + 1, retry_at=now + retry_interval)
+
+
+def merge_step(outcome: Outcome, *, failed_before: int, now: datetime, retry_interval: timedelta) -> MergeStep:
+    """What to record after a merge backend's ``outcome`` of a merge that failed ``failed_before`` times."""
+    if outcome is Outcome.MERGED:
+        return MergeStep(Step.RECORD_MERGED)
+    if outcome is Outcome.CONFLICT:
+        return MergeStep(Step.DECIDE_WITH_CONFLICTS)
+    return _failed(failed_before, now, retry_interval)
+
+
+def conflict_step(evaluation: MergeEvaluation, *, now: datetime, retry_interval: timedelta) -> MergeStep:
+    """What to record once the merge is decided again (``evaluation``) with the conflicts OMS reported.
+
+    Blocked by them: record them, the branch waits for OMS to resolve them. Still a merge (the policy
+    does not block on conflicts) although OMS refused it: a failed merge, counted from the first attempt.
+    """
+    if evaluation.decision is MergeDecision.MERGED:
+        return _failed(0, now, retry_interval)
+    return MergeStep(Step.RECORD_CONFLICTS, retry_at=evaluation.next_evaluation)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return to_utc(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+    except ValueError:
+        return None

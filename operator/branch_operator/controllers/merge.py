@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -33,7 +32,7 @@ from typing import Any, Protocol
 
 from branch_operator.api.models import GROUP, BranchStatus, MergeDecision, Outbox, Phase
 from branch_operator.clients.emitter import OUTBOX_FLUSH_WINDOW_SECONDS, Emitter, Outgoing, outbox
-from branch_operator.clients.kube import Conflict, KubeClient, NotFound, Obj, now_rfc3339
+from branch_operator.clients.kube import Conflict, KubeClient, NotFound, Obj
 from branch_operator.clients.merge_backends import EventBackend, MergeBackend, MergeRequest, MergeResult
 from branch_operator.config import Settings
 from branch_operator.domain.audit import AuditAction, AuditRecord
@@ -538,26 +537,8 @@ class MergeReconciler:
             self._schedule((meta["namespace"], meta["name"]), retry_at)
 
     async def _event_once(self, obj: Obj, key: str, *, reason: str, message: str) -> None:
-        """A Normal Event with a name derived from the merge key: posting it again is an AlreadyExists."""
-        meta = obj["metadata"]
-        ns = meta["namespace"]
-        suffix = "." + hashlib.sha256(key.encode()).hexdigest()[:16]
-        ts = now_rfc3339()
-        body = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{meta['name'][: 253 - len(suffix)]}{suffix}", "namespace": ns},
-            "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
-                               "namespace": ns, "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")},
-            "type": "Normal", "reason": reason, "message": message[:1024], "action": "Merge",
-            "source": {"component": self.kube.component}, "reportingComponent": self.kube.component,
-            "reportingInstance": self.kube.instance[:128], "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
-        }
-        try:
-            await self.kube.create_event(ns, body)
-        except Conflict:
-            pass  # posted before, by an earlier announcement of this merge
-        except Exception as exc:  # an Event is best-effort, like KubeClient.post_event
-            log.warning("could not post Event %s on %s/%s: %s", reason, ns, meta["name"], exc)
+        """The Normal Event of a merge, once per merge key: an announcement repeated posts nothing new."""
+        await self.kube.post_event(obj, type_="Normal", reason=reason, message=message, action="Merge", once_per=key)
 
     def _record(self, obj: Obj, action: AuditAction, when: datetime, *, seed_extra: str,
                 **fields: Any) -> AuditRecord:

@@ -460,20 +460,14 @@ class MergeReconciler:
         message = (f"Merging into {target} failed ({result.detail}); the branch stays READY and is tried "
                    f"again at {rfc3339(retry_at)}.")
         await self.kube.post_event(updated, type_="Warning", reason="MergeFailed", message=message)
+        # No notification from here: the incident watch sees this write and the Notifier, the one producer
+        # of incident notifications, sends one merge_failed per failed merge.
         await self.emitter.audit(self._record(
             updated, AuditAction.BRANCH_MERGE_FAILED, now, seed_extra=f"{key}|{attempts}", reason="MergeFailed",
             from_state=Phase.READY.value, to_state=Phase.READY.value,
             details={"merge_id": key, "attempts": attempts, "error": result.detail, "backend": self.backend.name,
                      "policy": evaluation.policy},
         ))
-        if step.first_failure:
-            # One notification per merge that starts failing; later retries post Events only.
-            await self.emitter.notify(
-                msg_id=f"merge-failed:{key}", kind="merge_failed", branch_name=str(obj["spec"]["branchName"]),
-                data={"namespace": meta["namespace"], "branch": meta["name"],
-                      "branch_name": obj["spec"]["branchName"], "target_branch": target, "merge_id": key,
-                      "reason": result.detail, "retry_at": rfc3339(retry_at), "policy": evaluation.policy},
-            )
         return MergeDecision.FAILED
 
     # ---------------------------------------------------------------------------------- announcing

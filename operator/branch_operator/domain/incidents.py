@@ -116,7 +116,8 @@ def merge_failed_incident(obj: Mapping[str, Any], now: datetime) -> Incident | N
         title=f"Merge failed for {(obj.get('spec') or {}).get('branchName') or meta['name']}", message=message,
         at=_parse_time(merge.get("evaluatedAt")) or now, severity="critical",
         details={"policy": merge.get("policy"), "target_branch": merge.get("targetBranch"),
-                 "reasons": merge.get("reasons") or []},
+                 "reasons": merge.get("reasons") or [], "merge_id": merge.get("mergeId"),
+                 "attempts": merge.get("attempts"), "retry_at": merge.get("nextEvaluationTime")},
     )
 
 

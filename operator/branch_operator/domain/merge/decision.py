@@ -305,10 +305,6 @@ class MergeStep:
     attempts: int | None = None  # RECORD_FAILED: failed executions of the merge, this one included
     retry_at: datetime | None = None  # RECORD_FAILED: the next try; RECORD_CONFLICTS: the next evaluation
 
-    @property
-    def first_failure(self) -> bool:
-        return self.step is Step.RECORD_FAILED and self.attempts == 1
-
 
 def _failed(failed_before: int, now: datetime, retry_interval: timedelta) -> MergeStep:
     return MergeStep(Step.RECORD_FAILED, attempts=failed_before + 1, retry_at=now + retry_interval)

@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from branch_operator.api.models import AutoMergePolicySpec, Conflict, IndexingStatus, MergeDecision, Phase
+from branch_operator.api.models import (
+    AutoMergePolicySpec,
+    Conflict,
+    IndexingStatus,
+    MergeDecision,
+    MergeWindow,
+    Phase,
+)
+from branch_operator.domain.audit import AuditAction
 from branch_operator.domain.merge import ManualRequest, MergeEvaluation, PolicyRef, evaluate_merge
 from branch_operator.domain.merge.decision import (
     Answer,
@@ -15,6 +23,7 @@ from branch_operator.domain.merge.decision import (
     Step,
     classify_answer,
     conflict_step,
+    decision_report,
     failed_attempts,
     merge_step,
     pending_retry,
@@ -29,9 +38,10 @@ def failed(attempts: int = 2, retry_at: str = "2024-01-01T10:05:00Z", key: str =
     return {"decision": "Failed", "mergeId": key, "attempts": attempts, "nextEvaluationTime": retry_at}
 
 
-def evaluation(conflicts: list[Conflict], **spec: Any) -> MergeEvaluation:
+def evaluation(conflicts: list[Conflict] | None = None, manual: ManualRequest | None = None,
+               **spec: Any) -> MergeEvaluation:
     return evaluate_merge(
-        phase=Phase.READY, auto_merge=True, conflicts=conflicts, other_locks=[], now=NOW,
+        phase=Phase.READY, auto_merge=True, conflicts=conflicts or [], other_locks=[], now=NOW, manual=manual,
         indexing=IndexingStatus(indexing_id="idx-1", event_id="evt-1", completed_at=NOW - timedelta(hours=1)),
         policy=PolicyRef("default", 1, AutoMergePolicySpec(require_validation=False, **spec)),
         target_object="main")
@@ -86,3 +96,26 @@ def test_conflicts_block_the_merge_or_make_it_a_failure_when_the_policy_ignores_
     assert ignored.decision is MergeDecision.MERGED  # the policy would merge; OMS refused
     step = conflict_step(ignored, now=NOW, retry_interval=INTERVAL)
     assert (step.step, step.attempts, step.retry_at) == (Step.RECORD_FAILED, 1, NOW + INTERVAL)
+
+
+def test_each_decision_is_told_by_its_event_and_audit_record() -> None:
+    closed = MergeWindow(kind="allow", schedule="0 12 * * *", duration="1h", time_zone="UTC")  # type: ignore[arg-type]
+    conflicts = [Conflict(path="a", message="b")]
+    request = ManualRequest("hotfix", "alice")
+    cases = {
+        "blocked": (evaluation(conflicts), ("Warning", "MergeBlocked", AuditAction.BRANCH_MERGE_BLOCKED,
+                                            "ConflictsDetected", None)),
+        "deferred": (evaluation(merge_windows=[closed]), (
+            "Normal", "MergeDeferred", AuditAction.BRANCH_MERGE_DEFERRED, "OutsideMergeWindow", None)),
+        "dry run": (evaluation(dry_run=True), ("Normal", "WouldMerge", None, "", None)),
+        "request refused": (evaluation(conflicts, manual=request), (
+            "Warning", "MergeRequestRefused", AuditAction.BRANCH_MERGE_REQUESTED, "ConflictsDetected", "refused")),
+        "request in dry run": (evaluation(manual=request, dry_run=True), (
+            "Normal", "WouldMerge", AuditAction.BRANCH_MERGE_REQUESTED, "WouldMerge", "dry-run")),
+    }
+    for name, (decided, expected) in cases.items():
+        report = decision_report(decided)
+        told = (report.event_type, report.event_reason, report.audit, report.audit_reason, report.request_outcome)
+        assert told == expected, name
+    with pytest.raises(ValueError):
+        decision_report(evaluation())  # a merge is announced by its write

@@ -51,6 +51,7 @@ from branch_operator.domain.merge.decision import (
     MergeStep,
     Step,
     conflict_step,
+    decision_report,
     failed_attempts,
     merge_step,
     pending_retry,
@@ -339,35 +340,29 @@ class MergeReconciler:
 
     async def _report(self, obj: Obj, evaluation: MergeEvaluation, now: datetime) -> None:
         """Event and audit record for a decision just written (not for merges: see _announce)."""
-        decision, manual = evaluation.decision, evaluation.manual
-        reasons = ",".join(r.value for r in evaluation.reasons)
-        status = BranchStatus.model_validate(obj.get("status") or {})
-        event_id = status.indexing.event_id if status.indexing else None
-        details = {"message": evaluation.message, "policy": evaluation.policy,
-                   "policy_generation": evaluation.policy_generation,
-                   "failed_checks": {c.name: c.evidence for c in evaluation.checks if not c.passed}}
+        report = decision_report(evaluation)
+        await self.kube.post_event(obj, type_=report.event_type, reason=report.event_reason,
+                                   message=evaluation.message)
+        if report.audit is None:
+            return
+        details: dict[str, Any] = {
+            "message": evaluation.message, "policy": evaluation.policy,
+            "policy_generation": evaluation.policy_generation,
+            "failed_checks": {c.name: c.evidence for c in evaluation.checks if not c.passed}}
+        manual = evaluation.manual
         if manual is not None:
-            outcome = "dry-run" if decision is MergeDecision.WOULD_MERGE else "refused"
-            event_type = "Normal" if decision is MergeDecision.WOULD_MERGE else "Warning"
-            await self.kube.post_event(obj, type_=event_type, reason="MergeRequestRefused"
-                                       if event_type == "Warning" else "WouldMerge", message=evaluation.message)
-            await self.emitter.audit(self._record(
-                obj, AuditAction.BRANCH_MERGE_REQUESTED, now, seed_extra=f"{obj['metadata'].get('resourceVersion')}",
-                reason=reasons or decision.value, from_state=Phase.READY.value, to_state=Phase.READY.value,
-                details={**details, "request_reason": manual.reason, "requested_by": manual.requested_by,
-                         "outcome": outcome},
-            ))
-            return
-        if decision is MergeDecision.WOULD_MERGE:
-            await self.kube.post_event(obj, type_="Normal", reason="WouldMerge", message=evaluation.message)
-            return
-        deferred = decision is MergeDecision.DEFERRED
-        await self.kube.post_event(obj, type_="Normal" if deferred else "Warning",
-                                   reason="MergeDeferred" if deferred else "MergeBlocked", message=evaluation.message)
+            # Seeded by the version answered: each request is answered (and audited) once.
+            seed = str(obj["metadata"].get("resourceVersion"))
+            details.update(request_reason=manual.reason, requested_by=manual.requested_by,
+                           outcome=report.request_outcome)
+        else:
+            # Seeded by what was decided: the same decision about the same result is one record.
+            status = BranchStatus.model_validate(obj.get("status") or {})
+            event_id = status.indexing.event_id if status.indexing else None
+            seed = "|".join([event_id or "", report.audit_reason, evaluation.message])
         await self.emitter.audit(self._record(
-            obj, AuditAction.BRANCH_MERGE_DEFERRED if deferred else AuditAction.BRANCH_MERGE_BLOCKED, now,
-            seed_extra="|".join([event_id or "", reasons, evaluation.message]),
-            reason=reasons, from_state=Phase.READY.value, to_state=Phase.READY.value, details=details,
+            obj, report.audit, now, seed_extra=seed, reason=report.audit_reason,
+            from_state=Phase.READY.value, to_state=Phase.READY.value, details=details,
         ))
 
     # -------------------------------------------------------------------------------------- merging

@@ -29,6 +29,7 @@ from branch_operator.api.models import (
     MergeDecision,
     Phase,
 )
+from branch_operator.domain.audit import AuditAction
 from branch_operator.domain.lifecycle import rfc3339, to_utc, truncate
 from branch_operator.domain.merge.checks import (
     Check,
@@ -46,12 +47,14 @@ __all__ = [
     "REASON_ORDER",
     "TIME_REASONS",
     "Answer",
+    "DecisionReport",
     "MergeEvaluation",
     "MergeStep",
     "Outcome",
     "Step",
     "classify_answer",
     "conflict_step",
+    "decision_report",
     "evaluate_merge",
     "failed_attempts",
     "merge_step",
@@ -234,6 +237,35 @@ def _phrases(check: Check, f: Facts) -> list[str]:
     if f.windows is not None and f.windows.denies:
         return [f"a deny merge window is active ({when})"]
     return [f"outside the merge windows ({when})"]
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionReport:
+    """The Event and audit record telling about a decision just written (a merge is announced otherwise)."""
+
+    event_type: str  # Normal | Warning
+    event_reason: str
+    audit: AuditAction | None  # None: the Event is all
+    audit_reason: str
+    request_outcome: str | None  # the answer to a merge request: dry-run | refused; None without one
+
+
+def decision_report(evaluation: MergeEvaluation) -> DecisionReport:
+    """What to tell about ``evaluation`` (not Merged: a merge is announced by the merge write)."""
+    decision = evaluation.decision
+    if decision is MergeDecision.MERGED:
+        raise ValueError("a merge is announced from the merge write, not reported as a decision")
+    reasons = ",".join(r.value for r in evaluation.reasons)
+    dry_run = decision is MergeDecision.WOULD_MERGE
+    if evaluation.manual is not None:
+        return DecisionReport("Normal" if dry_run else "Warning", "WouldMerge" if dry_run else "MergeRequestRefused",
+                              AuditAction.BRANCH_MERGE_REQUESTED, reasons or decision.value,
+                              "dry-run" if dry_run else "refused")
+    if dry_run:
+        return DecisionReport("Normal", "WouldMerge", None, "", None)
+    if decision is MergeDecision.DEFERRED:
+        return DecisionReport("Normal", "MergeDeferred", AuditAction.BRANCH_MERGE_DEFERRED, reasons, None)
+    return DecisionReport("Warning", "MergeBlocked", AuditAction.BRANCH_MERGE_BLOCKED, reasons, None)
 
 
 # ------------------------------------------------------------------------------------------ execution

@@ -1,4 +1,4 @@
-"""Issue 4 end to end: policies, windows, freezes, dry run, break-glass, simulate and the merge backends.
+"""End to end: policies, windows, freezes, dry run, break-glass, simulate and the merge backends.
 
 The first half uses the session's operator (real clock, ``event`` backend). The second half runs its
 own environment whose operator has a :class:`ManualClock` and the ``webhook`` backend pointed at a local

@@ -41,22 +41,22 @@ from branch_operator.domain.locks import label_value
 from branch_operator.domain.merge import (
     ManualRequest,
     MergeEvaluation,
+    MergeStep,
     PolicyRef,
+    Step,
     blocking_locks,
+    conflict_step,
+    decision_report,
     evaluate_merge,
+    failed_attempts,
+    merge_changed,
+    merge_key,
+    merge_status_patch,
+    merge_step,
+    pending_retry,
     review_policies,
     select_policy,
 )
-from branch_operator.domain.merge.decision import (
-    MergeStep,
-    Step,
-    conflict_step,
-    decision_report,
-    failed_attempts,
-    merge_step,
-    pending_retry,
-)
-from branch_operator.domain.merge.trace import merge_changed, merge_key, merge_status_patch
 from branch_operator.kit.scheduler import Scheduler
 
 log = logging.getLogger(__name__)

@@ -8,15 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from branch_operator.clients.notify import (
-    Incident,
-    Notifier,
-    WebhookSink,
-    blocked_since,
-    merge_failed_incident,
-    webhook_payload,
-)
+from branch_operator.clients.notify import Notifier, WebhookSink, webhook_payload
 from branch_operator.controllers.locks import expires_at, last_renewal, stamp_patch
+from branch_operator.domain.incidents import Incident, blocked_since, merge_failed_incident
 from branch_operator.embedded.natsserver import free_port
 
 T0 = datetime(2025, 6, 26, 10, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""AutoMergePolicy matching, selection, review and the merge decision, as pure logic (issue 4)."""
+"""AutoMergePolicy matching, selection, review and the merge decision, as pure logic."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from branch_operator.api.models import (
     ValidationStatus,
 )
 from branch_operator.domain.lifecycle import find_condition
-from branch_operator.domain.merge.policy import (
+from branch_operator.domain.merge import (
     REASON_ORDER,
     ManualRequest,
     MergeEvaluation,

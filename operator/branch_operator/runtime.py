@@ -17,16 +17,17 @@ from branch_operator.clients.emitter import Emitter
 from branch_operator.clients.kube import KubeClient, KubeError, NotFound
 from branch_operator.clients.merge_backends import build_backend
 from branch_operator.clients.nats_bus import NatsBus
-from branch_operator.clients.notify import IncidentWatch, Notifier
+from branch_operator.clients.notify import Notifier
 from branch_operator.config import Settings
 from branch_operator.controllers.admin import AdminExecutor
 from branch_operator.controllers.catalog import BranchCatalog
+from branch_operator.controllers.incidents import IncidentWatch
 from branch_operator.controllers.indexing import EventProcessor
 from branch_operator.controllers.locks import LockLifecycle
 from branch_operator.controllers.merge import MergeReconciler
 from branch_operator.controllers.policy_status import GenerationTracker, PolicyStatusKeeper
 from branch_operator.controllers.triggers import MergeTriggers
-from branch_operator.domain.merge.policy import PolicyRef
+from branch_operator.domain.merge import PolicyRef
 from branch_operator.ingest.consumer import IndexingConsumer
 from branch_operator.kit.deadlines import RETRY_AFTER, DeadlineScheduler
 from branch_operator.ops.metrics import OperatorMetrics

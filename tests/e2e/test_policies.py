@@ -591,6 +591,46 @@ async def test_webhook_outage_fails_loudly_keeps_the_branch_ready_and_retries_la
     assert merge_of(merged)["decision"] == "Merged"
 
 
+async def test_a_failed_merge_is_notified_once(clocked: Clocked, c_oms: Oms) -> None:
+    """One ``merge_failed`` notification per failed merge on ``oms.notifications.branch``, from the one
+    producer of incident notifications (the notifier), not a second copy with another id from the reconciler."""
+    oms = c_oms
+    clocked.endpoint.answers["paged"] = [(503, "unavailable")] * 3  # every attempt of one execution
+    notifier = clocked.operator.runtime.notifier
+    delivered: list[tuple[str, str, bool]] = []
+
+    def record(incident: Any, sink: str, ok: bool) -> None:
+        if incident.branch == "paged" and incident.namespace == oms.namespace:
+            delivered.append((incident.kind, sink, ok))
+    notifier.delivered.append(record)
+    try:
+        await oms.create_policy()
+        await oms.create_branch("paged", "feature/paged")
+        await index_at(oms, "feature/paged", SATURDAY)
+        failed = await wait_decision(oms, "paged", "Failed")
+        assert merge_of(failed)["attempts"] == 1
+        # Both would-be producers are done: the incident went out, and a reconcile of the Branch waits for
+        # the one that recorded the failure (one evaluation per Branch at a time) and, before the retry
+        # time, calls nothing.
+        await wait_for(lambda: ("merge_failed", "nats", True) in delivered, what="the incident sent to NATS")
+        await clocked.operator.call(clocked.operator.runtime.reconciler.reconcile_key((oms.namespace, "paged")))
+        assert len(clocked.endpoint.calls("paged")) == 3
+    finally:
+        notifier.delivered.remove(record)
+
+    sent = []
+    for headers, data in await oms.stream_messages(oms.settings.notifications_stream):
+        body = json.loads(data)
+        if (body["type"] == "com.oms.branch.merge_failed" and body["data"].get("branch") == "paged"
+                and body["data"].get("namespace") == oms.namespace):
+            sent.append((headers.get("Nats-Msg-Id"), body))
+    assert len(sent) == 1, [msg_id for msg_id, _ in sent]
+    msg_id, body = sent[0]
+    assert msg_id == f"incident:{body['data']['incident']}"
+    assert body["data"]["severity"] == "critical"
+    assert body["data"]["details"]["merge_id"] == merge_of(failed)["mergeId"]
+
+
 async def test_a_watch_event_of_a_version_already_decided_on_reads_nothing(oms: Oms) -> None:
     """The Branch watch brings back every version the operator itself wrote; one already decided on is skipped
     without reading the Branch again. Other triggers (here: by name) always read and decide."""

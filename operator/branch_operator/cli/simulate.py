@@ -26,7 +26,7 @@ from branch_operator.api.models import (
     MergeDecision,
     Phase,
 )
-from branch_operator.domain.merge.policy import (
+from branch_operator.domain.merge import (
     PolicyRef,
     blocking_locks,
     evaluate_merge,

@@ -8,6 +8,7 @@ API server. Errors are mapped to a small hierarchy so callers decide retry vs. g
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -73,6 +74,49 @@ def _map(exc: BaseException) -> KubeError:
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def event_name(object_name: str, key: str) -> str:
+    """The name of the one Event about ``object_name`` for ``key`` (at most 253 characters)."""
+    suffix = "." + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"{object_name[: 253 - len(suffix)]}{suffix}"
+
+
+def event_body(
+    obj: Mapping[str, Any], *, type_: str, reason: str, message: str, action: str, component: str,
+    instance: str, timestamp: str, name: str | None = None,
+) -> Obj:
+    """The core/v1 Event about ``obj``; every Event the operator posts is built here.
+
+    Without ``name`` the API server generates one (``<object>.<random>``).
+    """
+    meta = obj.get("metadata", {})
+    namespace = meta.get("namespace") or "default"
+    metadata: Obj = ({"name": name} if name is not None
+                     else {"generateName": f"{meta.get('name', 'oms')}."})
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {**metadata, "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion"),
+            "kind": obj.get("kind"),
+            "name": meta.get("name"),
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "action": action,
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": instance[:128],
+        "firstTimestamp": timestamp,
+        "lastTimestamp": timestamp,
+        "count": 1,
+    }
 
 
 async def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> k8s.ApiClient:
@@ -201,38 +245,24 @@ class KubeClient:
         return await self.list_objects(AutoMergePolicy.PLURAL, namespace)
 
     async def post_event(
-        self, obj: Mapping[str, Any], *, type_: str, reason: str, message: str, action: str = "Reconcile"
+        self, obj: Mapping[str, Any], *, type_: str, reason: str, message: str, action: str = "Reconcile",
+        once_per: str | None = None,
     ) -> None:
-        """A core/v1 Event about ``obj``. Failures are logged, never raised: an Event is best-effort."""
+        """A core/v1 Event about ``obj``. Failures are logged, never raised: an Event is best-effort.
+
+        ``once_per``: a key the Event is posted once for (its name is derived from it); posting it again
+        is an AlreadyExists, taken as posted.
+        """
         meta = obj.get("metadata", {})
         namespace = meta.get("namespace") or "default"
-        ts = now_rfc3339()
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name', 'oms')}.", "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion"),
-                "kind": obj.get("kind"),
-                "name": meta.get("name"),
-                "namespace": namespace,
-                "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "action": action,
-            "source": {"component": self.component},
-            "reportingComponent": self.component,
-            "reportingInstance": self.instance[:128],
-            "firstTimestamp": ts,
-            "lastTimestamp": ts,
-            "count": 1,
-        }
+        body = event_body(obj, type_=type_, reason=reason, message=message, action=action,
+                          component=self.component, instance=self.instance, timestamp=now_rfc3339(),
+                          name=None if once_per is None else event_name(str(meta.get("name", "oms")), once_per))
         try:
             await self.create_event(namespace, body)
         except KubeError as exc:
+            if once_per is not None and isinstance(exc, Conflict):
+                return  # posted before
             log.warning("could not post Event %s on %s/%s: %s", reason, namespace, meta.get("name"), exc)
 
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:

@@ -4,9 +4,10 @@
   records the merge; ``com.oms.branch.merged`` on ``oms.branch.merged`` then tells OMS to merge.
 * ``webhook``: an HTTP POST to the OMS merge endpoint *before* the status records the merge. The
   request carries the merge's idempotency key (``Idempotency-Key``), so a retry after a timeout or
-  after an operator crash merges once. 2xx is merged; 409 means OMS found conflicts (the response's
-  ``conflicts`` list, if any, is recorded); 5xx, 408, 429 and transport errors are retried with
-  exponential backoff; other 4xx and exhausted retries are a failure.
+  after an operator crash merges once. What an answer means is decided by
+  :func:`branch_operator.domain.merge.decision.classify_answer`: 2xx is merged; 409 means OMS found
+  conflicts (the response's ``conflicts`` list, if any, is recorded); 5xx, 408, 425, 429 and transport
+  errors are retried with exponential backoff; other 4xx and exhausted retries are a failure.
 
 Either way the announcement (Event, ``com.oms.branch.merged``, audit) follows the status write.
 """
@@ -14,7 +15,6 @@ Either way the announcement (Event, ``com.oms.branch.merged``, audit) follows th
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,16 +27,26 @@ import aiohttp
 from branch_operator import __version__
 from branch_operator.api.models import Conflict
 from branch_operator.config import Settings
+from branch_operator.domain.merge.decision import Answer, Outcome, classify_answer
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "EventBackend",
+    "MergeBackend",
+    "MergeRequest",
+    "MergeResult",
+    "Outcome",
+    "WebhookBackend",
+    "build_backend",
+]
+
 _MAX_DETAIL = 300
-_RETRYABLE = frozenset({408, 425, 429})
 
 
 @dataclass(frozen=True, slots=True)
 class MergeRequest:
-    key: str  # idempotency key (domain.merge_trace.merge_key)
+    key: str  # idempotency key (domain.merge.trace.merge_key)
     namespace: str
     name: str
     branch_name: str
@@ -64,12 +74,6 @@ class MergeRequest:
                 else {"reason": self.manual_reason, "requested_by": self.requested_by}
             ),
         }
-
-
-class Outcome(enum.StrEnum):
-    MERGED = "merged"
-    CONFLICT = "conflict"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +148,14 @@ class WebhookBackend:
                     timeout=aiohttp.ClientTimeout(total=self.timeout),
                 ) as resp:
                     text = await resp.text(errors="replace")
-                    if 200 <= resp.status < 300:
+                    answer = classify_answer(resp.status)
+                    if answer is Answer.MERGED:
                         return MergeResult(Outcome.MERGED, f"merge endpoint answered {resp.status}", attempts)
-                    if resp.status == 409:
+                    if answer is Answer.CONFLICT:
                         return MergeResult(Outcome.CONFLICT, f"merge endpoint answered 409: {_short(text)}",
                                            attempts, _conflicts(text))
                     last = f"merge endpoint answered {resp.status}: {_short(text)}"
-                    if resp.status < 500 and resp.status not in _RETRYABLE:
+                    if answer is Answer.FAILED:
                         return MergeResult(Outcome.FAILED, last, attempts)  # retrying cannot fix a 4xx
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 last = f"merge endpoint unreachable: {type(exc).__name__}: {_short(str(exc))}"

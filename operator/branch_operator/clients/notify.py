@@ -1,7 +1,9 @@
 """Notifications for the people on call: one message per incident, to pluggable sinks.
 
-Incidents: an indexing run failed, a READY branch's merge stayed blocked past a threshold, a lock
-expired, a merge failed. Sinks: the NATS subject ``oms.notifications.branch`` (a CloudEvent, stream
+The notifier is the one producer of incident notifications (what an incident is, and which states are
+one: :mod:`branch_operator.domain.incidents`): an indexing run failed, a READY branch's merge stayed
+blocked past a threshold (:mod:`branch_operator.controllers.incidents`), a lock expired, a merge failed.
+Sinks: the NATS subject ``oms.notifications.branch`` (a CloudEvent, stream
 ``OMS_NOTIFICATIONS``) and an HTTP webhook (generic JSON, or a Slack incoming-webhook payload) with
 retries. Every incident carries a key naming *the incident* (e.g. the failed run's event id), not the
 delivery that revealed it: the notifier sends a key once, and the NATS message id is derived from it, so a
@@ -18,46 +20,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
 
 from branch_operator.clients.emitter import Emitter
-from branch_operator.clients.kube import KubeClient, KubeError, NotFound
 from branch_operator.config import Settings
-from branch_operator.contracts.outbound import INDEXING_FAILED, MERGE_BLOCKED, MERGE_FAILED
 from branch_operator.domain.audit import AuditRecord
-from branch_operator.domain.timefmt import parse_time, rfc3339
-from branch_operator.kit.deadlines import DeadlineScheduler
+from branch_operator.domain.incidents import Incident, indexing_failed_incident
+from branch_operator.domain.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
-@dataclass(frozen=True)
-class Incident:
-    kind: str
-    key: str  # what makes two reports the same incident
-    namespace: str | None
-    branch: str | None  # Kubernetes name
-    branch_name: str | None  # OMS name
-    title: str
-    message: str
-    at: datetime
-    severity: str = "warning"
-    details: Mapping[str, Any] = field(default_factory=dict)
-    skip_sinks: frozenset[str] = frozenset()
-
-    def data(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind, "incident": self.key, "severity": self.severity, "title": self.title,
-            "message": self.message, "namespace": self.namespace, "branch": self.branch,
-            "branch_name": self.branch_name, "at": rfc3339(self.at), "details": dict(self.details),
-        }
 
 
 class Sink(Protocol):
@@ -224,125 +200,6 @@ class Notifier:
 
     def observe_audit(self, record: AuditRecord) -> None:
         """Audit observer: an indexing failure is an incident (the NATS part is the processor's)."""
-        if str(record.action) != "indexing.failed":
-            return
-        run = record.correlation_id or record.indexing_id or record.audit_id
-        errors = (record.details or {}).get("validation_errors") or []
-        message = f"Indexing run {record.indexing_id or '?'} failed; the branch is in ERROR and its locks released."
-        if errors:
-            message += f" First error: {str(errors[0])[:300]}"
-        self.submit(Incident(
-            kind=INDEXING_FAILED, key=f"{INDEXING_FAILED}:{record.namespace}/{record.branch}:{run}",
-            namespace=record.namespace, branch=record.branch, branch_name=record.branch_name,
-            title=f"Indexing failed for {record.branch_name or record.branch}", message=message,
-            at=record.timestamp, severity="critical",
-            details={"indexing_id": record.indexing_id, "correlation_id": record.correlation_id,
-                     "audit_id": record.audit_id, "errors": list(errors)[:10]},
-            skip_sinks=frozenset({"nats"}),
-        ))
-
-
-# ----------------------------------------------------------------------------- incidents from Branches
-
-
-def blocked_since(obj: Mapping[str, Any]) -> datetime | None:
-    """When a READY branch's merge became blocked, or None if it is not blocked now."""
-    status = obj.get("status") or {}
-    merge = status.get("merge") or {}
-    if status.get("phase") != "READY" or merge.get("decision") != "Blocked":
-        return None
-    mergeable: Mapping[str, Any] = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "Mergeable"), {})
-    for raw in (mergeable.get("lastTransitionTime") if mergeable.get("status") == "False" else None,
-                merge.get("evaluatedAt"), status.get("phaseTransitionTime")):
-        when = parse_time(raw)
-        if when is not None:
-            return when
-    return None
-
-
-def run_key(obj: Mapping[str, Any]) -> str:
-    """The indexing run a merge decision is about (one blocked/failed incident per run)."""
-    indexing = (obj.get("status") or {}).get("indexing") or {}
-    return str(indexing.get("eventId") or indexing.get("indexingId") or "")
-
-
-def merge_failed_incident(obj: Mapping[str, Any], now: datetime) -> Incident | None:
-    status = obj.get("status") or {}
-    merge = status.get("merge") or {}
-    if merge.get("decision") != "Failed":
-        return None
-    meta = obj["metadata"]
-    message = merge.get("message") or "the merge failed"
-    return Incident(
-        kind=MERGE_FAILED, key=f"{MERGE_FAILED}:{meta.get('uid')}:{run_key(obj)}",
-        namespace=meta.get("namespace"), branch=meta["name"], branch_name=(obj.get("spec") or {}).get("branchName"),
-        title=f"Merge failed for {(obj.get('spec') or {}).get('branchName') or meta['name']}", message=message,
-        at=parse_time(merge.get("evaluatedAt")) or now, severity="critical",
-        details={"policy": merge.get("policy"), "target_branch": merge.get("targetBranch"),
-                 "reasons": merge.get("reasons") or []},
-    )
-
-
-def merge_blocked_incident(obj: Mapping[str, Any], since: datetime, now: datetime) -> Incident:
-    meta, spec = obj["metadata"], obj.get("spec") or {}
-    merge = (obj.get("status") or {}).get("merge") or {}
-    reasons = merge.get("reasons") or []
-    minutes = int((now - since).total_seconds() // 60)
-    return Incident(
-        kind=MERGE_BLOCKED, key=f"{MERGE_BLOCKED}:{meta.get('uid')}:{run_key(obj)}",
-        namespace=meta.get("namespace"), branch=meta["name"], branch_name=spec.get("branchName"),
-        title=f"Merge of {spec.get('branchName') or meta['name']} blocked for {minutes} min",
-        message=f"Blocked by {', '.join(reasons) or 'unknown reasons'}: {merge.get('message') or ''}".strip(),
-        at=now, details={"reasons": reasons, "blocked_since": rfc3339(since), "policy": merge.get("policy")},
-    )
-
-
-class IncidentWatch:
-    """Turns Branch changes into incidents: failed merges at once, blocked merges past a threshold."""
-
-    def __init__(self, kube: KubeClient, notifier: Notifier, settings: Settings,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self.kube = kube
-        self.notifier = notifier
-        self.threshold = settings.notify_blocked_after_seconds
-        self.clock = clock
-        self.scheduler: DeadlineScheduler[tuple[str, str]] = DeadlineScheduler(
-            self._check_blocked, name="blocked-merge notifications", clock=clock)
-
-    def observe(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        if event_type == "DELETED":
-            self.scheduler.cancel(key)
-            return
-        failed = merge_failed_incident(obj, self.clock())
-        if failed is not None:
-            self.notifier.submit(failed)
-        since = blocked_since(obj)
-        if since is None or self.threshold <= 0:
-            self.scheduler.cancel(key)
-        else:
-            self.scheduler.schedule(key, datetime.fromtimestamp(since.timestamp() + self.threshold, UTC))
-
-    async def _check_blocked(self, key: tuple[str, str]) -> None:
-        try:
-            obj = await self.kube.get_branch(*key)
-        except NotFound:
-            return
-        except KubeError as exc:
-            log.warning("blocked-merge check of %s/%s failed (%s); retrying", key[0], key[1], exc)
-            self.scheduler.schedule(key, datetime.fromtimestamp(self.clock().timestamp() + 10, UTC))
-            return
-        since = blocked_since(obj)
-        if since is None:
-            return
-        now = self.clock()
-        due = since.timestamp() + self.threshold
-        if due > now.timestamp():  # blocked again more recently: look later
-            self.scheduler.schedule(key, datetime.fromtimestamp(due, UTC))
-            return
-        self.notifier.submit(merge_blocked_incident(obj, since, now))
-
-    async def run(self) -> None:
-        await self.scheduler.run()
+        incident = indexing_failed_incident(record)
+        if incident is not None:
+            self.submit(incident)

@@ -15,11 +15,6 @@ from typing import Any, Final
 from branch_operator.contracts.cloudevents import SPECVERSION, STRUCTURED_CONTENT_TYPE, format_time, jsonable
 
 __all__ = [
-    "INDEXING_FAILED",
-    "LOCK_EXPIRED",
-    "MERGE_BLOCKED",
-    "MERGE_FAILED",
-    "NOTIFICATION_KINDS",
     "STRUCTURED_CONTENT_TYPE",
     "TYPE_BRANCH_MERGED",
     "make_cloudevent",
@@ -29,18 +24,12 @@ __all__ = [
 # The announcement that tells OMS to merge (merge backend "event"), on ``oms.branch.merged``.
 TYPE_BRANCH_MERGED: Final = "com.oms.branch.merged"
 
-# Notification kinds.
-INDEXING_FAILED: Final = "indexing_failed"
-MERGE_BLOCKED: Final = "merge_blocked"
-LOCK_EXPIRED: Final = "lock_expired"
-MERGE_FAILED: Final = "merge_failed"
-NOTIFICATION_KINDS: Final = (INDEXING_FAILED, MERGE_BLOCKED, LOCK_EXPIRED, MERGE_FAILED)
-
 _NOTIFICATION_TYPE_PREFIX: Final = "com.oms.branch."
 
 
 def notification_type(kind: str) -> str:
-    """The CloudEvent type of a notification of ``kind`` (e.g. ``com.oms.branch.indexing_failed``)."""
+    """The CloudEvent type of a notification of ``kind`` (e.g. ``com.oms.branch.indexing_failed``; the kinds
+    are the incident kinds of :mod:`branch_operator.domain.incidents`)."""
     return _NOTIFICATION_TYPE_PREFIX + kind
 
 

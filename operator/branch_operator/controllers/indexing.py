@@ -25,8 +25,8 @@ from branch_operator.clients.emitter import Emitter, Outgoing, from_outbox, outb
 from branch_operator.clients.kube import Conflict, KubeClient, NotFound, Obj, Transient
 from branch_operator.config import Settings
 from branch_operator.contracts.funnel import EventRejected, IndexingEvent, parse_message
-from branch_operator.contracts.outbound import INDEXING_FAILED
 from branch_operator.domain.audit import AuditAction, AuditRecord
+from branch_operator.domain.incidents import INDEXING_FAILED
 from branch_operator.domain.lifecycle import EventPlan, plan_indexing_event
 from branch_operator.domain.lifecycle import Outcome as PlanOutcome
 from branch_operator.domain.locks import label_value, lock_body, locks_to_release

@@ -24,10 +24,10 @@ from typing import Any, cast
 from branch_operator.api.models import GROUP, VERSION, Branch, BranchLock
 from branch_operator.clients.emitter import Emitter
 from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFound, Obj
-from branch_operator.clients.notify import Incident, Notifier
+from branch_operator.clients.notify import Notifier
 from branch_operator.config import Settings
-from branch_operator.contracts.outbound import LOCK_EXPIRED
 from branch_operator.domain.audit import AuditAction, AuditRecord
+from branch_operator.domain.incidents import LOCK_EXPIRED, Incident
 from branch_operator.domain.locks import label_value
 from branch_operator.domain.timefmt import parse_time, rfc3339
 from branch_operator.kit.deadlines import DeadlineScheduler

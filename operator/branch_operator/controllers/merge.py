@@ -1,4 +1,4 @@
-"""Merge reconciliation for READY branches: the I/O half of domain.policy and domain.merge_trace.
+"""Merge reconciliation for READY branches: the I/O half of domain.merge.
 
 Level-triggered: it is called with a Branch (on Branch, policy and lock changes, when the scheduler
 says a window opened or a freeze ended, and on the periodic resync), re-reads it, and either merges
@@ -23,7 +23,6 @@ twice.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -35,35 +34,39 @@ from branch_operator.api.models import (
     ANNOTATION_REQUESTED_BY,
     BranchStatus,
     MergeDecision,
+    Outbox,
     Phase,
 )
 from branch_operator.clients.emitter import OUTBOX_FLUSH_WINDOW_SECONDS, Emitter, Outgoing, outbox
-from branch_operator.clients.kube import Conflict, KubeClient, NotFound, Obj, now_rfc3339
-from branch_operator.clients.merge_backends import EventBackend, MergeBackend, MergeRequest, MergeResult, Outcome
+from branch_operator.clients.kube import Conflict, KubeClient, NotFound, Obj
+from branch_operator.clients.merge_backends import EventBackend, MergeBackend, MergeRequest, MergeResult
 from branch_operator.config import Settings
-from branch_operator.contracts.outbound import MERGE_FAILED
 from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.locks import label_value
-from branch_operator.domain.merge.policy import (
+from branch_operator.domain.merge import (
     ManualRequest,
     MergeEvaluation,
+    MergeStep,
     PolicyRef,
+    Step,
     blocking_locks,
+    conflict_step,
+    decision_report,
     evaluate_merge,
+    failed_attempts,
+    merge_changed,
+    merge_key,
+    merge_status_patch,
+    merge_step,
+    pending_retry,
     review_policies,
     select_policy,
 )
-from branch_operator.domain.merge.trace import merge_changed, merge_key, merge_status_patch
 from branch_operator.domain.timefmt import parse_time, rfc3339
 from branch_operator.kit.deadlines import DeadlineScheduler
 from branch_operator.kit.keyed import KeyedLocks
 
 log = logging.getLogger(__name__)
-
-# Audit actions this module adds to domain.audit's (any [a-z_.]+ name is a valid action).
-AUDIT_MERGE_DEFERRED = "branch.merge_deferred"
-AUDIT_MERGE_FAILED = "branch.merge_failed"
-AUDIT_MERGE_REQUESTED = "branch.merge_requested"
 
 Key = tuple[str, str]
 # After a failed announcement (NATS away), the next attempt; the announcement's ids make it safe to repeat.
@@ -307,7 +310,8 @@ class MergeReconciler:
                    f"run) can be merged. The request was consumed; annotate again once it is READY.")
         await self.kube.post_event(obj, type_="Warning", reason="MergeRequestRefused", message=message)
         await self.emitter.audit(self._record(
-            obj, AUDIT_MERGE_REQUESTED, self.clock(), seed_extra=f"{obj['metadata'].get('resourceVersion')}",
+            obj, AuditAction.BRANCH_MERGE_REQUESTED, self.clock(),
+            seed_extra=f"{obj['metadata'].get('resourceVersion')}",
             reason="NotReady", from_state=phase, to_state=phase,
             details={"request_reason": manual.reason, "requested_by": manual.requested_by, "outcome": "refused",
                      "message": message},
@@ -317,35 +321,29 @@ class MergeReconciler:
 
     async def _report(self, obj: Obj, evaluation: MergeEvaluation, now: datetime) -> None:
         """Event and audit record for a decision just written (not for merges: see _announce)."""
-        decision, manual = evaluation.decision, evaluation.manual
-        reasons = ",".join(r.value for r in evaluation.reasons)
-        status = BranchStatus.model_validate(obj.get("status") or {})
-        event_id = status.indexing.event_id if status.indexing else None
-        details = {"message": evaluation.message, "policy": evaluation.policy,
-                   "policy_generation": evaluation.policy_generation,
-                   "failed_checks": {c.name: c.evidence for c in evaluation.checks if not c.passed}}
+        report = decision_report(evaluation)
+        await self.kube.post_event(obj, type_=report.event_type, reason=report.event_reason,
+                                   message=evaluation.message)
+        if report.audit is None:
+            return
+        details: dict[str, Any] = {
+            "message": evaluation.message, "policy": evaluation.policy,
+            "policy_generation": evaluation.policy_generation,
+            "failed_checks": {c.name: c.evidence for c in evaluation.checks if not c.passed}}
+        manual = evaluation.manual
         if manual is not None:
-            outcome = "dry-run" if decision is MergeDecision.WOULD_MERGE else "refused"
-            event_type = "Normal" if decision is MergeDecision.WOULD_MERGE else "Warning"
-            await self.kube.post_event(obj, type_=event_type, reason="MergeRequestRefused"
-                                       if event_type == "Warning" else "WouldMerge", message=evaluation.message)
-            await self.emitter.audit(self._record(
-                obj, AUDIT_MERGE_REQUESTED, now, seed_extra=f"{obj['metadata'].get('resourceVersion')}",
-                reason=reasons or decision.value, from_state=Phase.READY.value, to_state=Phase.READY.value,
-                details={**details, "request_reason": manual.reason, "requested_by": manual.requested_by,
-                         "outcome": outcome},
-            ))
-            return
-        if decision is MergeDecision.WOULD_MERGE:
-            await self.kube.post_event(obj, type_="Normal", reason="WouldMerge", message=evaluation.message)
-            return
-        deferred = decision is MergeDecision.DEFERRED
-        await self.kube.post_event(obj, type_="Normal" if deferred else "Warning",
-                                   reason="MergeDeferred" if deferred else "MergeBlocked", message=evaluation.message)
+            # Seeded by the version answered: each request is answered (and audited) once.
+            seed = str(obj["metadata"].get("resourceVersion"))
+            details.update(request_reason=manual.reason, requested_by=manual.requested_by,
+                           outcome=report.request_outcome)
+        else:
+            # Seeded by what was decided: the same decision about the same result is one record.
+            status = BranchStatus.model_validate(obj.get("status") or {})
+            event_id = status.indexing.event_id if status.indexing else None
+            seed = "|".join([event_id or "", report.audit_reason, evaluation.message])
         await self.emitter.audit(self._record(
-            obj, AUDIT_MERGE_DEFERRED if deferred else AuditAction.BRANCH_MERGE_BLOCKED, now,
-            seed_extra="|".join([event_id or "", reasons, evaluation.message]),
-            reason=reasons, from_state=Phase.READY.value, to_state=Phase.READY.value, details=details,
+            obj, report.audit, now, seed_extra=seed, reason=report.audit_reason,
+            from_state=Phase.READY.value, to_state=Phase.READY.value, details=details,
         ))
 
     # -------------------------------------------------------------------------------------- merging
@@ -358,11 +356,9 @@ class MergeReconciler:
         key = merge_key(meta.get("uid"), indexing.event_id if indexing else None,
                         indexing.indexing_id if indexing else None)
         previous = status_raw.get("merge") or {}
-        failed_before = int(previous.get("attempts") or 0) if (
-            previous.get("decision") == MergeDecision.FAILED.value and previous.get("mergeId") == key) else 0
-        retry_at = parse_time(previous.get("nextEvaluationTime")) if failed_before else None
-        if retry_at is not None and now < retry_at and evaluation.manual is None:
-            self._schedule((ns, name), retry_at)  # a failed merge waits for its retry time
+        retry_at = pending_retry(previous, key, now=now, manual=evaluation.manual)
+        if retry_at is not None:
+            self._schedule((ns, name), retry_at)
             return MergeDecision.FAILED
         result = await self.backend.execute(MergeRequest(
             key=key, namespace=ns, name=name, branch_name=str(obj["spec"]["branchName"]), target_branch=target,
@@ -372,25 +368,35 @@ class MergeReconciler:
             manual_reason=evaluation.manual.reason if evaluation.manual else None,
             requested_by=evaluation.manual.requested_by if evaluation.manual else None,
         ))
-        conditions = status_raw.get("conditions") or []
-        if result.outcome is Outcome.MERGED:
-            patch = merge_status_patch(evaluation, now=now, target_branch=target, merged=True,
-                                       conditions=conditions, observed_generation=meta.get("generation"),
-                                       merge_id=key)
-            box_key = announcement_key(key)
-            messages = self._announcements(_merged_view(obj, patch))
-            # The outbox this write replaces (the indexing result's) must not be lost if it never went out.
-            await self.emitter.flush_replaced(status.outbox, new_key=box_key, now=self.clock())
-            patch["outbox"] = outbox(box_key, messages, written_at=self.clock())
-            updated = await self._write(obj, patch)
-            if updated is None:
-                return None
-            self._schedule((ns, name), None)
-            await self._announce(updated, messages)
-            return MergeDecision.MERGED
-        if result.outcome is Outcome.CONFLICT:
+        step = merge_step(result.outcome, failed_before=failed_attempts(previous, key), now=now,
+                          retry_interval=self._retry_interval)
+        if step.step is Step.RECORD_MERGED:
+            return await self._merged(obj, evaluation, key, target, now, replaced=status.outbox)
+        if step.step is Step.DECIDE_WITH_CONFLICTS:
             return await self._conflicted(obj, result, key, target, now)
-        return await self._failed(obj, evaluation, result, key, failed_before, target, now)
+        return await self._failed(obj, evaluation, result, key, step, target, now)
+
+    @property
+    def _retry_interval(self) -> timedelta:
+        return timedelta(seconds=self.settings.merge_retry_interval_seconds)
+
+    async def _merged(self, obj: Obj, evaluation: MergeEvaluation, key: str, target: str, now: datetime,
+                      *, replaced: Outbox | None) -> MergeDecision | None:
+        meta, status_raw = obj["metadata"], obj.get("status") or {}
+        patch = merge_status_patch(evaluation, now=now, target_branch=target, merged=True,
+                                   conditions=status_raw.get("conditions") or [],
+                                   observed_generation=meta.get("generation"), merge_id=key)
+        box_key = announcement_key(key)
+        messages = self._announcements(_merged_view(obj, patch))
+        # The outbox this write replaces (the indexing result's) must not be lost if it never went out.
+        await self.emitter.flush_replaced(replaced, new_key=box_key, now=self.clock())
+        patch["outbox"] = outbox(box_key, messages, written_at=self.clock())
+        updated = await self._write(obj, patch)
+        if updated is None:
+            return None
+        self._schedule((meta["namespace"], meta["name"]), None)
+        await self._announce(updated, messages)
+        return MergeDecision.MERGED
 
     async def _conflicted(
         self, obj: Obj, result: MergeResult, key: str, target: str, now: datetime
@@ -399,9 +405,9 @@ class MergeReconciler:
         meta, status_raw = obj["metadata"], obj.get("status") or {}
         # Re-decided with the conflicts OMS reported (and without the merge request, already consumed).
         evaluation = await self._evaluate(obj, now, None, conflicts=result.conflicts)
-        if evaluation.decision is MergeDecision.MERGED:
-            # The policy does not block on conflicts, but OMS refused: that is a failed merge.
-            return await self._failed(obj, evaluation, result, key, 0, target, now)
+        step = conflict_step(evaluation, now=now, retry_interval=self._retry_interval)
+        if step.step is Step.RECORD_FAILED:
+            return await self._failed(obj, evaluation, result, key, step, target, now)
         patch = merge_status_patch(evaluation, now=now, target_branch=target, merged=False,
                                    conditions=status_raw.get("conditions") or [],
                                    observed_generation=meta.get("generation"))
@@ -409,17 +415,17 @@ class MergeReconciler:
         updated = await self._write(obj, patch)
         if updated is None:
             return None
-        self._schedule((meta["namespace"], meta["name"]), evaluation.next_evaluation)
+        self._schedule((meta["namespace"], meta["name"]), step.retry_at)
         await self.kube.post_event(updated, type_="Warning", reason="MergeConflict",
                                    message=f"OMS refused the merge into {target}: {result.detail}")
         await self._report(updated, evaluation, now)
         return evaluation.decision
 
     async def _failed(self, obj: Obj, evaluation: MergeEvaluation, result: MergeResult, key: str,
-                      failed_before: int, target: str, now: datetime) -> MergeDecision | None:
+                      step: MergeStep, target: str, now: datetime) -> MergeDecision | None:
         meta, status_raw = obj["metadata"], obj.get("status") or {}
-        attempts = failed_before + 1
-        retry_at = now + timedelta(seconds=self.settings.merge_retry_interval_seconds)
+        attempts, retry_at = step.attempts, step.retry_at
+        assert retry_at is not None, "a failed merge is always tried again"
         updated = await self._write(obj, merge_status_patch(
             evaluation, now=now, target_branch=target, merged=False, conditions=status_raw.get("conditions") or [],
             observed_generation=meta.get("generation"), merge_error=result.detail, merge_id=key,
@@ -430,20 +436,14 @@ class MergeReconciler:
         message = (f"Merging into {target} failed ({result.detail}); the branch stays READY and is tried "
                    f"again at {rfc3339(retry_at)}.")
         await self.kube.post_event(updated, type_="Warning", reason="MergeFailed", message=message)
+        # No notification from here: the incident watch sees this write and the Notifier, the one producer
+        # of incident notifications, sends one merge_failed per failed merge.
         await self.emitter.audit(self._record(
-            updated, AUDIT_MERGE_FAILED, now, seed_extra=f"{key}|{attempts}", reason="MergeFailed",
+            updated, AuditAction.BRANCH_MERGE_FAILED, now, seed_extra=f"{key}|{attempts}", reason="MergeFailed",
             from_state=Phase.READY.value, to_state=Phase.READY.value,
             details={"merge_id": key, "attempts": attempts, "error": result.detail, "backend": self.backend.name,
                      "policy": evaluation.policy},
         ))
-        if failed_before == 0:
-            # One notification per merge that starts failing; later retries post Events only.
-            await self.emitter.notify(
-                msg_id=f"merge-failed:{key}", kind=MERGE_FAILED, branch_name=str(obj["spec"]["branchName"]),
-                data={"namespace": meta["namespace"], "branch": meta["name"],
-                      "branch_name": obj["spec"]["branchName"], "target_branch": target, "merge_id": key,
-                      "reason": result.detail, "retry_at": rfc3339(retry_at), "policy": evaluation.policy},
-            )
         return MergeDecision.FAILED
 
     # ---------------------------------------------------------------------------------- announcing
@@ -474,7 +474,7 @@ class MergeReconciler:
             )))
         if manual:
             messages.append(self.emitter.audit_message(self._record(
-                obj, AUDIT_MERGE_REQUESTED, merged_at, seed_extra=key, reason="Merged",
+                obj, AuditAction.BRANCH_MERGE_REQUESTED, merged_at, seed_extra=key, reason="Merged",
                 from_state=Phase.READY.value, to_state=Phase.ACTIVE.value,
                 details={**details, "outcome": "merged"},
             )))
@@ -507,38 +507,19 @@ class MergeReconciler:
             self._schedule((meta["namespace"], meta["name"]), retry_at)
 
     async def _event_once(self, obj: Obj, key: str, *, reason: str, message: str) -> None:
-        """A Normal Event with a name derived from the merge key: posting it again is an AlreadyExists."""
-        meta = obj["metadata"]
-        ns = meta["namespace"]
-        suffix = "." + hashlib.sha256(key.encode()).hexdigest()[:16]
-        ts = now_rfc3339()
-        body = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{meta['name'][: 253 - len(suffix)]}{suffix}", "namespace": ns},
-            "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
-                               "namespace": ns, "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")},
-            "type": "Normal", "reason": reason, "message": message[:1024], "action": "Merge",
-            "source": {"component": self.kube.component}, "reportingComponent": self.kube.component,
-            "reportingInstance": self.kube.instance[:128], "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
-        }
-        try:
-            await self.kube.create_event(ns, body)
-        except Conflict:
-            pass  # posted before, by an earlier announcement of this merge
-        except Exception as exc:  # an Event is best-effort, like KubeClient.post_event
-            log.warning("could not post Event %s on %s/%s: %s", reason, ns, meta["name"], exc)
+        """The Normal Event of a merge, once per merge key: an announcement repeated posts nothing new."""
+        await self.kube.post_event(obj, type_="Normal", reason=reason, message=message, action="Merge", once_per=key)
 
-    def _record(self, obj: Obj, action: AuditAction | str, when: datetime, *, seed_extra: str,
+    def _record(self, obj: Obj, action: AuditAction, when: datetime, *, seed_extra: str,
                 **fields: Any) -> AuditRecord:
         meta = obj["metadata"]
         status = BranchStatus.model_validate(obj.get("status") or {})
         indexing = status.indexing
-        action_value = action.value if isinstance(action, AuditAction) else action
         return AuditRecord.build(
             action,
             branch_name=obj["spec"]["branchName"],
             when=when,
-            seed=f"{meta.get('uid')}|{action_value}|{seed_extra}",
+            seed=f"{meta.get('uid')}|{action.value}|{seed_extra}",
             actor=self.settings.operator_id,
             namespace=meta["namespace"],
             branch=meta["name"],

@@ -1,6 +1,6 @@
 """Recording merge decisions: the ``status.merge`` trace of a Branch and the status of a policy.
 
-Pure logic, no I/O. :func:`merge_status_patch` renders a :class:`~branch_operator.domain.merge.policy.MergeEvaluation`
+Pure logic, no I/O. :func:`merge_status_patch` renders a :class:`~branch_operator.domain.merge.decision.MergeEvaluation`
 (plus what the I/O layer did about it) into a status merge patch; :func:`merge_changed` tells whether
 writing it would change anything a reader can see, so re-evaluations that change nothing write nothing.
 :func:`policy_statuses` and :func:`policy_status_patch` do the same for ``AutoMergePolicy`` status.
@@ -34,13 +34,8 @@ from pydantic import ValidationError
 
 from branch_operator.api.models import AutoMergePolicySpec, ConditionType, MergeDecision, Phase
 from branch_operator.domain.lifecycle import ConditionStatus, find_condition, set_condition, truncate
-from branch_operator.domain.merge.policy import (
-    MergeEvaluation,
-    PolicyRef,
-    policy_matches,
-    review_policies,
-    select_policy,
-)
+from branch_operator.domain.merge.decision import MergeEvaluation
+from branch_operator.domain.merge.selection import PolicyRef, policy_matches, review_policies, select_policy
 from branch_operator.domain.timefmt import rfc3339
 
 __all__ = [

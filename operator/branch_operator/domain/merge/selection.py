@@ -1,0 +1,266 @@
+"""AutoMergePolicy selection: which policies are in force, and which one governs a Branch.
+
+Pure logic, no I/O. The I/O layer lists the policies of the Branch's namespace, drops the ones
+:func:`review_policies` rejects, calls :func:`select_policy`, then
+:func:`~branch_operator.domain.merge.decision.evaluate_merge`, and records the result with
+:mod:`branch_operator.domain.merge.trace` only when it differs from what status shows.
+
+Matching (:func:`policy_matches`) is the AND of three filters, each of which is "any" when empty:
+
+* ``branchSelector`` on the Branch's labels, with Kubernetes LabelSelector semantics: every
+  ``matchLabels`` pair must be present; ``In`` needs the key with one of the values, ``NotIn`` matches
+  when the key is absent or its value is not listed, ``Exists``/``DoesNotExist`` test the key only.
+  An absent or empty selector constrains nothing.
+* ``branchNamePatterns`` on ``spec.branchName``: the branch matches if any glob does (:func:`glob_match`).
+* ``targetBranches`` on ``spec.targetBranch``: same globs; a plain name matches only itself.
+
+So a policy with neither selector nor patterns governs every Branch of its namespace. A matching policy
+with ``enabled: false`` is still selected: a high-priority disabled policy is how auto-merge is switched
+off for part of a namespace. The highest ``priority`` wins; a tie goes to the first name in byte
+order and is reported in the ``policy`` check's evidence.
+
+Glob syntax, path-aware because OMS branch names are ``/``-separated (``feature/user-schema``):
+
+* ``*`` any run of characters within one segment (never ``/``); ``?`` one such character;
+* ``[abc]``, ``[a-z]``, ``[!abc]`` one character of (not of) a set, never ``/``;
+* ``**`` any run of characters across segments; as a whole segment, ``**/`` also matches zero
+  segments, so ``**/hotfix`` matches ``hotfix`` and ``team/a/hotfix``;
+* matching is case-sensitive and anchored at both ends; a pattern with an invalid set (``[z-a]``)
+  is matched literally rather than failing the evaluation.
+
+A policy is *accepted* (:func:`review_policies`) unless its spec is invalid beyond what the CRD schema
+can say (a cron expression, time zone or duration that does not parse) or it *conflicts*: it has the
+same priority and exactly the same selector, patterns and target branches as another accepted policy
+with an earlier name, so it could never govern anything and its author's intent is ambiguous.
+A rejected policy is ignored as a whole, never half-applied.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from branch_operator.api.models import AutoMergePolicySpec, LabelSelector, LabelSelectorRequirement
+from branch_operator.domain.lifecycle import truncate
+from branch_operator.domain.windows import Window, compile_window
+
+__all__ = [
+    "PolicyRef",
+    "PolicyReview",
+    "Selection",
+    "glob_match",
+    "policy_matches",
+    "policy_problems",
+    "policy_windows",
+    "review_policies",
+    "select_policy",
+    "selector_matches",
+]
+
+_MAX_MESSAGE = 4096
+
+
+class PolicyRef(NamedTuple):
+    name: str
+    generation: int | None
+    spec: AutoMergePolicySpec
+
+
+
+# -------------------------------------------------------------------------------------------- matching
+
+
+def selector_matches(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool:
+    if selector is None:
+        return True
+    if any(labels.get(k) != v for k, v in selector.match_labels.items()):
+        return False
+    return all(_requirement_matches(r, labels) for r in selector.match_expressions)
+
+
+def _requirement_matches(req: LabelSelectorRequirement, labels: Mapping[str, str]) -> bool:
+    present = req.key in labels
+    if req.operator == "In":
+        return present and labels[req.key] in req.values
+    if req.operator == "NotIn":
+        return not present or labels[req.key] not in req.values
+    if req.operator == "Exists":
+        return present
+    return not present  # DoesNotExist
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_glob(pattern: str) -> re.Pattern[str]:
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            if pattern.startswith("**", i):
+                whole_segment = (i == 0 or pattern[i - 1] == "/") and pattern.startswith("/", i + 2)
+                if whole_segment:
+                    out.append("(?:.*/)?")
+                    i += 3
+                else:
+                    out.append(".*")
+                    i += 2
+                while i < n and pattern[i] == "*":  # "***" means nothing more than "**"
+                    i += 1
+                continue
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = i + 1
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : j]
+                negate = body.startswith("!")
+                if negate:
+                    body = body[1:]
+                body = re.sub(r"([\\\[\]^&~|])", r"\\\1", body)
+                # A set never matches the segment separator, in line with "*" and "?".
+                out.append(f"(?!/)[{'^' if negate else ''}{body}]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    try:
+        return re.compile("".join(out), re.DOTALL)
+    except re.error:
+        # A set the regex engine rejects (e.g. the reversed range "[z-a]") must not make every branch of
+        # the namespace fail to evaluate; the pattern is then matched literally.
+        return re.compile(re.escape(pattern), re.DOTALL)
+
+
+def glob_match(pattern: str, name: str) -> bool:
+    """Whether ``name`` matches the path-aware glob ``pattern`` (see the module docstring)."""
+    return _compile_glob(pattern).fullmatch(name) is not None
+
+
+def policy_matches(
+    policy_spec: AutoMergePolicySpec,
+    *,
+    branch_name: str,
+    target_branch: str,
+    labels: Mapping[str, str],
+) -> bool:
+    if not selector_matches(policy_spec.branch_selector, labels):
+        return False
+    if policy_spec.branch_name_patterns and not any(
+        glob_match(p, branch_name) for p in policy_spec.branch_name_patterns
+    ):
+        return False
+    return not policy_spec.target_branches or any(glob_match(t, target_branch) for t in policy_spec.target_branches)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    policy: PolicyRef | None  # the governing policy, None when nothing matches
+    matched: list[str]  # every matching policy name, winner first, then by (priority desc, name)
+    tied: list[str]  # names sharing the winner's priority, winner first; empty when the win is clear
+
+    @property
+    def ambiguous(self) -> bool:
+        return bool(self.tied)
+
+
+def select_policy(
+    policies: Sequence[PolicyRef],
+    *,
+    branch_name: str,
+    target_branch: str,
+    labels: Mapping[str, str],
+) -> Selection:
+    """The matching policy with the highest ``priority``; ties go to the lexicographically first name."""
+    matching = [
+        p
+        for p in policies
+        if policy_matches(p.spec, branch_name=branch_name, target_branch=target_branch, labels=labels)
+    ]
+    # Name order breaks ties so that every replica, and every reconcile, picks the same policy.
+    matching.sort(key=lambda p: (-p.spec.priority, p.name))
+    if not matching:
+        return Selection(policy=None, matched=[], tied=[])
+    winner = matching[0]
+    tied = [p.name for p in matching if p.spec.priority == winner.spec.priority]
+    return Selection(policy=winner, matched=[p.name for p in matching], tied=tied if len(tied) > 1 else [])
+
+
+# -------------------------------------------------------------------------------------------- review
+
+
+def policy_windows(spec: AutoMergePolicySpec) -> list[Window]:
+    """The spec's merge windows, compiled; ``ValueError`` for the first one that does not parse."""
+    windows = []
+    for i, w in enumerate(spec.merge_windows):
+        try:
+            windows.append(compile_window(w.kind, w.schedule, w.duration, w.time_zone))
+        except ValueError as exc:
+            raise ValueError(f"mergeWindows[{i}]: {exc}") from exc
+    return windows
+
+
+def policy_problems(spec: AutoMergePolicySpec) -> list[str]:
+    """What is wrong with a schema-valid spec; empty when it can be applied."""
+    problems = []
+    for i, w in enumerate(spec.merge_windows):
+        try:
+            compile_window(w.kind, w.schedule, w.duration, w.time_zone)
+        except ValueError as exc:
+            problems.append(f"mergeWindows[{i}]: {exc}")
+    if spec.freeze is not None and spec.freeze.until is not None and spec.freeze.until.tzinfo is None:
+        problems.append("freeze.until: needs a time zone (e.g. 2025-07-01T00:00:00Z)")
+    return problems
+
+
+def _criteria(spec: AutoMergePolicySpec) -> tuple[Any, ...]:
+    selector = spec.branch_selector
+    selector_key = (
+        None
+        if selector is None or (not selector.match_labels and not selector.match_expressions)
+        else (
+            tuple(sorted(selector.match_labels.items())),
+            tuple(sorted((r.key, r.operator, tuple(sorted(r.values))) for r in selector.match_expressions)),
+        )
+    )
+    return spec.priority, selector_key, frozenset(spec.branch_name_patterns), frozenset(spec.target_branches)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReview:
+    accepted: list[PolicyRef]  # by name
+    rejected: dict[str, tuple[str, str]]  # name -> (condition reason, message)
+
+
+def review_policies(policies: Sequence[PolicyRef]) -> PolicyReview:
+    """Split policies into the ones in force and the ones ignored as a whole (invalid or conflicting)."""
+    accepted: list[PolicyRef] = []
+    rejected: dict[str, tuple[str, str]] = {}
+    owner: dict[tuple[Any, ...], str] = {}
+    for policy in sorted(policies, key=lambda p: p.name):
+        problems = policy_problems(policy.spec)
+        if problems:
+            rejected[policy.name] = ("InvalidSpec", truncate("; ".join(problems), _MAX_MESSAGE))
+            continue
+        criteria = _criteria(policy.spec)
+        first = owner.setdefault(criteria, policy.name)
+        if first != policy.name:
+            rejected[policy.name] = (
+                "ConflictingPolicy",
+                f"same priority ({policy.spec.priority}) and the same selector, branch name patterns and "
+                f"target branches as policy {first}, which wins by name order; this policy could never apply",
+            )
+            continue
+        accepted.append(policy)
+    return PolicyReview(accepted=accepted, rejected=rejected)

@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from branch_operator.api.models import GROUP, VERSION, AutoMergePolicy, AutoMergePolicySpec
-from branch_operator.domain.merge.policy import PolicyRef
+from branch_operator.domain.merge import PolicyRef
 from branch_operator.handlers.context import runtime_of
 
 log = logging.getLogger(__name__)

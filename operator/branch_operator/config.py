@@ -5,11 +5,14 @@ Every setting has a production-sensible default; the Helm chart sets these varia
 
 from __future__ import annotations
 
+import secrets
+import socket
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MASK = "***"
@@ -93,6 +96,26 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = 60.0
     peering: str | None = None  # kopf peering name for HA; None = standalone
 
+    # --- Leader election: one replica in charge at a time, by a coordination.k8s.io Lease (the timings are
+    # justified in controllers/leadership.py: takeover within 12 s of a crash, within ~1 s of a graceful stop)
+    leader_election: bool = False
+    # None: the pod's namespace (POD_NAMESPACE), else default_namespace; see lease_namespace.
+    leader_election_namespace: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "OMS_LEADER_ELECTION_NAMESPACE", "POD_NAMESPACE", "leader_election_namespace"
+        ),
+    )
+    leader_election_lease_name: str = "oms-branch-operator"
+    # None: the pod's name (POD_NAME), else the host name and a random suffix; see lease_identity.
+    leader_election_identity: str | None = Field(
+        None,
+        validation_alias=AliasChoices("OMS_LEADER_ELECTION_IDENTITY", "POD_NAME", "leader_election_identity"),
+    )
+    leader_election_lease_duration_seconds: float = 10.0
+    leader_election_renew_deadline_seconds: float = 7.0
+    leader_election_retry_period_seconds: float = 1.0
+
     # --- Merge execution (issue 4): "event" announces com.oms.branch.merged; "webhook" POSTs to OMS first
     merge_backend: Literal["event", "webhook"] = "event"
     merge_webhook_url: str | None = None
@@ -132,6 +155,29 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, v: str) -> str:
         return ",".join(p.strip() for p in v.split(",") if p.strip())
+
+    @model_validator(mode="after")
+    def _leader_election_timings(self) -> Settings:
+        # client-go's rule (see domain/leadership.check_durations), checked here so a bad chart value
+        # fails at start-up rather than when the elector is built. 1.1: the standby's retry jitter.
+        lease, renew, retry = (self.leader_election_lease_duration_seconds,
+                               self.leader_election_renew_deadline_seconds,
+                               self.leader_election_retry_period_seconds)
+        if min(lease, renew, retry) <= 0 or not lease > renew > retry * 1.1:
+            raise ValueError(
+                "leader election needs lease duration > renew deadline > 1.1 x retry period, all positive "
+                f"(got {lease}s, {renew}s, {retry}s)"
+            )
+        return self
+
+    @property
+    def lease_namespace(self) -> str:
+        return self.leader_election_namespace or self.default_namespace
+
+    @cached_property
+    def lease_identity(self) -> str:
+        """Who this replica is in the Lease: unique per process, stable for its lifetime."""
+        return self.leader_election_identity or f"{socket.gethostname()}_{secrets.token_hex(4)}"
 
     @property
     def namespaces(self) -> list[str]:

@@ -37,3 +37,10 @@ PEERING_RULES: tuple[Rule, ...] = (
     Rule("kopf.dev", "clusterkopfpeerings", ("list", "watch", "patch")),
     Rule("kopf.dev", "kopfpeerings", ("list", "watch", "patch")),
 )
+
+# Only with leader election (OMS_LEADER_ELECTION): every replica reads the Lease, creates it when missing,
+# and writes it with a resourceVersion precondition to take, renew or release it. No list/watch: standbys
+# poll it (controllers/leadership.py says why).
+LEADER_ELECTION_RULES: tuple[Rule, ...] = (
+    Rule("coordination.k8s.io", "leases", ("get", "create", "update")),
+)

@@ -679,6 +679,19 @@ SETTINGS_IN_CHART: dict[str, tuple[str, Obj]] = {
     "operator_id": ("operatorId", {"operatorId": "oms-operator-2"}),
     "reconcile_interval_seconds": ("reconcileIntervalSeconds", {"reconcileIntervalSeconds": 120}),
     "peering": ("peering.name", {"replicaCount": 2, "peering": {"name": "oms-peers"}}),
+    "leader_election": ("leaderElection.enabled", {"leaderElection": {"enabled": True}}),
+    "leader_election_namespace": ("leaderElection.namespace", {"leaderElection": {"namespace": "oms-ha"}}),
+    "leader_election_lease_name": ("leaderElection.leaseName", {"leaderElection": {"leaseName": "oms-leader"}}),
+    "leader_election_identity": ("leaderElection.identity", {"leaderElection": {"identity": "replica-x"}}),
+    "leader_election_lease_duration_seconds": (
+        "leaderElection.leaseDurationSeconds", {"leaderElection": {"leaseDurationSeconds": 15}},
+    ),
+    "leader_election_renew_deadline_seconds": (
+        "leaderElection.renewDeadlineSeconds", {"leaderElection": {"renewDeadlineSeconds": 5}},
+    ),
+    "leader_election_retry_period_seconds": (
+        "leaderElection.retryPeriodSeconds", {"leaderElection": {"retryPeriodSeconds": 2}},
+    ),
     "merge_backend": ("merge.backend", {"merge": {"backend": "webhook", "webhook": {"url": "https://oms/merge"}}}),
     "merge_webhook_url": ("merge.webhook.url", {"merge": {"webhook": {"url": "https://oms/merge"}}}),
     "merge_webhook_timeout_seconds": ("merge.webhook.timeoutSeconds", {"merge": {"webhook": {"timeoutSeconds": 3}}}),

@@ -26,6 +26,7 @@ from branch_operator.embedded.apiserver.errors import (
     invalid,
     not_found,
 )
+from branch_operator.embedded.apiserver.leases import admit_lease
 from branch_operator.embedded.apiserver.patch import json_patch, merge_patch, strip_strategic_directives
 from branch_operator.embedded.apiserver.registry import Registry, ResourceType
 from branch_operator.embedded.apiserver.selectors import Predicate
@@ -452,6 +453,8 @@ class Cluster:
                 obj["status"] = {"phase": "Active"}
         elif rt.group == "apiextensions.k8s.io" and rt.plural == "customresourcedefinitions" and not subresource:
             obj = self._admit_crd(rt, obj, old)
+        elif rt.group == "coordination.k8s.io" and rt.plural == "leases":
+            obj = admit_lease(obj)
         return obj
 
     @staticmethod

@@ -21,6 +21,7 @@ from branch_operator.api.models import (
     PendingResult,
     Phase,
 )
+from branch_operator.domain.conditions import find_condition, set_condition
 from branch_operator.domain.lifecycle import (
     ALLOWED_MANUAL_TRANSITIONS,
     TRANSITIONS,
@@ -29,12 +30,10 @@ from branch_operator.domain.lifecycle import (
     Outcome,
     RunMatch,
     check_manual_transition,
-    find_condition,
     format_duration,
     indexing_duration,
     plan_indexing_event,
     rfc3339,
-    set_condition,
 )
 
 NOW = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)

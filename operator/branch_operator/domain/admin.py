@@ -22,12 +22,11 @@ from datetime import datetime
 from typing import Any
 
 from branch_operator.api.models import GROUP, LockType, Phase
+from branch_operator.domain.conditions import set_condition, truncate
 from branch_operator.domain.lifecycle import (
     ALLOWED_MANUAL_TRANSITIONS,
     check_manual_transition,
     rfc3339,
-    set_condition,
-    truncate,
 )
 
 ANNOTATION_FORCE_UNLOCK = f"{GROUP}/force-unlock"

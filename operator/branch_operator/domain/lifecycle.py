@@ -61,8 +61,6 @@ from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 from branch_operator.api.models import (
-    MAX_ERROR_LENGTH,
-    MAX_ERRORS,
     MAX_RECENT_EVENTS,
     BranchStatus,
     ConditionType,
@@ -71,11 +69,11 @@ from branch_operator.api.models import (
     LockType,
     Phase,
 )
+from branch_operator.domain.conditions import ConditionStatus, bounded_errors, describe_errors, set_condition
 
 __all__ = [
     "ALLOWED_MANUAL_TRANSITIONS",
     "TRANSITIONS",
-    "ConditionStatus",
     "EventKind",
     "EventPlan",
     "IndexingDataLike",
@@ -88,23 +86,14 @@ __all__ = [
     "ValidationLike",
     "check_manual_transition",
     "effective_kind",
-    "find_condition",
     "format_duration",
     "indexing_duration",
     "plan_indexing_event",
     "rfc3339",
-    "set_condition",
     "to_utc",
-    "truncate",
 ]
 
-ConditionStatus = Literal["True", "False", "Unknown"]
 ReleaseLocks = Literal["none", "indexing", "all"]
-
-# How many validation errors a condition/Event message quotes; the full list lives in status.
-_QUOTED_ERRORS = 3
-_QUOTED_ERROR_CHARS = 200
-
 
 # ------------------------------------------------------------------------------------ event protocol
 
@@ -366,10 +355,10 @@ def plan_indexing_event(
         conditions = set_condition(conditions, type_, st, reason, message, now, observed_generation)
 
     validation = event.data.validation_results
-    errors = _bounded_errors(validation.errors) if validation is not None else []
+    errors = bounded_errors(validation.errors) if validation is not None else []
     records = event.data.records_indexed
     run = f"Indexing run {indexing_id}"
-    described = _describe_errors(errors)
+    described = describe_errors(errors)
 
     if kind is EventKind.STARTED:
         patch["indexing"] = {
@@ -559,63 +548,6 @@ def _remember(recent: Sequence[str], event_id: str) -> list[str]:
     return kept[-MAX_RECENT_EVENTS:]
 
 
-# ------------------------------------------------------------------------------------------ conditions
-
-
-def set_condition(
-    conditions: Sequence[Mapping[str, Any]],
-    type_: str | ConditionType,
-    status: ConditionStatus,
-    reason: str,
-    message: str,
-    now: datetime,
-    observed_generation: int | None = None,
-) -> list[dict[str, Any]]:
-    """Return a new condition list with ``type_`` set (wire format, camelCase).
-
-    ``lastTransitionTime`` only moves when ``status`` changes, as ``meta.SetStatusCondition`` does;
-    the position of an existing condition is kept so patches stay small and diffs readable.
-    """
-    name = type_.value if isinstance(type_, ConditionType) else type_
-    out: list[dict[str, Any]] = []
-    found = False
-    for existing in conditions:
-        current = dict(existing)
-        if current.get("type") == name and not found:
-            found = True
-            changed = current.get("status") != status or not current.get("lastTransitionTime")
-            current["status"] = status
-            current["reason"] = reason
-            current["message"] = message
-            if changed:
-                current["lastTransitionTime"] = rfc3339(now)
-            if observed_generation is not None:
-                current["observedGeneration"] = observed_generation
-            out.append(current)
-        elif current.get("type") != name:
-            out.append(current)
-    if not found:
-        new: dict[str, Any] = {
-            "type": name,
-            "status": status,
-            "lastTransitionTime": rfc3339(now),
-            "reason": reason,
-            "message": message,
-        }
-        if observed_generation is not None:
-            new["observedGeneration"] = observed_generation
-        out.append(new)
-    return out
-
-
-def find_condition(conditions: Sequence[Mapping[str, Any]], type_: str | ConditionType) -> dict[str, Any] | None:
-    name = type_.value if isinstance(type_, ConditionType) else type_
-    for c in conditions:
-        if c.get("type") == name:
-            return dict(c)
-    return None
-
-
 # ---------------------------------------------------------------------------------- manual transitions
 
 
@@ -709,26 +641,9 @@ def _run_facts(records: int | None, duration: float | None) -> str:
     return out
 
 
-def _bounded_errors(errors: Sequence[str]) -> list[str]:
-    # The CRD caps the list and each entry; an oversized status would be rejected whole.
-    return [truncate(e, MAX_ERROR_LENGTH) for e in list(errors)[:MAX_ERRORS]]
-
-
-def truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _describe_errors(errors: Sequence[str]) -> str:
-    if not errors:
-        return "no error details reported"
-    quoted = "; ".join(truncate(e, _QUOTED_ERROR_CHARS) for e in errors[:_QUOTED_ERRORS])
-    more = f" (and {len(errors) - _QUOTED_ERRORS} more)" if len(errors) > _QUOTED_ERRORS else ""
-    return f"{len(errors)} error{'s' if len(errors) != 1 else ''}: {quoted}{more}"
-
-
 def _validation_phrase(validation: ValidationLike | None, errors: Sequence[str]) -> str:
     if validation is None:
         return "no validation results reported"
     if validation.passed:
         return "validation passed"
-    return f"validation failed with {_describe_errors(errors)}"
+    return f"validation failed with {describe_errors(errors)}"

@@ -23,7 +23,8 @@ from branch_operator.api.models import GROUP, VERSION, AutoMergePolicy, AutoMerg
 from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFound
 from branch_operator.clients.nats_bus import NatsBus
 from branch_operator.config import Settings
-from branch_operator.domain.lifecycle import rfc3339, set_condition
+from branch_operator.domain.conditions import set_condition
+from branch_operator.domain.lifecycle import rfc3339
 from branch_operator.domain.merge.policy import PolicyRef
 from branch_operator.ops import gc_tuning
 from branch_operator.runtime import Runtime

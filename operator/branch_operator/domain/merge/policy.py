@@ -60,7 +60,8 @@ from branch_operator.api.models import (
     MergeDecision,
     Phase,
 )
-from branch_operator.domain.lifecycle import rfc3339, to_utc, truncate
+from branch_operator.domain.conditions import truncate
+from branch_operator.domain.lifecycle import rfc3339, to_utc
 from branch_operator.domain.windows import Window, WindowVerdict, compile_window, evaluate_windows
 
 __all__ = [

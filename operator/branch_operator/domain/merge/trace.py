@@ -33,7 +33,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from branch_operator.api.models import AutoMergePolicySpec, ConditionType, MergeDecision, Phase
-from branch_operator.domain.lifecycle import ConditionStatus, find_condition, rfc3339, set_condition, truncate
+from branch_operator.domain.conditions import ConditionStatus, find_condition, set_condition, truncate
+from branch_operator.domain.lifecycle import rfc3339
 from branch_operator.domain.merge.policy import (
     MergeEvaluation,
     PolicyRef,

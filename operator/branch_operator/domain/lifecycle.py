@@ -88,6 +88,9 @@ __all__ = [
     "effective_kind",
     "format_duration",
     "indexing_duration",
+    "initial_status",
+    "manual_transition_status",
+    "merged_status",
     "plan_indexing_event",
     "rfc3339",
     "to_utc",
@@ -594,6 +597,63 @@ def check_manual_transition(from_phase: Phase, to_phase: Phase) -> str | None:
         return None
     why = _REFUSED_MANUAL.get((from_phase, to_phase), "not an allowed manual transition")
     return f"{from_phase.value} -> {to_phase.value} is not allowed: {why}"
+
+
+def manual_transition_status(
+    conditions: Sequence[Mapping[str, Any]],
+    from_phase: Phase,
+    to_phase: Phase,
+    *,
+    note: str,
+    now: datetime,
+    observed_generation: int | None = None,
+) -> dict[str, Any]:
+    """The ``status`` merge patch for an allowed manual transition; ``note`` says who asked and why."""
+    why_not = check_manual_transition(from_phase, to_phase)
+    if why_not is not None:
+        raise ValueError(why_not)
+    rule = ALLOWED_MANUAL_TRANSITIONS[(from_phase, to_phase)]
+    if rule.release_locks != "none":
+        conditions = set_condition(conditions, _COND_LOCKED, "False", "LocksReleased", f"{note}; locks released.",
+                                   now, observed_generation)
+    mergeable: tuple[ConditionStatus, str, str] = (
+        ("Unknown", "EvaluationPending", "Waiting for the auto-merge policy evaluation.")
+        if to_phase is Phase.READY else ("False", "SetByAdmin", f"{note}.")
+    )
+    return {
+        "phase": to_phase.value,
+        "phaseTransitionTime": rfc3339(now),
+        "conditions": set_condition(conditions, _COND_MERGEABLE, *mergeable, now, observed_generation),
+    }
+
+
+# ------------------------------------------------------------------------------ creation and merging
+
+
+_INITIAL_CONDITIONS: tuple[tuple[ConditionType, ConditionStatus, str], ...] = (
+    (_COND_INDEXED, "False", "NotIndexed"),
+    (_COND_VALIDATED, "Unknown", "NotIndexed"),
+    (_COND_LOCKED, "False", "NoLock"),
+    (_COND_MERGEABLE, "False", "NotReady"),
+)
+
+
+def initial_status(generation: int | None, now: datetime) -> dict[str, Any]:
+    """The ``status`` a new Branch is initialised with: ACTIVE, with every condition known."""
+    conditions: list[dict[str, Any]] = []
+    for type_, st, reason in _INITIAL_CONDITIONS:
+        conditions = set_condition(conditions, type_, st, reason, "", now, observed_generation=generation)
+    return {
+        "phase": Phase.ACTIVE.value,
+        "phaseTransitionTime": rfc3339(now),
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+
+
+def merged_status(now: datetime) -> dict[str, Any]:
+    """The phase part of the ``status`` patch that records a carried-out merge: READY -> ACTIVE."""
+    return {"phase": Phase.ACTIVE.value, "phaseTransitionTime": rfc3339(now)}
 
 
 # --------------------------------------------------------------------------------------- small helpers

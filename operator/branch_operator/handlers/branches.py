@@ -19,12 +19,11 @@ from typing import Any
 
 import kopf
 
-from branch_operator.api.models import GROUP, VERSION, AutoMergePolicy, AutoMergePolicySpec, Branch, BranchLock, Phase
+from branch_operator.api.models import GROUP, VERSION, AutoMergePolicy, AutoMergePolicySpec, Branch, BranchLock
 from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFound
 from branch_operator.clients.nats_bus import NatsBus
 from branch_operator.config import Settings
-from branch_operator.domain.conditions import set_condition
-from branch_operator.domain.lifecycle import rfc3339
+from branch_operator.domain.lifecycle import initial_status
 from branch_operator.domain.merge.policy import PolicyRef
 from branch_operator.ops import gc_tuning
 from branch_operator.runtime import Runtime
@@ -231,18 +230,7 @@ async def _reconcile(runtime: Runtime, obj: dict[str, Any], *, watched: bool = F
 async def _initialise(kube: KubeClient, obj: dict[str, Any]) -> None:
     """A new Branch starts ACTIVE, with its conditions known."""
     meta = obj["metadata"]
-    now_dt = _now()
-    conditions: list[dict[str, Any]] = []
-    for ctype, reason in (("Indexed", "NotIndexed"), ("Validated", "NotIndexed"), ("Locked", "NoLock"),
-                          ("Mergeable", "NotReady")):
-        conditions = set_condition(conditions, ctype, "False" if ctype != "Validated" else "Unknown", reason,
-                                   "", now_dt, observed_generation=meta.get("generation"))
-    patch = {
-        "phase": Phase.ACTIVE.value,
-        "phaseTransitionTime": rfc3339(now_dt),
-        "observedGeneration": meta.get("generation"),
-        "conditions": conditions,
-    }
+    patch = initial_status(meta.get("generation"), _now())
     try:
         await kube.patch_branch_status(meta["namespace"], meta["name"], patch,
                                        resource_version=meta.get("resourceVersion"))

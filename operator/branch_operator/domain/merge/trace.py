@@ -32,9 +32,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from branch_operator.api.models import AutoMergePolicySpec, ConditionType, MergeDecision, Phase
+from branch_operator.api.models import AutoMergePolicySpec, ConditionType, MergeDecision
 from branch_operator.domain.conditions import ConditionStatus, find_condition, set_condition, truncate
-from branch_operator.domain.lifecycle import rfc3339
+from branch_operator.domain.lifecycle import merged_status, rfc3339
 from branch_operator.domain.merge.policy import (
     MergeEvaluation,
     PolicyRef,
@@ -169,8 +169,7 @@ def merge_status_patch(
         ),
     }
     if merged:
-        patch["phase"] = Phase.ACTIVE.value
-        patch["phaseTransitionTime"] = rfc3339(now)
+        patch.update(merged_status(now))
     return patch
 
 

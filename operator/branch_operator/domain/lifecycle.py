@@ -58,7 +58,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from branch_operator.api.models import (
     MAX_RECENT_EVENTS,
@@ -70,20 +70,18 @@ from branch_operator.api.models import (
     Phase,
 )
 from branch_operator.domain.conditions import ConditionStatus, bounded_errors, describe_errors, set_condition
+from branch_operator.domain.indexing_event import IndexingEventLike, ValidationLike
 
 __all__ = [
     "ALLOWED_MANUAL_TRANSITIONS",
     "TRANSITIONS",
     "EventKind",
     "EventPlan",
-    "IndexingDataLike",
-    "IndexingEventLike",
     "ManualTransition",
     "Outcome",
     "ReleaseLocks",
     "Rule",
     "RunMatch",
-    "ValidationLike",
     "check_manual_transition",
     "effective_kind",
     "format_duration",
@@ -97,61 +95,6 @@ __all__ = [
 ]
 
 ReleaseLocks = Literal["none", "indexing", "all"]
-
-# ------------------------------------------------------------------------------------ event protocol
-
-
-class ValidationLike(Protocol):
-    @property
-    def passed(self) -> bool: ...
-
-    @property
-    def errors(self) -> Sequence[str]: ...
-
-
-class IndexingDataLike(Protocol):
-    @property
-    def branch_name(self) -> str: ...
-
-    @property
-    def indexing_id(self) -> str: ...
-
-    @property
-    def started_at(self) -> datetime | None: ...
-
-    @property
-    def completed_at(self) -> datetime | None: ...
-
-    @property
-    def records_indexed(self) -> int | None: ...
-
-    @property
-    def validation_results(self) -> ValidationLike | None: ...
-
-
-class IndexingEventLike(Protocol):
-    """What the planner needs from a parsed Funnel event (``branch_operator.contracts.funnel.IndexingEvent``)."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def succeeded(self) -> bool: ...
-
-    @property
-    def failed(self) -> bool: ...
-
-    @property
-    def data(self) -> IndexingDataLike: ...
-
-    @property
-    def duration_seconds(self) -> float | None: ...
-
-    @property
-    def occurred_at(self) -> datetime | None: ...
 
 
 # --------------------------------------------------------------------------------- transition table

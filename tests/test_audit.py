@@ -95,8 +95,10 @@ def test_every_action_fits_the_format() -> None:
         assert AUDIT_ID_RE.match(make_audit_id("feature/a", action, WHEN))
     assert {a.value for a in AuditAction} == {
         "indexing.started", "indexing.completed", "indexing.failed", "branch.state_changed", "branch.merged",
-        "branch.merge_blocked", "lock.acquired", "lock.released", "lock.expired", "event.rejected", "event.stale",
-        "event.unexpected", "event.pending", "event.duplicate", "admin.force_unlock", "admin.set_state",
+        "branch.merge_blocked", "branch.merge_deferred", "branch.merge_failed", "branch.merge_requested",
+        "lock.acquired", "lock.released", "lock.expired", "event.rejected", "event.stale",
+        "event.unexpected", "event.pending", "event.duplicate", "event.deferred", "admin.force_unlock",
+        "admin.set_state",
     }  # fmt: skip
 
 

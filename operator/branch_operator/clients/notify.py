@@ -28,7 +28,7 @@ import aiohttp
 from branch_operator.clients.emitter import Emitter
 from branch_operator.clients.kube import KubeClient, KubeError, NotFound
 from branch_operator.config import Settings
-from branch_operator.domain.audit import AuditRecord
+from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.lifecycle import rfc3339, to_utc
 from branch_operator.kit.deadlines import DeadlineScheduler
 
@@ -228,7 +228,7 @@ class Notifier:
 
     def observe_audit(self, record: AuditRecord) -> None:
         """Audit observer: an indexing failure is an incident (the NATS part is the processor's)."""
-        if str(record.action) != "indexing.failed":
+        if record.action != AuditAction.INDEXING_FAILED:
             return
         run = record.correlation_id or record.indexing_id or record.audit_id
         errors = (record.details or {}).get("validation_errors") or []

@@ -301,12 +301,12 @@ class EventProcessor:
         common: dict[str, Any] = {"namespace": ns, "branch": name}
         if plan.outcome is not PlanOutcome.APPLIED:
             record = self._record(
-                AuditAction(plan.audit_action), event, from_state=from_phase, to_state=from_phase,
+                plan.audit_action, event, from_state=from_phase, to_state=from_phase,
                 reason=plan.reason, details={"type": event.type, "message": plan.event_message}, **common)
             return [self.emitter.audit_message(record)]
 
         records = [self._record(
-            AuditAction(plan.audit_action), event, from_state=from_phase, to_state=to_phase, reason=plan.reason,
+            plan.audit_action, event, from_state=from_phase, to_state=to_phase, reason=plan.reason,
             details=_event_details(event), **common,
         )]
         if from_phase != to_phase:

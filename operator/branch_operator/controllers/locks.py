@@ -194,8 +194,8 @@ class LockLifecycle:
                    "expired_at": rfc3339(deadline)}
         await self.emitter.audit(AuditRecord.build(
             AuditAction.LOCK_EXPIRED, branch_name=branch_name, when=deadline,
-            seed=f"{meta.get('uid')}|lock.expired", actor=self.settings.operator_id, namespace=namespace,
-            branch=branch or None, reason="TTLExpired", details=details,
+            seed=f"{meta.get('uid')}|{AuditAction.LOCK_EXPIRED.value}", actor=self.settings.operator_id,
+            namespace=namespace, branch=branch or None, reason="TTLExpired", details=details,
         ))
         if branch_obj is not None:
             await self.kube.post_event(branch_obj, type_="Warning", reason="LockExpired", message=message)

@@ -57,6 +57,9 @@ class AuditAction(enum.StrEnum):
     BRANCH_STATE_CHANGED = "branch.state_changed"
     BRANCH_MERGED = "branch.merged"
     BRANCH_MERGE_BLOCKED = "branch.merge_blocked"
+    BRANCH_MERGE_DEFERRED = "branch.merge_deferred"
+    BRANCH_MERGE_FAILED = "branch.merge_failed"
+    BRANCH_MERGE_REQUESTED = "branch.merge_requested"
     LOCK_ACQUIRED = "lock.acquired"
     LOCK_RELEASED = "lock.released"
     LOCK_EXPIRED = "lock.expired"
@@ -65,6 +68,8 @@ class AuditAction(enum.StrEnum):
     EVENT_UNEXPECTED = "event.unexpected"
     EVENT_PENDING = "event.pending"  # a result kept until its run's started event arrives
     EVENT_DUPLICATE = "event.duplicate"
+    # Names a plan that hands the event back for redelivery; nothing is published under it.
+    EVENT_DEFERRED = "event.deferred"
     ADMIN_FORCE_UNLOCK = "admin.force_unlock"
     ADMIN_SET_STATE = "admin.set_state"
 

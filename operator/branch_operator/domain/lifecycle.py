@@ -69,6 +69,7 @@ from branch_operator.api.models import (
     LockType,
     Phase,
 )
+from branch_operator.domain.audit import AuditAction
 from branch_operator.domain.conditions import ConditionStatus, bounded_errors, describe_errors, set_condition
 from branch_operator.domain.indexing_event import IndexingEventLike, ValidationLike
 
@@ -197,7 +198,7 @@ class EventPlan:
     event_reason: str
     event_message: str
     notify: bool
-    audit_action: str
+    audit_action: AuditAction
     reason: str
     park: bool = False  # keep the event in status.pendingResult until its run's started event arrives
 
@@ -274,7 +275,7 @@ def plan_indexing_event(
                 # It replaces another kept result: remember that one, so a later copy of it is a duplicate.
                 keep["recentEventIds"] = _remember(status.recent_event_ids, parked.event_id)
             plan = _ignored_plan(rule, kind, event, from_phase, patch=keep)
-            return replace(plan, park=True, audit_action="event.pending")
+            return replace(plan, park=True, audit_action=AuditAction.EVENT_PENDING)
         # Recording the id makes a redelivery a quiet Duplicate instead of a second Warning.
         remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
         return _ignored_plan(rule, kind, event, from_phase, patch=remember)
@@ -343,7 +344,7 @@ def plan_indexing_event(
             event_reason="IndexingStarted",
             event_message=message,
             notify=False,
-            audit_action="indexing.started",
+            audit_action=AuditAction.INDEXING_STARTED,
             reason=rule.why,
         )
 
@@ -397,7 +398,7 @@ def plan_indexing_event(
             event_reason="IndexingCompleted",
             event_message=f"{run} completed{facts}, {_validation_phrase(validation, errors)}.",
             notify=False,
-            audit_action="indexing.completed",
+            audit_action=AuditAction.INDEXING_COMPLETED,
             reason=rule.why,
         )
 
@@ -430,7 +431,7 @@ def plan_indexing_event(
         event_reason="IndexingFailed",
         event_message=f"{run} failed{facts}{detail}; all locks released.",
         notify=True,
-        audit_action="indexing.failed",
+        audit_action=AuditAction.INDEXING_FAILED,
         reason=rule.why,
     )
 
@@ -475,8 +476,8 @@ def _ignored_plan(
                       Outcome.WAIT: "EventDeferred"}.get(rule.outcome, "UnexpectedEvent"),
         event_message=f"Ignored {label}{what} in phase {phase.value}: {rule.why}.",
         notify=False,
-        audit_action={Outcome.DUPLICATE: "event.duplicate", Outcome.STALE: "event.stale",
-                      Outcome.WAIT: "event.deferred"}.get(rule.outcome, "event.unexpected"),
+        audit_action={Outcome.DUPLICATE: AuditAction.EVENT_DUPLICATE, Outcome.STALE: AuditAction.EVENT_STALE,
+                      Outcome.WAIT: AuditAction.EVENT_DEFERRED}.get(rule.outcome, AuditAction.EVENT_UNEXPECTED),
         reason=rule.why,
     )
 

@@ -191,15 +191,15 @@ class EventPlan:
     from_phase: Phase
     to_phase: Phase  # == from_phase unless Applied
     status_patch: dict[str, Any]  # JSON merge patch for `status`; {} = write nothing
-    acquire_lock: LockType | None
-    lock_indexing_id: str | None  # spec.indexingId of the lock to acquire
     release_locks: ReleaseLocks  # "indexing": the branch's INDEXING locks; "all": every lock it has
     event_type: Literal["Normal", "Warning"]
     event_reason: str
     event_message: str
-    notify: bool
     audit_action: AuditAction
     reason: str
+    acquire_lock: LockType | None = None
+    lock_indexing_id: str | None = None  # spec.indexingId of the lock to acquire
+    notify: bool = False
     park: bool = False  # keep the event in status.pendingResult until its run's started event arrives
 
     @property
@@ -297,6 +297,15 @@ def plan_indexing_event(
             patch["recentEventIds"] = _remember(_remember(status.recent_event_ids, parked.event_id), event.id)
     conditions = [c.wire() for c in status.conditions]
 
+    def applied(release: ReleaseLocks, type_: Literal["Normal", "Warning"], reason: str, message: str,
+                action: AuditAction, *, acquire: bool = False, notify: bool = False) -> EventPlan:
+        patch["conditions"] = conditions
+        return EventPlan(outcome=Outcome.APPLIED, kind=kind, event_id=event.id, indexing_id=indexing_id,
+                         from_phase=from_phase, to_phase=to_phase, status_patch=patch, release_locks=release,
+                         event_type=type_, event_reason=reason, event_message=message, audit_action=action,
+                         reason=rule.why, acquire_lock=LockType.INDEXING if acquire else None,
+                         lock_indexing_id=indexing_id if acquire else None, notify=notify)
+
     def cond(type_: ConditionType, st: ConditionStatus, reason: str, message: str) -> None:
         nonlocal conditions
         conditions = set_condition(conditions, type_, st, reason, message, now, observed_generation)
@@ -309,14 +318,9 @@ def plan_indexing_event(
 
     if kind is EventKind.STARTED:
         patch["indexing"] = {
-            "indexingId": indexing_id,
-            "eventId": event.id,
+            "indexingId": indexing_id, "eventId": event.id,
             "startedAt": rfc3339(event.data.started_at or event.occurred_at or now),
-            "completedAt": None,
-            "durationSeconds": None,
-            "recordsIndexed": None,
-            "result": None,
-            "validation": None,
+            **dict.fromkeys(("completedAt", "durationSeconds", "recordsIndexed", "result", "validation")),
         }
         cond(_COND_LOCKED, "True", "IndexingInProgress", f"{run} in progress holds the INDEXING lock.")
         cond(_COND_INDEXED, "False", "IndexingInProgress", f"{run} in progress.")
@@ -326,27 +330,10 @@ def plan_indexing_event(
         message = f"{run} started"
         message += f", superseding run {superseded}" if superseded else ""
         message += "; branch locked for write."
-        patch["conditions"] = conditions
-        return EventPlan(
-            outcome=Outcome.APPLIED,
-            kind=kind,
-            event_id=event.id,
-            indexing_id=indexing_id,
-            from_phase=from_phase,
-            to_phase=to_phase,
-            status_patch=patch,
-            acquire_lock=LockType.INDEXING,
-            lock_indexing_id=indexing_id,
-            # Every other INDEXING lock goes: normally only a superseded run's exists, but one left by an
-            # interrupted release must not outlive its run either.
-            release_locks="indexing",
-            event_type="Normal",
-            event_reason="IndexingStarted",
-            event_message=message,
-            notify=False,
-            audit_action=AuditAction.INDEXING_STARTED,
-            reason=rule.why,
-        )
+        # Every other INDEXING lock goes: normally only a superseded run's exists, but one left by an
+        # interrupted release must not outlive its run either.
+        return applied("indexing", "Normal", "IndexingStarted", message, AuditAction.INDEXING_STARTED,
+                       acquire=True)
 
     # completed or failed: the run is over.
     started_at = event.data.started_at
@@ -356,22 +343,18 @@ def plan_indexing_event(
     duration = event.duration_seconds
     if duration is None or duration < 0:
         duration = indexing_duration(started_at, completed_at)
-    indexing: dict[str, Any] = {
-        "indexingId": indexing_id,
-        "eventId": event.id,
-        "completedAt": rfc3339(completed_at),
-        "durationSeconds": duration,
-        "recordsIndexed": records,
-    }
+    indexing: dict[str, Any] = {"indexingId": indexing_id, "eventId": event.id, "completedAt": rfc3339(completed_at),
+                                "durationSeconds": duration, "recordsIndexed": records}
     if event.data.started_at is not None or match is RunMatch.OTHER:
         # For another run the recorded start belongs to someone else: replace it, even with null.
         indexing["startedAt"] = rfc3339(started_at) if started_at is not None else None
     facts = _run_facts(records, duration)
+    result = IndexingResult.SUCCESS if kind is EventKind.COMPLETED else IndexingResult.FAILED
+    indexing["result"] = result.value
+    indexing["validation"] = {"passed": validation.passed, "errors": errors} if validation is not None else None
+    patch["indexing"] = indexing
 
     if kind is EventKind.COMPLETED:
-        indexing["result"] = IndexingResult.SUCCESS.value
-        indexing["validation"] = {"passed": validation.passed, "errors": errors} if validation is not None else None
-        patch["indexing"] = indexing
         cond(_COND_INDEXED, "True", "IndexingSucceeded", f"{run} completed{facts}.")
         if validation is None:
             cond(_COND_VALIDATED, "Unknown", "NoValidationResults", f"{run} reported no validation results.")
@@ -381,30 +364,11 @@ def plan_indexing_event(
             cond(_COND_VALIDATED, "False", "ValidationFailed", f"{run} failed validation: {described}.")
         cond(_COND_LOCKED, "False", "LockReleased", f"{run} released its INDEXING lock.")
         cond(_COND_MERGEABLE, "Unknown", "EvaluationPending", "Waiting for the auto-merge policy evaluation.")
-        patch["conditions"] = conditions
         validation_failed = validation is not None and not validation.passed
-        return EventPlan(
-            outcome=Outcome.APPLIED,
-            kind=kind,
-            event_id=event.id,
-            indexing_id=indexing_id,
-            from_phase=from_phase,
-            to_phase=to_phase,
-            status_patch=patch,
-            acquire_lock=None,
-            lock_indexing_id=None,
-            release_locks="indexing",
-            event_type="Warning" if validation_failed else "Normal",
-            event_reason="IndexingCompleted",
-            event_message=f"{run} completed{facts}, {_validation_phrase(validation, errors)}.",
-            notify=False,
-            audit_action=AuditAction.INDEXING_COMPLETED,
-            reason=rule.why,
-        )
+        return applied("indexing", "Warning" if validation_failed else "Normal", "IndexingCompleted",
+                       f"{run} completed{facts}, {_validation_phrase(validation, errors)}.",
+                       AuditAction.INDEXING_COMPLETED)
 
-    indexing["result"] = IndexingResult.FAILED.value
-    indexing["validation"] = {"passed": validation.passed, "errors": errors} if validation is not None else None
-    patch["indexing"] = indexing
     cond(_COND_INDEXED, "False", "IndexingFailed", f"{run} failed{facts}.")
     if validation is None:
         cond(_COND_VALIDATED, "Unknown", "IndexingFailed", f"{run} failed without validation results.")
@@ -414,26 +378,9 @@ def plan_indexing_event(
         cond(_COND_VALIDATED, "False", "ValidationFailed", f"{run} failed validation: {described}.")
     cond(_COND_LOCKED, "False", "LocksReleased", f"{run} failed; all locks released.")
     cond(_COND_MERGEABLE, "False", "IndexingFailed", f"{run} failed.")
-    patch["conditions"] = conditions
     detail = f" ({_validation_phrase(validation, errors)})" if validation is not None else ""
-    return EventPlan(
-        outcome=Outcome.APPLIED,
-        kind=kind,
-        event_id=event.id,
-        indexing_id=indexing_id,
-        from_phase=from_phase,
-        to_phase=to_phase,
-        status_patch=patch,
-        acquire_lock=None,
-        lock_indexing_id=None,
-        release_locks="all",
-        event_type="Warning",
-        event_reason="IndexingFailed",
-        event_message=f"{run} failed{facts}{detail}; all locks released.",
-        notify=True,
-        audit_action=AuditAction.INDEXING_FAILED,
-        reason=rule.why,
-    )
+    return applied("all", "Warning", "IndexingFailed", f"{run} failed{facts}{detail}; all locks released.",
+                   AuditAction.INDEXING_FAILED, notify=True)
 
 
 def effective_kind(event: IndexingEventLike) -> EventKind:
@@ -468,14 +415,11 @@ def _ignored_plan(
         from_phase=phase,
         to_phase=phase,
         status_patch=patch,
-        acquire_lock=None,
-        lock_indexing_id=None,
         release_locks="none",
         event_type="Normal" if quiet else "Warning",
         event_reason={Outcome.DUPLICATE: "DuplicateEvent", Outcome.STALE: "StaleEvent",
                       Outcome.WAIT: "EventDeferred"}.get(rule.outcome, "UnexpectedEvent"),
         event_message=f"Ignored {label}{what} in phase {phase.value}: {rule.why}.",
-        notify=False,
         audit_action={Outcome.DUPLICATE: AuditAction.EVENT_DUPLICATE, Outcome.STALE: AuditAction.EVENT_STALE,
                       Outcome.WAIT: AuditAction.EVENT_DEFERRED}.get(rule.outcome, AuditAction.EVENT_UNEXPECTED),
         reason=rule.why,

@@ -30,7 +30,7 @@ from branch_operator.contracts.funnel import EventRejected, IndexingEvent, parse
 from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.lifecycle import EventPlan, plan_indexing_event, rfc3339
 from branch_operator.domain.lifecycle import Outcome as PlanOutcome
-from branch_operator.domain.locks import label_value, lock_body, locks_to_release
+from branch_operator.domain.locks import label_value, lock_body, locks_to_release, release_record
 from branch_operator.domain.locks import lock_name as make_lock_name
 
 log = logging.getLogger(__name__)
@@ -319,11 +319,11 @@ class EventProcessor:
                 AuditAction.LOCK_ACQUIRED, event, reason=f"{LockType.INDEXING.value} lock for indexing run",
                 details={"lock": new_lock, "lock_type": LockType.INDEXING.value}, seed_extra=new_lock, **common,
             ))
-        for lock_name in released:
-            records.append(self._record(
-                AuditAction.LOCK_RELEASED, event, reason=plan.event_reason,
-                details={"lock": lock_name}, seed_extra=lock_name, **common,
-            ))
+        records += [release_record(
+            lock_name, seed=f"{event.id}|{AuditAction.LOCK_RELEASED.value}|{lock_name}", when=event.occurred_at,
+            actor=self.settings.operator_id, reason=plan.event_reason, namespace=ns, branch=name,
+            branch_name=event.data.branch_name, correlation_id=event.id, indexing_id=event.data.indexing_id,
+        ) for lock_name in released]
         messages = [self.emitter.audit_message(r) for r in records]
         if plan.notify:
             messages.append(self.emitter.notification_message(

@@ -3,7 +3,9 @@
 Pure logic, no I/O. :func:`plan_indexing_event` turns (current status, event) into an
 :class:`EventPlan` that says everything the I/O layer must do: the status merge patch, which locks to
 release and acquire, the Kubernetes Event to record, whether to notify, and the audit action. The I/O
-layer executes plans; it never decides.
+layer executes plans; it never decides. No other module writes ``status.phase``: a new Branch's status
+(:func:`initial_status`), an admin's set-state (:func:`manual_transition_status`) and a merge's READY -> ACTIVE
+(:func:`merged_status`) are built here too.
 
 Runs are identified by ``indexing_id``. An event is compared with the run recorded in
 ``status.indexing.indexingId``: **same** run or **other** run (no recorded run counts as other).
@@ -48,7 +50,7 @@ Rules applied around the table, in this order:
    (``may_wait``): a result may simply have overtaken its run's started event. The consumer redelivers
    it with backoff a few times; once that budget is spent the row applies as written.
 
-A Branch with no phase yet is treated as ACTIVE (what the create handler initialises it to).
+A Branch with no phase yet is treated as ACTIVE (what :func:`initial_status` gives it).
 """
 
 from __future__ import annotations

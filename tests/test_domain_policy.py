@@ -1,4 +1,4 @@
-"""AutoMergePolicy matching, selection, review and the merge decision, as pure logic (issue 4)."""
+"""AutoMergePolicy matching, selection, review and the merge decision, as pure logic."""
 
 from __future__ import annotations
 

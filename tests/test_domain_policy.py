@@ -24,7 +24,7 @@ from branch_operator.api.models import (
     Phase,
     ValidationStatus,
 )
-from branch_operator.domain.lifecycle import find_condition
+from branch_operator.domain.conditions import find_condition
 from branch_operator.domain.merge import (
     REASON_ORDER,
     ManualRequest,

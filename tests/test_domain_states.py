@@ -21,6 +21,7 @@ from branch_operator.api.models import (
     PendingResult,
     Phase,
 )
+from branch_operator.domain.conditions import find_condition, set_condition
 from branch_operator.domain.lifecycle import (
     ALLOWED_MANUAL_TRANSITIONS,
     TRANSITIONS,
@@ -29,10 +30,8 @@ from branch_operator.domain.lifecycle import (
     Outcome,
     RunMatch,
     check_manual_transition,
-    find_condition,
     indexing_duration,
     plan_indexing_event,
-    set_condition,
 )
 from branch_operator.domain.timefmt import format_duration, rfc3339
 

@@ -17,7 +17,7 @@ from typing import Any
 from branch_operator.api.models import API_VERSION, AutoMergePolicy, Branch, LockType
 from branch_operator.cli.publish import build_event, publish_event, subject_for
 from branch_operator.clients.kube import KubeClient
-from branch_operator.domain.audit import AuditRecord
+from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 
@@ -99,7 +99,8 @@ async def run_demo(out: Print = print, timeout: float = 20.0) -> bool:
         await operator.start()
 
         def show(record: AuditRecord) -> None:
-            move = f" {record.from_state} -> {record.to_state}" if record.action == "branch.state_changed" else ""
+            changed = record.action == AuditAction.BRANCH_STATE_CHANGED
+            move = f" {record.from_state} -> {record.to_state}" if changed else ""
             out(f"    audit {record.audit_id}{move}")
 
         operator.runtime.emitter.audit_observers.append(show)

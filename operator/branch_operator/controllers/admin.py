@@ -23,7 +23,7 @@ from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFou
 from branch_operator.config import Settings
 from branch_operator.domain import admin
 from branch_operator.domain.audit import AuditAction, AuditRecord
-from branch_operator.domain.locks import label_value
+from branch_operator.domain.locks import label_value, release_record
 from branch_operator.kit.retry import retry
 
 log = logging.getLogger(__name__)
@@ -110,9 +110,13 @@ class AdminExecutor:
         if decision.from_phase != decision.to_phase:
             records.append(self._record(branch, AuditAction.BRANCH_STATE_CHANGED, now, seed, request, decision,
                                         reason_override="AdminSetState"))
-        for lock_name in released:
-            records.append(self._record(branch, AuditAction.LOCK_RELEASED, now, f"{seed}|{lock_name}", request,
-                                        decision, reason_override=reason, details={"lock": lock_name}))
+        meta = branch["metadata"]
+        records += [release_record(
+            lock_name, seed=f"{seed}|{lock_name}|{AuditAction.LOCK_RELEASED.value}", when=now,
+            actor=request.requested_by, reason=reason, namespace=meta["namespace"], branch=meta["name"],
+            branch_name=(branch.get("spec") or {}).get("branchName"), from_state=decision.from_phase,
+            to_state=decision.to_phase, correlation_id=request.request_id,
+        ) for lock_name in released]
         for record in records:
             await self.emitter.audit(record)
         log.info("%s/%s: admin %s by %s: %s", branch["metadata"]["namespace"], branch["metadata"]["name"],

@@ -29,7 +29,7 @@ from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.incidents import INDEXING_FAILED
 from branch_operator.domain.lifecycle import EventPlan, plan_indexing_event
 from branch_operator.domain.lifecycle import Outcome as PlanOutcome
-from branch_operator.domain.locks import label_value, lock_body, locks_to_release
+from branch_operator.domain.locks import label_value, lock_body, locks_to_release, release_record
 from branch_operator.domain.locks import lock_name as make_lock_name
 from branch_operator.domain.timefmt import rfc3339
 from branch_operator.kit.keyed import KeyedLocks
@@ -311,12 +311,12 @@ class EventProcessor:
         common: dict[str, Any] = {"namespace": ns, "branch": name}
         if plan.outcome is not PlanOutcome.APPLIED:
             record = self._record(
-                AuditAction(plan.audit_action), event, from_state=from_phase, to_state=from_phase,
+                plan.audit_action, event, from_state=from_phase, to_state=from_phase,
                 reason=plan.reason, details={"type": event.type, "message": plan.event_message}, **common)
             return [self.emitter.audit_message(record)]
 
         records = [self._record(
-            AuditAction(plan.audit_action), event, from_state=from_phase, to_state=to_phase, reason=plan.reason,
+            plan.audit_action, event, from_state=from_phase, to_state=to_phase, reason=plan.reason,
             details=_event_details(event), **common,
         )]
         if from_phase != to_phase:
@@ -329,11 +329,11 @@ class EventProcessor:
                 AuditAction.LOCK_ACQUIRED, event, reason=f"{LockType.INDEXING.value} lock for indexing run",
                 details={"lock": new_lock, "lock_type": LockType.INDEXING.value}, seed_extra=new_lock, **common,
             ))
-        for lock_name in released:
-            records.append(self._record(
-                AuditAction.LOCK_RELEASED, event, reason=plan.event_reason,
-                details={"lock": lock_name}, seed_extra=lock_name, **common,
-            ))
+        records += [release_record(
+            lock_name, seed=f"{event.id}|{AuditAction.LOCK_RELEASED.value}|{lock_name}", when=event.occurred_at,
+            actor=self.settings.operator_id, reason=plan.event_reason, namespace=ns, branch=name,
+            branch_name=event.data.branch_name, correlation_id=event.id, indexing_id=event.data.indexing_id,
+        ) for lock_name in released]
         messages = [self.emitter.audit_message(r) for r in records]
         if plan.notify:
             messages.append(self.emitter.notification_message(

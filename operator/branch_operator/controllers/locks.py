@@ -28,7 +28,7 @@ from branch_operator.clients.notify import Notifier
 from branch_operator.config import Settings
 from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.incidents import LOCK_EXPIRED, Incident
-from branch_operator.domain.locks import label_value
+from branch_operator.domain.locks import label_value, release_record
 from branch_operator.domain.timefmt import parse_time, rfc3339
 from branch_operator.kit.deadlines import DeadlineScheduler
 
@@ -186,8 +186,8 @@ class LockLifecycle:
                    "expired_at": rfc3339(deadline)}
         await self.emitter.audit(AuditRecord.build(
             AuditAction.LOCK_EXPIRED, branch_name=branch_name, when=deadline,
-            seed=f"{meta.get('uid')}|lock.expired", actor=self.settings.operator_id, namespace=namespace,
-            branch=branch or None, reason="TTLExpired", details=details,
+            seed=f"{meta.get('uid')}|{AuditAction.LOCK_EXPIRED.value}", actor=self.settings.operator_id,
+            namespace=namespace, branch=branch or None, reason="TTLExpired", details=details,
         ))
         if branch_obj is not None:
             await self.kube.post_event(branch_obj, type_="Warning", reason="LockExpired", message=message)
@@ -220,12 +220,10 @@ class LockLifecycle:
             if not await self.kube.delete_lock(namespace, lock_name):
                 continue  # gone already (a retry after a partial run): it was audited then
             released.append(lock_name)
-            await self.emitter.audit(AuditRecord.build(
-                AuditAction.LOCK_RELEASED, branch_name=spec.get("branchName"), when=self.clock(),
-                seed=f"{meta.get('uid')}|branch-deleted|{lock['metadata'].get('uid')}",
-                actor=self.settings.operator_id, namespace=namespace, branch=name, reason="BranchDeleted",
-                details={"lock": lock_name, "lock_type": (lock.get("spec") or {}).get("lockType"),
-                         "holder": (lock.get("spec") or {}).get("holder")},
+            await self.emitter.audit(release_record(
+                lock, seed=f"{meta.get('uid')}|branch-deleted|{lock['metadata'].get('uid')}", when=self.clock(),
+                actor=self.settings.operator_id, reason="BranchDeleted", namespace=namespace, branch=name,
+                branch_name=spec.get("branchName"),
             ))
         if released:
             await self.kube.post_event(branch, type_="Normal", reason="LocksReleased",

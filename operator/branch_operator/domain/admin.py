@@ -30,11 +30,11 @@ from branch_operator.api.models import (
     LockType,
     Phase,
 )
+from branch_operator.domain.conditions import truncate
 from branch_operator.domain.lifecycle import (
     ALLOWED_MANUAL_TRANSITIONS,
     check_manual_transition,
-    set_condition,
-    truncate,
+    manual_transition_status,
 )
 from branch_operator.domain.timefmt import rfc3339
 
@@ -214,25 +214,12 @@ def decide_set_state(request: AdminRequest, branch: Mapping[str, Any], locks: Se
     if release:
         result += f"; released {', '.join(release)}"
     status = branch.get("status") or {}
-    generation = branch["metadata"].get("generation")
-    conditions: list[dict[str, Any]] = list(status.get("conditions") or [])
-    note = f"Set to {target.value} by {request.requested_by}: {request.reason}"
-    if rule.release_locks != "none":
-        conditions = set_condition(conditions, "Locked", "False", "LocksReleased",
-                                   f"{note}; locks released.", now, observed_generation=generation)
-    if target is Phase.READY:
-        conditions = set_condition(conditions, "Mergeable", "Unknown", "EvaluationPending",
-                                   "Waiting for the auto-merge policy evaluation.", now,
-                                   observed_generation=generation)
-    else:
-        conditions = set_condition(conditions, "Mergeable", "False", "SetByAdmin", f"{note}.", now,
-                                   observed_generation=generation)
-    patch: dict[str, Any] = {
-        "phase": target.value,
-        "phaseTransitionTime": rfc3339(now),
-        "conditions": conditions,
-        "lastAdminAction": admin_action_status(request, now, result),
-    }
+    patch = manual_transition_status(
+        status.get("conditions") or [], current, target,
+        note=f"Set to {target.value} by {request.requested_by}: {request.reason}", now=now,
+        observed_generation=branch["metadata"].get("generation"),
+    )
+    patch["lastAdminAction"] = admin_action_status(request, now, result)
     return AdminDecision(request, release=release, from_phase=phase, to_phase=target.value,
                          status_patch=patch, result=result)
 

@@ -68,6 +68,8 @@ class AuditAction(enum.StrEnum):
     EVENT_UNEXPECTED = "event.unexpected"
     EVENT_PENDING = "event.pending"  # a result kept until its run's started event arrives
     EVENT_DUPLICATE = "event.duplicate"
+    # Names a plan that hands the event back for redelivery; nothing is published under it.
+    EVENT_DEFERRED = "event.deferred"
     ADMIN_FORCE_UNLOCK = "admin.force_unlock"
     ADMIN_SET_STATE = "admin.set_state"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from branch_operator.domain.audit import AuditRecord
+from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.timefmt import parse_time, rfc3339
 
 __all__ = [
@@ -66,7 +66,7 @@ def indexing_failed_incident(record: AuditRecord) -> Incident | None:
     The NATS notification of a failed run is the event processor's (in its outbox, in the same write as
     the ERROR phase), so this incident skips the NATS sink.
     """
-    if str(record.action) != "indexing.failed":
+    if record.action != AuditAction.INDEXING_FAILED:
         return None
     run = record.correlation_id or record.indexing_id or record.audit_id
     errors = (record.details or {}).get("validation_errors") or []

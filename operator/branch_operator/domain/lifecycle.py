@@ -3,7 +3,9 @@
 Pure logic, no I/O. :func:`plan_indexing_event` turns (current status, event) into an
 :class:`EventPlan` that says everything the I/O layer must do: the status merge patch, which locks to
 release and acquire, the Kubernetes Event to record, whether to notify, and the audit action. The I/O
-layer executes plans; it never decides.
+layer executes plans; it never decides. No other module writes ``status.phase``: a new Branch's status
+(:func:`initial_status`), an admin's set-state (:func:`manual_transition_status`) and a merge's READY -> ACTIVE
+(:func:`merged_status`) are built here too.
 
 Runs are identified by ``indexing_id``. An event is compared with the run recorded in
 ``status.indexing.indexingId``: **same** run or **other** run (no recorded run counts as other).
@@ -48,7 +50,7 @@ Rules applied around the table, in this order:
    (``may_wait``): a result may simply have overtaken its run's started event. The consumer redelivers
    it with backoff a few times; once that budget is spent the row applies as written.
 
-A Branch with no phase yet is treated as ACTIVE (what the create handler initialises it to).
+A Branch with no phase yet is treated as ACTIVE (what :func:`initial_status` gives it).
 """
 
 from __future__ import annotations
@@ -58,11 +60,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from branch_operator.api.models import (
-    MAX_ERROR_LENGTH,
-    MAX_ERRORS,
     MAX_RECENT_EVENTS,
     BranchStatus,
     ConditionType,
@@ -71,93 +71,31 @@ from branch_operator.api.models import (
     LockType,
     Phase,
 )
+from branch_operator.domain.audit import AuditAction
+from branch_operator.domain.conditions import ConditionStatus, bounded_errors, describe_errors, set_condition
+from branch_operator.domain.indexing_event import IndexingEventLike, ValidationLike
 from branch_operator.domain.timefmt import format_duration, rfc3339, to_utc
 
 __all__ = [
     "ALLOWED_MANUAL_TRANSITIONS",
     "TRANSITIONS",
-    "ConditionStatus",
     "EventKind",
     "EventPlan",
-    "IndexingDataLike",
-    "IndexingEventLike",
     "ManualTransition",
     "Outcome",
     "ReleaseLocks",
     "Rule",
     "RunMatch",
-    "ValidationLike",
     "check_manual_transition",
     "effective_kind",
-    "find_condition",
     "indexing_duration",
+    "initial_status",
+    "manual_transition_status",
+    "merged_status",
     "plan_indexing_event",
-    "set_condition",
-    "truncate",
 ]
 
-ConditionStatus = Literal["True", "False", "Unknown"]
 ReleaseLocks = Literal["none", "indexing", "all"]
-
-# How many validation errors a condition/Event message quotes; the full list lives in status.
-_QUOTED_ERRORS = 3
-_QUOTED_ERROR_CHARS = 200
-
-
-# ------------------------------------------------------------------------------------ event protocol
-
-
-class ValidationLike(Protocol):
-    @property
-    def passed(self) -> bool: ...
-
-    @property
-    def errors(self) -> Sequence[str]: ...
-
-
-class IndexingDataLike(Protocol):
-    @property
-    def branch_name(self) -> str: ...
-
-    @property
-    def indexing_id(self) -> str: ...
-
-    @property
-    def started_at(self) -> datetime | None: ...
-
-    @property
-    def completed_at(self) -> datetime | None: ...
-
-    @property
-    def records_indexed(self) -> int | None: ...
-
-    @property
-    def validation_results(self) -> ValidationLike | None: ...
-
-
-class IndexingEventLike(Protocol):
-    """What the planner needs from a parsed Funnel event (``branch_operator.contracts.funnel.IndexingEvent``)."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def succeeded(self) -> bool: ...
-
-    @property
-    def failed(self) -> bool: ...
-
-    @property
-    def data(self) -> IndexingDataLike: ...
-
-    @property
-    def duration_seconds(self) -> float | None: ...
-
-    @property
-    def occurred_at(self) -> datetime | None: ...
 
 
 # --------------------------------------------------------------------------------- transition table
@@ -253,15 +191,15 @@ class EventPlan:
     from_phase: Phase
     to_phase: Phase  # == from_phase unless Applied
     status_patch: dict[str, Any]  # JSON merge patch for `status`; {} = write nothing
-    acquire_lock: LockType | None
-    lock_indexing_id: str | None  # spec.indexingId of the lock to acquire
     release_locks: ReleaseLocks  # "indexing": the branch's INDEXING locks; "all": every lock it has
     event_type: Literal["Normal", "Warning"]
     event_reason: str
     event_message: str
-    notify: bool
-    audit_action: str
+    audit_action: AuditAction
     reason: str
+    acquire_lock: LockType | None = None
+    lock_indexing_id: str | None = None  # spec.indexingId of the lock to acquire
+    notify: bool = False
     park: bool = False  # keep the event in status.pendingResult until its run's started event arrives
 
     @property
@@ -337,7 +275,7 @@ def plan_indexing_event(
                 # It replaces another kept result: remember that one, so a later copy of it is a duplicate.
                 keep["recentEventIds"] = _remember(status.recent_event_ids, parked.event_id)
             plan = _ignored_plan(rule, kind, event, from_phase, patch=keep)
-            return replace(plan, park=True, audit_action="event.pending")
+            return replace(plan, park=True, audit_action=AuditAction.EVENT_PENDING)
         # Recording the id makes a redelivery a quiet Duplicate instead of a second Warning.
         remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
         return _ignored_plan(rule, kind, event, from_phase, patch=remember)
@@ -359,26 +297,30 @@ def plan_indexing_event(
             patch["recentEventIds"] = _remember(_remember(status.recent_event_ids, parked.event_id), event.id)
     conditions = [c.wire() for c in status.conditions]
 
+    def applied(release: ReleaseLocks, type_: Literal["Normal", "Warning"], reason: str, message: str,
+                action: AuditAction, *, acquire: bool = False, notify: bool = False) -> EventPlan:
+        patch["conditions"] = conditions
+        return EventPlan(outcome=Outcome.APPLIED, kind=kind, event_id=event.id, indexing_id=indexing_id,
+                         from_phase=from_phase, to_phase=to_phase, status_patch=patch, release_locks=release,
+                         event_type=type_, event_reason=reason, event_message=message, audit_action=action,
+                         reason=rule.why, acquire_lock=LockType.INDEXING if acquire else None,
+                         lock_indexing_id=indexing_id if acquire else None, notify=notify)
+
     def cond(type_: ConditionType, st: ConditionStatus, reason: str, message: str) -> None:
         nonlocal conditions
         conditions = set_condition(conditions, type_, st, reason, message, now, observed_generation)
 
     validation = event.data.validation_results
-    errors = _bounded_errors(validation.errors) if validation is not None else []
+    errors = bounded_errors(validation.errors) if validation is not None else []
     records = event.data.records_indexed
     run = f"Indexing run {indexing_id}"
-    described = _describe_errors(errors)
+    described = describe_errors(errors)
 
     if kind is EventKind.STARTED:
         patch["indexing"] = {
-            "indexingId": indexing_id,
-            "eventId": event.id,
+            "indexingId": indexing_id, "eventId": event.id,
             "startedAt": rfc3339(event.data.started_at or event.occurred_at or now),
-            "completedAt": None,
-            "durationSeconds": None,
-            "recordsIndexed": None,
-            "result": None,
-            "validation": None,
+            **dict.fromkeys(("completedAt", "durationSeconds", "recordsIndexed", "result", "validation")),
         }
         cond(_COND_LOCKED, "True", "IndexingInProgress", f"{run} in progress holds the INDEXING lock.")
         cond(_COND_INDEXED, "False", "IndexingInProgress", f"{run} in progress.")
@@ -388,27 +330,10 @@ def plan_indexing_event(
         message = f"{run} started"
         message += f", superseding run {superseded}" if superseded else ""
         message += "; branch locked for write."
-        patch["conditions"] = conditions
-        return EventPlan(
-            outcome=Outcome.APPLIED,
-            kind=kind,
-            event_id=event.id,
-            indexing_id=indexing_id,
-            from_phase=from_phase,
-            to_phase=to_phase,
-            status_patch=patch,
-            acquire_lock=LockType.INDEXING,
-            lock_indexing_id=indexing_id,
-            # Every other INDEXING lock goes: normally only a superseded run's exists, but one left by an
-            # interrupted release must not outlive its run either.
-            release_locks="indexing",
-            event_type="Normal",
-            event_reason="IndexingStarted",
-            event_message=message,
-            notify=False,
-            audit_action="indexing.started",
-            reason=rule.why,
-        )
+        # Every other INDEXING lock goes: normally only a superseded run's exists, but one left by an
+        # interrupted release must not outlive its run either.
+        return applied("indexing", "Normal", "IndexingStarted", message, AuditAction.INDEXING_STARTED,
+                       acquire=True)
 
     # completed or failed: the run is over.
     started_at = event.data.started_at
@@ -418,22 +343,18 @@ def plan_indexing_event(
     duration = event.duration_seconds
     if duration is None or duration < 0:
         duration = indexing_duration(started_at, completed_at)
-    indexing: dict[str, Any] = {
-        "indexingId": indexing_id,
-        "eventId": event.id,
-        "completedAt": rfc3339(completed_at),
-        "durationSeconds": duration,
-        "recordsIndexed": records,
-    }
+    indexing: dict[str, Any] = {"indexingId": indexing_id, "eventId": event.id, "completedAt": rfc3339(completed_at),
+                                "durationSeconds": duration, "recordsIndexed": records}
     if event.data.started_at is not None or match is RunMatch.OTHER:
         # For another run the recorded start belongs to someone else: replace it, even with null.
         indexing["startedAt"] = rfc3339(started_at) if started_at is not None else None
     facts = _run_facts(records, duration)
+    result = IndexingResult.SUCCESS if kind is EventKind.COMPLETED else IndexingResult.FAILED
+    indexing["result"] = result.value
+    indexing["validation"] = {"passed": validation.passed, "errors": errors} if validation is not None else None
+    patch["indexing"] = indexing
 
     if kind is EventKind.COMPLETED:
-        indexing["result"] = IndexingResult.SUCCESS.value
-        indexing["validation"] = {"passed": validation.passed, "errors": errors} if validation is not None else None
-        patch["indexing"] = indexing
         cond(_COND_INDEXED, "True", "IndexingSucceeded", f"{run} completed{facts}.")
         if validation is None:
             cond(_COND_VALIDATED, "Unknown", "NoValidationResults", f"{run} reported no validation results.")
@@ -443,30 +364,11 @@ def plan_indexing_event(
             cond(_COND_VALIDATED, "False", "ValidationFailed", f"{run} failed validation: {described}.")
         cond(_COND_LOCKED, "False", "LockReleased", f"{run} released its INDEXING lock.")
         cond(_COND_MERGEABLE, "Unknown", "EvaluationPending", "Waiting for the auto-merge policy evaluation.")
-        patch["conditions"] = conditions
         validation_failed = validation is not None and not validation.passed
-        return EventPlan(
-            outcome=Outcome.APPLIED,
-            kind=kind,
-            event_id=event.id,
-            indexing_id=indexing_id,
-            from_phase=from_phase,
-            to_phase=to_phase,
-            status_patch=patch,
-            acquire_lock=None,
-            lock_indexing_id=None,
-            release_locks="indexing",
-            event_type="Warning" if validation_failed else "Normal",
-            event_reason="IndexingCompleted",
-            event_message=f"{run} completed{facts}, {_validation_phrase(validation, errors)}.",
-            notify=False,
-            audit_action="indexing.completed",
-            reason=rule.why,
-        )
+        return applied("indexing", "Warning" if validation_failed else "Normal", "IndexingCompleted",
+                       f"{run} completed{facts}, {_validation_phrase(validation, errors)}.",
+                       AuditAction.INDEXING_COMPLETED)
 
-    indexing["result"] = IndexingResult.FAILED.value
-    indexing["validation"] = {"passed": validation.passed, "errors": errors} if validation is not None else None
-    patch["indexing"] = indexing
     cond(_COND_INDEXED, "False", "IndexingFailed", f"{run} failed{facts}.")
     if validation is None:
         cond(_COND_VALIDATED, "Unknown", "IndexingFailed", f"{run} failed without validation results.")
@@ -476,26 +378,9 @@ def plan_indexing_event(
         cond(_COND_VALIDATED, "False", "ValidationFailed", f"{run} failed validation: {described}.")
     cond(_COND_LOCKED, "False", "LocksReleased", f"{run} failed; all locks released.")
     cond(_COND_MERGEABLE, "False", "IndexingFailed", f"{run} failed.")
-    patch["conditions"] = conditions
     detail = f" ({_validation_phrase(validation, errors)})" if validation is not None else ""
-    return EventPlan(
-        outcome=Outcome.APPLIED,
-        kind=kind,
-        event_id=event.id,
-        indexing_id=indexing_id,
-        from_phase=from_phase,
-        to_phase=to_phase,
-        status_patch=patch,
-        acquire_lock=None,
-        lock_indexing_id=None,
-        release_locks="all",
-        event_type="Warning",
-        event_reason="IndexingFailed",
-        event_message=f"{run} failed{facts}{detail}; all locks released.",
-        notify=True,
-        audit_action="indexing.failed",
-        reason=rule.why,
-    )
+    return applied("all", "Warning", "IndexingFailed", f"{run} failed{facts}{detail}; all locks released.",
+                   AuditAction.INDEXING_FAILED, notify=True)
 
 
 def effective_kind(event: IndexingEventLike) -> EventKind:
@@ -530,16 +415,13 @@ def _ignored_plan(
         from_phase=phase,
         to_phase=phase,
         status_patch=patch,
-        acquire_lock=None,
-        lock_indexing_id=None,
         release_locks="none",
         event_type="Normal" if quiet else "Warning",
         event_reason={Outcome.DUPLICATE: "DuplicateEvent", Outcome.STALE: "StaleEvent",
                       Outcome.WAIT: "EventDeferred"}.get(rule.outcome, "UnexpectedEvent"),
         event_message=f"Ignored {label}{what} in phase {phase.value}: {rule.why}.",
-        notify=False,
-        audit_action={Outcome.DUPLICATE: "event.duplicate", Outcome.STALE: "event.stale",
-                      Outcome.WAIT: "event.deferred"}.get(rule.outcome, "event.unexpected"),
+        audit_action={Outcome.DUPLICATE: AuditAction.EVENT_DUPLICATE, Outcome.STALE: AuditAction.EVENT_STALE,
+                      Outcome.WAIT: AuditAction.EVENT_DEFERRED}.get(rule.outcome, AuditAction.EVENT_UNEXPECTED),
         reason=rule.why,
     )
 
@@ -555,63 +437,6 @@ def _remember(recent: Sequence[str], event_id: str) -> list[str]:
     kept = [i for i in recent if i != event_id]
     kept.append(event_id)
     return kept[-MAX_RECENT_EVENTS:]
-
-
-# ------------------------------------------------------------------------------------------ conditions
-
-
-def set_condition(
-    conditions: Sequence[Mapping[str, Any]],
-    type_: str | ConditionType,
-    status: ConditionStatus,
-    reason: str,
-    message: str,
-    now: datetime,
-    observed_generation: int | None = None,
-) -> list[dict[str, Any]]:
-    """Return a new condition list with ``type_`` set (wire format, camelCase).
-
-    ``lastTransitionTime`` only moves when ``status`` changes, as ``meta.SetStatusCondition`` does;
-    the position of an existing condition is kept so patches stay small and diffs readable.
-    """
-    name = type_.value if isinstance(type_, ConditionType) else type_
-    out: list[dict[str, Any]] = []
-    found = False
-    for existing in conditions:
-        current = dict(existing)
-        if current.get("type") == name and not found:
-            found = True
-            changed = current.get("status") != status or not current.get("lastTransitionTime")
-            current["status"] = status
-            current["reason"] = reason
-            current["message"] = message
-            if changed:
-                current["lastTransitionTime"] = rfc3339(now)
-            if observed_generation is not None:
-                current["observedGeneration"] = observed_generation
-            out.append(current)
-        elif current.get("type") != name:
-            out.append(current)
-    if not found:
-        new: dict[str, Any] = {
-            "type": name,
-            "status": status,
-            "lastTransitionTime": rfc3339(now),
-            "reason": reason,
-            "message": message,
-        }
-        if observed_generation is not None:
-            new["observedGeneration"] = observed_generation
-        out.append(new)
-    return out
-
-
-def find_condition(conditions: Sequence[Mapping[str, Any]], type_: str | ConditionType) -> dict[str, Any] | None:
-    name = type_.value if isinstance(type_, ConditionType) else type_
-    for c in conditions:
-        if c.get("type") == name:
-            return dict(c)
-    return None
 
 
 # ---------------------------------------------------------------------------------- manual transitions
@@ -662,6 +487,63 @@ def check_manual_transition(from_phase: Phase, to_phase: Phase) -> str | None:
     return f"{from_phase.value} -> {to_phase.value} is not allowed: {why}"
 
 
+def manual_transition_status(
+    conditions: Sequence[Mapping[str, Any]],
+    from_phase: Phase,
+    to_phase: Phase,
+    *,
+    note: str,
+    now: datetime,
+    observed_generation: int | None = None,
+) -> dict[str, Any]:
+    """The ``status`` merge patch for an allowed manual transition; ``note`` says who asked and why."""
+    why_not = check_manual_transition(from_phase, to_phase)
+    if why_not is not None:
+        raise ValueError(why_not)
+    rule = ALLOWED_MANUAL_TRANSITIONS[(from_phase, to_phase)]
+    if rule.release_locks != "none":
+        conditions = set_condition(conditions, _COND_LOCKED, "False", "LocksReleased", f"{note}; locks released.",
+                                   now, observed_generation)
+    mergeable: tuple[ConditionStatus, str, str] = (
+        ("Unknown", "EvaluationPending", "Waiting for the auto-merge policy evaluation.")
+        if to_phase is Phase.READY else ("False", "SetByAdmin", f"{note}.")
+    )
+    return {
+        "phase": to_phase.value,
+        "phaseTransitionTime": rfc3339(now),
+        "conditions": set_condition(conditions, _COND_MERGEABLE, *mergeable, now, observed_generation),
+    }
+
+
+# ------------------------------------------------------------------------------ creation and merging
+
+
+_INITIAL_CONDITIONS: tuple[tuple[ConditionType, ConditionStatus, str], ...] = (
+    (_COND_INDEXED, "False", "NotIndexed"),
+    (_COND_VALIDATED, "Unknown", "NotIndexed"),
+    (_COND_LOCKED, "False", "NoLock"),
+    (_COND_MERGEABLE, "False", "NotReady"),
+)
+
+
+def initial_status(generation: int | None, now: datetime) -> dict[str, Any]:
+    """The ``status`` a new Branch is initialised with: ACTIVE, with every condition known."""
+    conditions: list[dict[str, Any]] = []
+    for type_, st, reason in _INITIAL_CONDITIONS:
+        conditions = set_condition(conditions, type_, st, reason, "", now, observed_generation=generation)
+    return {
+        "phase": Phase.ACTIVE.value,
+        "phaseTransitionTime": rfc3339(now),
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+
+
+def merged_status(now: datetime) -> dict[str, Any]:
+    """The phase part of the ``status`` patch that records a carried-out merge: READY -> ACTIVE."""
+    return {"phase": Phase.ACTIVE.value, "phaseTransitionTime": rfc3339(now)}
+
+
 # --------------------------------------------------------------------------------------- small helpers
 
 
@@ -682,26 +564,9 @@ def _run_facts(records: int | None, duration: float | None) -> str:
     return out
 
 
-def _bounded_errors(errors: Sequence[str]) -> list[str]:
-    # The CRD caps the list and each entry; an oversized status would be rejected whole.
-    return [truncate(e, MAX_ERROR_LENGTH) for e in list(errors)[:MAX_ERRORS]]
-
-
-def truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _describe_errors(errors: Sequence[str]) -> str:
-    if not errors:
-        return "no error details reported"
-    quoted = "; ".join(truncate(e, _QUOTED_ERROR_CHARS) for e in errors[:_QUOTED_ERRORS])
-    more = f" (and {len(errors) - _QUOTED_ERRORS} more)" if len(errors) > _QUOTED_ERRORS else ""
-    return f"{len(errors)} error{'s' if len(errors) != 1 else ''}: {quoted}{more}"
-
-
 def _validation_phrase(validation: ValidationLike | None, errors: Sequence[str]) -> str:
     if validation is None:
         return "no validation results reported"
     if validation.passed:
         return "validation passed"
-    return f"validation failed with {_describe_errors(errors)}"
+    return f"validation failed with {describe_errors(errors)}"

@@ -1,9 +1,11 @@
-"""BranchLock objects: naming, labels and bodies (pure), so every writer makes the same lock."""
+"""BranchLock objects: naming, labels and bodies (pure), so every writer makes the same lock, and the
+audit record of a release, so every releaser records it the same way."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from branch_operator.api.models import (
@@ -16,6 +18,7 @@ from branch_operator.api.models import (
     BranchLock,
     LockType,
 )
+from branch_operator.domain.audit import AuditAction, AuditRecord
 
 
 def _digest(text: str, n: int) -> str:
@@ -80,3 +83,36 @@ def locks_to_release(
         if scope == "all" or (scope == "indexing" and spec.get("lockType") == LockType.INDEXING.value):
             names.append(lock["metadata"]["name"])
     return sorted(names)
+
+
+def release_record(
+    lock: str | Mapping[str, Any],
+    *,
+    seed: str,
+    when: datetime,
+    actor: str,
+    reason: str,
+    namespace: str,
+    branch: str,
+    branch_name: str | None,
+    from_state: str | None = None,
+    to_state: str | None = None,
+    correlation_id: str | None = None,
+    indexing_id: str | None = None,
+) -> AuditRecord:
+    """The ``lock.released`` audit record of one released lock.
+
+    ``lock`` is the BranchLock as read, when the releaser has it (its type and holder are recorded
+    too), else its name. ``seed`` must be the same on every retry of the same release and differ
+    between releases: it makes the audit id, by which JetStream drops a republished copy.
+    """
+    if isinstance(lock, str):
+        details: dict[str, Any] = {"lock": lock}
+    else:
+        spec = lock.get("spec") or {}
+        details = {"lock": lock["metadata"]["name"], "lock_type": spec.get("lockType"), "holder": spec.get("holder")}
+    return AuditRecord.build(
+        AuditAction.LOCK_RELEASED, branch_name=branch_name, when=when, seed=seed, actor=actor, namespace=namespace,
+        branch=branch, from_state=from_state, to_state=to_state, reason=reason, correlation_id=correlation_id,
+        indexing_id=indexing_id, details=details,
+    )

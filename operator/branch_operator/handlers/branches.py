@@ -19,11 +19,10 @@ from typing import Any
 
 import kopf
 
-from branch_operator.api.models import GROUP, VERSION, Branch, Phase
+from branch_operator.api.models import GROUP, VERSION, Branch
 from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFound
 from branch_operator.domain import admin
-from branch_operator.domain.lifecycle import set_condition
-from branch_operator.domain.timefmt import rfc3339
+from branch_operator.domain.lifecycle import initial_status
 from branch_operator.handlers.context import runtime_of
 
 log = logging.getLogger(__name__)
@@ -112,18 +111,7 @@ async def branch_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
 async def _initialise(kube: KubeClient, obj: dict[str, Any]) -> None:
     """A new Branch starts ACTIVE, with its conditions known."""
     meta = obj["metadata"]
-    now_dt = _now()
-    conditions: list[dict[str, Any]] = []
-    for ctype, reason in (("Indexed", "NotIndexed"), ("Validated", "NotIndexed"), ("Locked", "NoLock"),
-                          ("Mergeable", "NotReady")):
-        conditions = set_condition(conditions, ctype, "False" if ctype != "Validated" else "Unknown", reason,
-                                   "", now_dt, observed_generation=meta.get("generation"))
-    patch = {
-        "phase": Phase.ACTIVE.value,
-        "phaseTransitionTime": rfc3339(now_dt),
-        "observedGeneration": meta.get("generation"),
-        "conditions": conditions,
-    }
+    patch = initial_status(meta.get("generation"), _now())
     try:
         await kube.patch_branch_status(meta["namespace"], meta["name"], patch,
                                        resource_version=meta.get("resourceVersion"))

@@ -28,7 +28,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from branch_operator.domain.audit import AuditRecord
+from branch_operator.domain.audit import AuditAction, AuditRecord
 
 log = logging.getLogger(__name__)
 
@@ -158,28 +158,28 @@ class OperatorMetrics:
         details = record.details or {}
         if record.correlation_id and "type" in details:
             self._remember(record.correlation_id, event_kind(details["type"]))
-        if action in ("indexing.completed", "indexing.failed"):
+        if action in (AuditAction.INDEXING_COMPLETED, AuditAction.INDEXING_FAILED):
             duration = details.get("duration_seconds")
             if isinstance(duration, int | float) and duration >= 0:
                 self.indexing_seconds.labels(action.split(".")[1]).observe(float(duration))
             records = details.get("records_indexed")
-            if action == "indexing.completed" and isinstance(records, int) and records > 0:
+            if action == AuditAction.INDEXING_COMPLETED and isinstance(records, int) and records > 0:
                 self.indexed_records.inc(records)
-        elif action == "branch.state_changed" and record.from_state and record.to_state:
+        elif action == AuditAction.BRANCH_STATE_CHANGED and record.from_state and record.to_state:
             self.transitions.labels(str(record.from_state), str(record.to_state)).inc()
-        elif action == "branch.merged":
+        elif action == AuditAction.BRANCH_MERGED:
             self.merges.labels("merged").inc()
-        elif action.startswith("branch.merge_failed"):
+        elif action == AuditAction.BRANCH_MERGE_FAILED:
             self.merges.labels("failed").inc()
-        elif action == "branch.merge_blocked":
+        elif action == AuditAction.BRANCH_MERGE_BLOCKED:
             for reason in str(record.reason or "Unknown").split(","):
                 self.merge_blocks.labels(reason.strip() or "Unknown").inc()
-        elif action == "event.rejected":
+        elif action == AuditAction.EVENT_REJECTED:
             self.events_rejected.labels(event_kind(details.get("subject")), str(record.reason or "Unknown")).inc()
-        elif action == "lock.expired":
+        elif action == AuditAction.LOCK_EXPIRED:
             self.locks_expired.labels(str(details.get("lock_type") or "unknown")).inc()
-        elif action.startswith("admin."):
-            self.admin_actions.labels(action.removeprefix("admin."), str(details.get("status") or "applied")).inc()
+        elif action in (AuditAction.ADMIN_FORCE_UNLOCK, AuditAction.ADMIN_SET_STATE):
+            self.admin_actions.labels(action.split(".", 1)[1], str(details.get("status") or "applied")).inc()
 
     def notification(self, kind: str, sink: str, ok: bool) -> None:
         self.notifications.labels(kind, sink, "sent" if ok else "failed").inc()

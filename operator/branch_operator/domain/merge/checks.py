@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from branch_operator.api.models import AutoMergePolicySpec, BlockReason, Conflict, IndexingStatus, LockType
-from branch_operator.domain.lifecycle import truncate
+from branch_operator.domain.conditions import truncate
 from branch_operator.domain.merge.selection import PolicyRef
 from branch_operator.domain.timefmt import rfc3339, to_utc
 from branch_operator.domain.windows import WindowVerdict

@@ -30,7 +30,7 @@ from branch_operator.api.models import (
     Phase,
 )
 from branch_operator.domain.audit import AuditAction
-from branch_operator.domain.lifecycle import truncate
+from branch_operator.domain.conditions import truncate
 from branch_operator.domain.merge.checks import (
     Check,
     Facts,

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from branch_operator.api.models import AutoMergePolicySpec, LabelSelector, LabelSelectorRequirement
-from branch_operator.domain.lifecycle import truncate
+from branch_operator.domain.conditions import truncate
 from branch_operator.domain.windows import Window, compile_window
 
 __all__ = [

@@ -32,8 +32,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from branch_operator.api.models import AutoMergePolicySpec, ConditionType, MergeDecision, Phase
-from branch_operator.domain.lifecycle import ConditionStatus, find_condition, set_condition, truncate
+from branch_operator.api.models import AutoMergePolicySpec, ConditionType, MergeDecision
+from branch_operator.domain.conditions import ConditionStatus, find_condition, set_condition, truncate
+from branch_operator.domain.lifecycle import merged_status
 from branch_operator.domain.merge.decision import MergeEvaluation
 from branch_operator.domain.merge.selection import PolicyRef, policy_matches, review_policies, select_policy
 from branch_operator.domain.timefmt import rfc3339
@@ -164,8 +165,7 @@ def merge_status_patch(
         ),
     }
     if merged:
-        patch["phase"] = Phase.ACTIVE.value
-        patch["phaseTransitionTime"] = rfc3339(now)
+        patch.update(merged_status(now))
     return patch
 
 

@@ -29,7 +29,6 @@ from branch_operator.controllers.policy_status import GenerationTracker, PolicyS
 from branch_operator.controllers.triggers import MergeTriggers
 from branch_operator.domain.merge import PolicyRef
 from branch_operator.ingest.consumer import IndexingConsumer
-from branch_operator.kit.deadlines import RETRY_AFTER, DeadlineScheduler
 from branch_operator.ops.metrics import OperatorMetrics
 from branch_operator.ops.stalls import StallMonitor
 
@@ -87,15 +86,11 @@ class Runtime:
         self.catalog = BranchCatalog()
         self.lookup = IndexLookup(self.catalog, policies)
         self.emitter = Emitter(bus, settings)
-        self.processor = EventProcessor(kube, self.emitter, settings, self.lookup, clock)
         self.reconciler = MergeReconciler(kube, self.emitter, settings, self.lookup, clock,
                                           backend=build_backend(settings))
-        # Wakes a branch's merge evaluation when a window opens, a freeze ends, a timeout passes.
-        self.scheduler = DeadlineScheduler(self.reconciler.reconcile_key, name="merge re-evaluation", clock=clock,
-                                           retry_after=RETRY_AFTER)
-        self.reconciler.scheduler = self.scheduler
+        self.scheduler = self.reconciler.scheduler
         self._merging: set[asyncio.Task[None]] = set()
-        self.processor.on_ready.append(self._merge_soon)
+        self.processor = EventProcessor(kube, self.emitter, settings, self.lookup, clock, on_ready=self._merge_soon)
         if hasattr(clock, "subscribe"):  # a ManualClock: moving it wakes the scheduler
             clock.subscribe(self.scheduler.poke)
         self.consumer = IndexingConsumer(bus, self.processor, self.emitter, settings, clock)

@@ -88,6 +88,8 @@ class EventProcessor:
         settings: Settings,
         lookup: BranchLookup | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        on_ready: Callable[[Obj], None] | None = None,
     ) -> None:
         self.kube = kube
         self.emitter = emitter
@@ -96,7 +98,7 @@ class EventProcessor:
         self.clock = clock
         # Called with the Branch as a committed event left it READY (the write's response): the merge
         # reconciler starts from it at once, without waiting for the watch to bring it or reading it again.
-        self.on_ready: list[Callable[[Obj], None]] = []
+        self.on_ready = on_ready
         # Events for one branch are applied one at a time in this process; across replicas the
         # resourceVersion check on the status write does the same job.
         self._serialised: KeyedLocks[tuple[str, str]] = KeyedLocks()
@@ -187,8 +189,8 @@ class EventProcessor:
             return done
         obj, updated, status, plan, messages = done.obj, done.updated, done.status, done.plan, done.messages
         if plan.applied and _phase(plan.to_phase) == Phase.READY.value:
-            for listener in self.on_ready:
-                listener(updated)
+            if self.on_ready is not None:
+                self.on_ready(updated)
         await self.kube.post_event(obj, type_=plan.event_type, reason=plan.event_reason,
                                    message=plan.event_message)
         await self.emitter.send_outbox(event.id, messages)

@@ -63,7 +63,7 @@ from branch_operator.domain.merge import (
     select_policy,
 )
 from branch_operator.domain.timefmt import parse_time, rfc3339
-from branch_operator.kit.deadlines import DeadlineScheduler
+from branch_operator.kit.deadlines import RETRY_AFTER, DeadlineScheduler
 from branch_operator.kit.keyed import KeyedLocks
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,10 @@ class MergeReconciler:
         self.policy_source = policies
         self.clock = clock
         self.backend: MergeBackend = backend or EventBackend()
-        self.scheduler: DeadlineScheduler[Key] | None = None
+        # Wakes a branch's merge evaluation when a window opens, a freeze ends, a timeout passes
+        # (the runtime runs it; a wake-up that fails is tried again after RETRY_AFTER).
+        self.scheduler: DeadlineScheduler[Key] = DeadlineScheduler(
+            self.reconcile_key, name="merge re-evaluation", clock=clock, retry_after=RETRY_AFTER)
         # One evaluation per branch at a time in this process, so a merge is never executed twice
         # concurrently; across replicas the resourceVersion on every write does the same job.
         self._serialised: KeyedLocks[Key] = KeyedLocks()
@@ -155,8 +158,7 @@ class MergeReconciler:
         return wants(branch, now=self.clock(), sent=self.emitter.box_sent)
 
     def _schedule(self, key: Key, when: datetime | None) -> None:
-        if self.scheduler is not None:
-            self.scheduler.schedule(key, when)
+        self.scheduler.schedule(key, when)
 
     async def reconcile(self, branch: Mapping[str, Any], *, fresh: bool = False,
                         watched: bool = False) -> MergeDecision | None:

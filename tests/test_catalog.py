@@ -216,7 +216,8 @@ class FakeReconciler:
 
 def fake_memo() -> tuple[Any, BranchCatalog, FakeReconciler]:
     catalog, reconciler = BranchCatalog(), FakeReconciler()
-    runtime = SimpleNamespace(catalog=catalog, reconciler=reconciler, triggers=MergeTriggers(catalog, reconciler))
+    runtime = SimpleNamespace(catalog=catalog, reconciler=reconciler, triggers=MergeTriggers(catalog, reconciler),
+                              in_charge=True)
     return SimpleNamespace(runtime=runtime), catalog, reconciler
 
 

@@ -94,7 +94,6 @@ class Settings(BaseSettings):
     watch_namespaces: str = ""
     operator_id: str = "oms-branch-operator"
     reconcile_interval_seconds: float = 60.0
-    peering: str | None = None  # kopf peering name for HA; None = standalone
 
     # --- Leader election: one replica in charge at a time, by a coordination.k8s.io Lease (the timings are
     # justified in controllers/leadership.py: takeover within 12 s of a crash, within ~1 s of a graceful stop)
@@ -114,7 +113,7 @@ class Settings(BaseSettings):
     )
     leader_election_lease_duration_seconds: float = 10.0
     leader_election_renew_deadline_seconds: float = 7.0
-    leader_election_retry_period_seconds: float = 1.0
+    leader_election_retry_period_seconds: float = 0.5
 
     # --- Merge execution (issue 4): "event" announces com.oms.branch.merged; "webhook" POSTs to OMS first
     merge_backend: Literal["event", "webhook"] = "event"

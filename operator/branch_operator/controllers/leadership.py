@@ -5,7 +5,7 @@ leader renews it every ``retry_period`` and stops leading (``on_stopped_leading`
 succeeded within ``renew_deadline``. The decisions are :mod:`branch_operator.domain.leadership`'s; see
 there why only local monotonic time is trusted.
 
-Default timings (``config.Settings``): lease 10 s, renew deadline 7 s, retry period 1 s.
+Default timings (``config.Settings``): lease 10 s, renew deadline 7 s, retry period 0.5 s.
 
 - After a SIGKILL of the leader, a standby saw the last renewal at most ``retry_period`` after it was
   written and takes over at its first try after ``leaseDurationSeconds`` since: at most lease duration +

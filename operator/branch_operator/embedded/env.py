@@ -120,8 +120,7 @@ class OperatorHandle:
             loop.run_until_complete(kopf.operator(
                 clusterwide=not self.namespaces,
                 namespaces=self.namespaces or (),
-                standalone=self.settings.peering is None,
-                peering_name=self.settings.peering,
+                standalone=True,
                 memo=memo,
                 stop_flag=self.stop_flag,
                 ready_flag=self.ready_flag,

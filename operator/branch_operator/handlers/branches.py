@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from branch_operator.api.models import GROUP, VERSION, Branch
-from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFound
 from branch_operator.domain import admin
-from branch_operator.domain.lifecycle import initial_status
-from branch_operator.handlers.context import runtime_of
+from branch_operator.handlers.context import acting_runtime, runtime_of
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +36,7 @@ async def branch_catalog(type: str | None, body: kopf.Body, namespace: str | Non
     if runtime is None:
         return
     claimed = runtime.catalog.observe(type, body)
-    if not claimed or namespace is None:
+    if not claimed or namespace is None or not runtime.in_charge:
         return
     branch_name = str((body.get("spec") or {}).get("branchName", ""))
     if runtime.catalog.find(namespace, branch_name) != body["metadata"]["name"]:
@@ -58,24 +55,16 @@ async def branch_for_policy_status(
     runtime = runtime_of(memo)
     if runtime is None or namespace is None or not runtime.policy_status.branch_changed(type, body):
         return
-    await runtime.policy_status.refresh(namespace)
+    if runtime.in_charge:
+        await runtime.policy_status.refresh(namespace)
 
 
 @kopf.on.event(GROUP, VERSION, Branch.PLURAL)
 async def branch_changed(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
-    runtime = runtime_of(memo)
+    runtime = acting_runtime(memo)
     if runtime is None or type == "DELETED":
         return
-    obj = copy.deepcopy(dict(body))
-    status = obj.get("status") or {}
-    if not status.get("phase"):
-        await _initialise(runtime.kube, obj)
-    elif runtime.reconciler.wants(obj):  # READY, a merge request, or a merge to announce
-        try:
-            await runtime.reconciler.reconcile(obj, watched=True)
-        except KubeError as exc:
-            # The periodic resync retries; an on.event handler has no retry of its own.
-            log.warning("merge reconciliation of %s failed: %s", obj["metadata"]["name"], exc)
+    await runtime.branches.changed(copy.deepcopy(dict(body)))
 
 
 def _has_admin_request(annotations: kopf.Annotations, **_: Any) -> bool:
@@ -84,7 +73,7 @@ def _has_admin_request(annotations: kopf.Annotations, **_: Any) -> bool:
 
 @kopf.on.event(GROUP, VERSION, Branch.PLURAL, when=_has_admin_request)
 async def admin_requested(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
-    runtime = runtime_of(memo)
+    runtime = acting_runtime(memo)
     if runtime is None or type == "DELETED":
         return
     await runtime.admin.handle(copy.deepcopy(dict(body)))
@@ -92,7 +81,7 @@ async def admin_requested(type: str, body: kopf.Body, memo: Any, **_: Any) -> No
 
 @kopf.on.event(GROUP, VERSION, Branch.PLURAL)
 async def branch_incidents(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
-    runtime = runtime_of(memo)
+    runtime = acting_runtime(memo)
     if runtime is not None:
         runtime.incidents.observe(type, copy.deepcopy(dict(body)))
 
@@ -102,22 +91,10 @@ async def branch_deleted(body: kopf.Body, memo: Any, **_: Any) -> None:
     runtime = runtime_of(memo)
     if runtime is None:
         raise kopf.TemporaryError("the operator runtime is not up yet", delay=1)
+    if not runtime.in_charge:
+        # The finalizer stays until the replica in charge has released and audited the locks.
+        raise kopf.TemporaryError(f"{runtime.leader or 'another replica'} is in charge", delay=5)
     released = await runtime.lock_lifecycle.release_for_deleted_branch(copy.deepcopy(dict(body)))
     if released:
         log.info("branch %s/%s deleted: released %s", body["metadata"].get("namespace"),
                  body["metadata"].get("name"), ", ".join(released))
-
-
-async def _initialise(kube: KubeClient, obj: dict[str, Any]) -> None:
-    """A new Branch starts ACTIVE, with its conditions known."""
-    meta = obj["metadata"]
-    patch = initial_status(meta.get("generation"), _now())
-    try:
-        await kube.patch_branch_status(meta["namespace"], meta["name"], patch,
-                                       resource_version=meta.get("resourceVersion"))
-    except (Conflict, NotFound):
-        return  # someone wrote first (e.g. a started event); that write initialised it
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

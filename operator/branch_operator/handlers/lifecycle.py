@@ -31,12 +31,9 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
         prefix=GROUP, key="last-handled-configuration")
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    if config.peering:
-        settings.peering.name = config.peering
-        settings.peering.standalone = False
-        settings.peering.mandatory = True
-    else:
-        settings.peering.standalone = True
+    # Never kopf peering: with equal priorities every replica pauses every other, and peering does not
+    # cover the JetStream consumers. Several replicas coordinate through a Lease (see runtime.py).
+    settings.peering.standalone = True
 
 
 @kopf.on.login()

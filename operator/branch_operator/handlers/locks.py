@@ -8,13 +8,13 @@ from typing import Any
 import kopf
 
 from branch_operator.api.models import GROUP, VERSION, BranchLock
-from branch_operator.handlers.context import runtime_of
+from branch_operator.handlers.context import acting_runtime
 
 
 @kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
 async def target_lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
     """A lock on a Branch that READY branches merge into can block or unblock them."""
-    runtime = runtime_of(memo)
+    runtime = acting_runtime(memo)
     if runtime is None or namespace is None:
         return
     await runtime.triggers.lock_on_target(namespace, str(spec.get("branch", "")))
@@ -23,7 +23,7 @@ async def target_lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any,
 @kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
 async def lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
     """A lock taken or released can block or unblock a READY branch's merge."""
-    runtime = runtime_of(memo)
+    runtime = acting_runtime(memo)
     if runtime is None or namespace is None:
         return
     await runtime.triggers.lock_on(namespace, str(spec.get("branch", "")))
@@ -31,6 +31,6 @@ async def lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: A
 
 @kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
 async def lock_observed(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
-    runtime = runtime_of(memo)
+    runtime = acting_runtime(memo)
     if runtime is not None:
         await runtime.lock_lifecycle.observe(type, copy.deepcopy(dict(body)))

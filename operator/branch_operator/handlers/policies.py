@@ -38,7 +38,8 @@ async def policy_status(type: str | None, body: kopf.Body, namespace: str | None
     runtime = runtime_of(memo)
     if runtime is None or namespace is None or not runtime.policy_status.policies.changed(type, body):
         return
-    await runtime.policy_status.refresh(namespace)
+    if runtime.in_charge:
+        await runtime.policy_status.refresh(namespace)
 
 
 @kopf.on.event(GROUP, VERSION, AutoMergePolicy.PLURAL)
@@ -48,4 +49,5 @@ async def policy_changed(type: str | None, body: kopf.Body, namespace: str | Non
     # Status-only writes (the keeper's own) change nothing a decision reads.
     if runtime is None or namespace is None or not runtime.policy_specs.changed(type, body):
         return
-    await runtime.triggers.namespace(namespace)
+    if runtime.in_charge:
+        await runtime.triggers.namespace(namespace)

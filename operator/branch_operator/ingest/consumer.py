@@ -41,6 +41,11 @@ from branch_operator.ingest import guard
 log = logging.getLogger(__name__)
 
 
+# How long one pull waits for a message. It bounds how long a drain (a hand-over to another replica)
+# waits for the pull in flight; when messages are there a pull returns at once, so it costs no latency.
+POLL_SECONDS = 0.5
+
+
 class Disposition(enum.StrEnum):
     ACKED = "acked"
     RETRY = "retry"
@@ -68,13 +73,17 @@ class IndexingConsumer:
         # (event id, event kind) for every message that parsed, before anything is decided about it
         self.received: list[Callable[[str, str], None]] = []
         self._subjects: dict[str, str] = {str(k): v for k, v in subjects_from_settings(settings).items()}
+        self._draining = False
+        self._stopped = asyncio.Event()
 
     @property
     def ready(self) -> bool:
         return bool(self.attached) and all(self.attached.values()) and self.bus.connected
 
     async def run(self) -> None:
-        """Consume all three durable consumers until cancelled."""
+        """Consume all three durable consumers until cancelled or drained."""
+        self._draining = False
+        self._stopped.clear()
         tasks = [
             asyncio.create_task(self._loop(kind, durable), name=f"consume-{kind}")
             for kind, (durable, _subject) in self.bus.consumer_names().items()
@@ -85,6 +94,21 @@ class IndexingConsumer:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._stopped.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop fetching and finish the messages in hand (acked or nak'ed), then :meth:`run` returns.
+
+        For handing over to another replica: a message fetched and then abandoned would wait for its
+        acknowledgement timeout before anyone else could have it. After ``timeout`` the caller cancels
+        what is left; those messages are nak'ed, without delay, on the way out.
+        """
+        self._draining = True
+        if self._stopped.is_set() or not self.attached:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._stopped.wait()
 
     async def _loop(self, kind: str, durable: str) -> None:
         self.attached[durable] = False
@@ -97,6 +121,11 @@ class IndexingConsumer:
                 failures = 0
                 log.info("consuming %s via durable consumer %s", kind, durable)
                 await self._pump(sub, epoch)
+                if self._draining:
+                    self.attached[durable] = False
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                    return
                 # Reconnected: the old pull subscription may be dead (nats-py can lose one silently across a
                 # server restart); bind again.
                 with contextlib.suppress(Exception):
@@ -127,22 +156,28 @@ class IndexingConsumer:
         slowest message of each batch (a conflict re-read, a slow write); events of one branch are still
         applied one at a time (EventProcessor serialises them).
         """
-        in_flight: set[asyncio.Task[Disposition]] = set()
+        in_flight: dict[asyncio.Task[Disposition], Msg] = {}
         try:
-            while self.bus.epoch == epoch:
+            while self.bus.epoch == epoch and not self._draining:
                 room = max(1, self.settings.fetch_batch) - len(in_flight)
                 if room <= 0:
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 for msg in await self._next_batch(sub, room):
                     task = asyncio.create_task(self.handle_msg(msg))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
+                    in_flight[task] = msg
+                    task.add_done_callback(lambda t: in_flight.pop(t, None))
                     task.add_done_callback(_report_crash)
         except BaseException:
-            # Stopping (or a failed fetch): messages in hand are cancelled with the loop and redelivered.
-            for task in in_flight:
+            # Stopping (or a failed fetch): messages in hand are cancelled with the loop and handed back at
+            # once, so that another replica (or this one, later) need not wait for their ack wait.
+            abandoned = list(in_flight.values())
+            for task in list(in_flight):
                 task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            for msg in abandoned:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
             raise
         finally:
             # After a reconnect, messages in hand are finished (acked or nak'ed), not left to their ack wait.
@@ -156,7 +191,7 @@ class IndexingConsumer:
         for the whole poll interval; fetching one first keeps latency low under light load.
         """
         try:
-            msgs: list[Msg] = await sub.fetch(1, timeout=1.0)
+            msgs: list[Msg] = await sub.fetch(1, timeout=POLL_SECONDS)
         except (nats.errors.TimeoutError, TimeoutError):  # nothing within the poll interval
             return []
         if room > 1:

@@ -48,7 +48,7 @@ class HealthServer:
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         # Alive = the operator's background tasks have not died; a dead task means restart the pod.
-        dead = [t.get_name() for t in self.runtime.tasks if t.done()]
+        dead = [t.get_name() for t in self.runtime.live_tasks if t.done()]
         if dead:
             return web.json_response({"ok": False, "dead_tasks": dead}, status=500)
         return web.json_response({"ok": True})
@@ -56,8 +56,9 @@ class HealthServer:
     async def _readyz(self, _request: web.Request) -> web.Response:
         checks = dict(self.runtime.readiness())
         ok = all(checks.values())
+        body = {"ready": ok, "checks": checks, "in_charge": self.runtime.in_charge, "leader": self.runtime.leader}
         return web.Response(
-            text=json.dumps({"ready": ok, "checks": checks}), status=200 if ok else 503,
+            text=json.dumps(body), status=200 if ok else 503,
             content_type="application/json",
         )
 

@@ -93,6 +93,7 @@ class OperatorMetrics:
                                           "Messages delivered but not yet acknowledged.", ["consumer"])
         self.nats_connected = gauge("nats_connected", "1 while connected to NATS.")
         self.ready = gauge("ready", "Readiness checks (1 = ok).", ["check"])
+        self.leader = gauge("leader", "1 on the replica in charge (it holds the Lease, or runs alone), else 0.")
         self.loop_lag_seconds = Histogram(
             f"{PREFIX}_event_loop_lag_seconds", "How late a 50 ms timer fired: time the process could run "
             "nothing else (a long callback, a garbage collection, CPU starvation).", buckets=STALL_BUCKETS,

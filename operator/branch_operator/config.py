@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     )
     leader_election_lease_duration_seconds: float = 10.0
     leader_election_renew_deadline_seconds: float = 7.0
-    leader_election_retry_period_seconds: float = 1.0
+    leader_election_retry_period_seconds: float = 0.5
 
     # --- Merge execution (issue 4): "event" announces com.oms.branch.merged; "webhook" POSTs to OMS first
     merge_backend: Literal["event", "webhook"] = "event"

@@ -31,14 +31,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["nats_url"] = args.nats
     if args.namespace:
         overrides["watch_namespaces"] = ",".join(args.namespace)
-    if args.peering:
-        overrides["peering"] = args.peering
     settings = Settings(**overrides)
     kopf.run(
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces or (),
-        standalone=settings.peering is None,
-        peering_name=settings.peering,
+        # Every replica runs kopf on its own so its watches stay warm; one replica in charge at a time is
+        # the Lease's job (OMS_LEADER_ELECTION), not kopf peering's.
+        standalone=True,
         memo=kopf.Memo(config=settings, kubeconfig=args.kubeconfig, tune_gc=True),
     )
     return 0
@@ -124,7 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the operator against a cluster (in-cluster config or kubeconfig)")
     run.add_argument("--nats", help="NATS URL (default $NATS_URL)")
     run.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable)")
-    run.add_argument("--peering", help="kopf peering name for running several replicas")
     run.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, then $KUBECONFIG)")
     run.set_defaults(fn=_cmd_run)
 

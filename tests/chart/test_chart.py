@@ -192,6 +192,16 @@ def base_objs(tools: Tools) -> list[Obj]:
     return _kustomize(tools, BASE_DIR)
 
 
+# manifests/high-availability: the base as the chart renders it with these values.
+HA_DIR = BASE_DIR.parent / "high-availability"
+HA_VALUES: Obj = {"replicaCount": 2}
+
+
+@pytest.fixture(scope="session")
+def ha_objs(tools: Tools) -> list[Obj]:
+    return _kustomize(tools, HA_DIR)
+
+
 @pytest.fixture(scope="session")
 def crd_schemas() -> dict[tuple[str, str], tuple[str, jsonschema.protocols.Validator]]:
     return crd_validators(CHART_CRDS_DIR)
@@ -293,6 +303,10 @@ def test_rendered_objects_are_valid(renderer: Renderer, crd_schemas: Any, scenar
 
 def test_kustomize_base_objects_are_valid(base_objs: list[Obj], crd_schemas: Any) -> None:
     _validate_objects(base_objs, crd_schemas)
+
+
+def test_kustomize_ha_objects_are_valid(ha_objs: list[Obj], crd_schemas: Any) -> None:
+    _validate_objects(ha_objs, crd_schemas)
 
 
 def test_crd_validation_catches_bad_custom_resources(crd_schemas: Any) -> None:
@@ -401,8 +415,9 @@ def test_pod_templates_are_restricted(renderer: Renderer, scenario: str) -> None
         _assert_restricted(where, pod)
 
 
-def test_kustomize_base_pods_are_restricted(base_objs: list[Obj]) -> None:
-    pods = list(iter_pod_specs(base_objs))
+@pytest.mark.parametrize("folder", ["base", "high-availability"])
+def test_kustomize_pods_are_restricted(base_objs: list[Obj], ha_objs: list[Obj], folder: str) -> None:
+    pods = list(iter_pod_specs(base_objs if folder == "base" else ha_objs))
     assert pods
     for where, pod in pods:
         _assert_restricted(where, pod)
@@ -490,6 +505,10 @@ def test_rbac_grants_exactly_rbac_py(renderer: Renderer, scenario: str) -> None:
 
 def test_kustomize_base_rbac_grants_exactly_rbac_py(base_objs: list[Obj]) -> None:
     _assert_rbac(base_objs, {})
+
+
+def test_kustomize_ha_rbac_grants_exactly_rbac_py(ha_objs: list[Obj]) -> None:
+    _assert_rbac(ha_objs, HA_VALUES)
 
 
 def test_rbac_check_detects_extra_and_missing_grants(renderer: Renderer) -> None:
@@ -935,15 +954,18 @@ def _normalised(obj: Obj) -> Obj:
     return obj
 
 
-def test_kustomize_base_matches_chart_defaults(renderer: Renderer, base_objs: list[Obj]) -> None:
+@pytest.mark.parametrize("folder", ["base", "high-availability"])
+def test_kustomize_matches_chart(renderer: Renderer, base_objs: list[Obj], ha_objs: list[Obj], folder: str) -> None:
+    """manifests/base is the chart's defaults; manifests/high-availability is the chart with HA_VALUES."""
     def key(o: Obj) -> tuple[str, str, str]:
         return (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace", ""))
 
-    chart = {key(o): _normalised(o) for o in renderer.render({}, include_crds=True)}
-    base = {key(o): _normalised(o) for o in base_objs}
-    assert sorted(base) == sorted(chart)
+    values, objs = ({}, base_objs) if folder == "base" else (HA_VALUES, ha_objs)
+    chart = {key(o): _normalised(o) for o in renderer.render(values, include_crds=True)}
+    kustomized = {key(o): _normalised(o) for o in objs}
+    assert sorted(kustomized) == sorted(chart)
     for k in chart:
-        assert base[k] == chart[k], f"manifests/base differs from the chart's default {k}"
+        assert kustomized[k] == chart[k], f"manifests/{folder} differs from the chart's {k} with {values}"
 
 
 # ------------------------------------------------------------------------------- GitOps examples

@@ -31,16 +31,10 @@ RULES: tuple[Rule, ...] = (
     Rule("", "events", ("create",)),
 )
 
-# Only when running more than one replica with kopf peering.
-PEERING_RULES: tuple[Rule, ...] = (
-    # kopf watches the peering object and patches its own presence into it; it never reads one singly.
-    Rule("kopf.dev", "clusterkopfpeerings", ("list", "watch", "patch")),
-    Rule("kopf.dev", "kopfpeerings", ("list", "watch", "patch")),
-)
-
-# Only with leader election (OMS_LEADER_ELECTION): every replica reads the Lease, creates it when missing,
-# and writes it with a resourceVersion precondition to take, renew or release it. No list/watch: standbys
-# poll it (controllers/leadership.py says why).
+# Only with leader election (OMS_LEADER_ELECTION, on whenever the chart runs more than one replica): every
+# replica reads the Lease, creates it when missing, and writes it with a resourceVersion precondition to take,
+# renew or release it. No list/watch: standbys poll it (controllers/leadership.py says why). The Lease lives
+# in one namespace, so the chart grants these by a Role there, never cluster-wide.
 LEADER_ELECTION_RULES: tuple[Rule, ...] = (
     Rule("coordination.k8s.io", "leases", ("get", "create", "update")),
 )

@@ -4,7 +4,7 @@ real ``helm`` and ``kubectl`` binaries (see conftest.py) and the Kubernetes Open
 What is validated how:
 * built-in kinds: ``kubernetes-validate`` (offline OpenAPI schemas, strict: unknown fields fail),
   against the chart's minimum Kubernetes version and the newest one it knows;
-* our custom resources (and kopf's peering objects): the openAPIV3Schema of the CRDs we ship;
+* our custom resources: the openAPIV3Schema of the CRDs we ship;
   CEL rules (x-kubernetes-validations) are not evaluated here;
 * ServiceMonitor: a small JSON Schema of the fields the chart uses (no Prometheus Operator CRD
   is available offline).
@@ -55,17 +55,19 @@ CHART_META = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
 # The oldest Kubernetes the chart declares, and the newest kubernetes-validate ships schemas for.
 K8S_VERSIONS = ("1.25", kubernetes_validate.latest_version())
-# Files in the chart's crds/ that are not generated from our models (kopf's peering CRDs).
-EXTRA_CRD_FILES = {"kopf.dev_peerings.yaml"}
 CLUSTER_SCOPED_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
-PEER_NAME = RELEASE  # fullname for release "oms-branch-operator"
+LEASE_NAME = VALUES["leaderElection"]["leaseName"]
+LEASE_ROLE = f"{RELEASE}-leader-election"  # fullname for release "oms-branch-operator", plus the suffix
 
 NAMESPACED = {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["team-a", "team-b"], "defaultNamespace": "team-a"}
 SCENARIOS: dict[str, Obj] = {
     "defaults": {},
     "namespaced": NAMESPACED,
     "ha": {"replicaCount": 3},
+    # The Lease's Role stays in the release namespace, which is not one of the watched ones here.
     "ha-namespaced": {**NAMESPACED, "replicaCount": 2},
+    "ha-lease-namespace": {"replicaCount": 2, "leaderElection": {"namespace": "oms-leases"}},
+    "single-elected": {"leaderElection": {"enabled": True}},
     "nats-tls-creds": {
         "nats": {
             "url": "tls://nats-0.nats:4222,tls://nats-1.nats:4222",
@@ -156,6 +158,16 @@ def _replicas(values: Obj) -> int:
     return int(values.get("replicaCount", VALUES["replicaCount"]))
 
 
+def _election(values: Obj) -> bool:
+    """Leader election on: as set, else (null, the default) exactly when there are several replicas."""
+    enabled = values.get("leaderElection", {}).get("enabled", VALUES["leaderElection"]["enabled"])
+    return _replicas(values) > 1 if enabled is None else bool(enabled)
+
+
+def _lease_namespace(values: Obj) -> str:
+    return str(values.get("leaderElection", {}).get("namespace") or NAMESPACE)
+
+
 def _deployment(objs: list[Obj]) -> Obj:
     [deployment] = [o for o in objs if o["kind"] == "Deployment"]
     return deployment
@@ -178,6 +190,16 @@ def _kustomize(tools: Tools, path: Path) -> list[Obj]:
 @pytest.fixture(scope="session")
 def base_objs(tools: Tools) -> list[Obj]:
     return _kustomize(tools, BASE_DIR)
+
+
+# manifests/high-availability: the base as the chart renders it with these values.
+HA_DIR = BASE_DIR.parent / "high-availability"
+HA_VALUES: Obj = {"replicaCount": 2}
+
+
+@pytest.fixture(scope="session")
+def ha_objs(tools: Tools) -> list[Obj]:
+    return _kustomize(tools, HA_DIR)
 
 
 @pytest.fixture(scope="session")
@@ -283,6 +305,10 @@ def test_kustomize_base_objects_are_valid(base_objs: list[Obj], crd_schemas: Any
     _validate_objects(base_objs, crd_schemas)
 
 
+def test_kustomize_ha_objects_are_valid(ha_objs: list[Obj], crd_schemas: Any) -> None:
+    _validate_objects(ha_objs, crd_schemas)
+
+
 def test_crd_validation_catches_bad_custom_resources(crd_schemas: Any) -> None:
     """The CR checks above are only worth something if they can fail."""
     _, validator = crd_schemas[("oms.dev/v1alpha1", "AutoMergePolicy")]
@@ -310,6 +336,11 @@ BAD_VALUES: dict[str, tuple[Obj, str]] = {
     "bad-stream-name": ({"nats": {"stream": {"name": "FUNNEL.INDEXING"}}}, "name"),
     "bad-probe-key": ({"livenessProbe": {"exec": {"command": ["true"]}}}, "exec"),
     "namespaced-without-namespaces": ({"rbac": {"scope": "namespaced"}}, "watchNamespaces"),
+    # kopf peering is gone: a values file still configuring it must fail, not be silently ignored.
+    "peering-removed": ({"replicaCount": 2, "peering": {"name": "oms-peers"}}, "'peering' not allowed"),
+    # A Deployment's pods share one template: a fixed identity would be every replica's.
+    "fixed-lease-identity": ({"leaderElection": {"identity": "replica-x"}}, "'identity' not allowed"),
+    "election-enabled-string": ({"leaderElection": {"enabled": "yes"}}, "enabled"),
     # Cross-field checks done by the templates (`fail`), not the schema.
     "namespaced-default-not-watched": (
         {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["team-a"]},
@@ -323,6 +354,13 @@ BAD_VALUES: dict[str, tuple[Obj, str]] = {
     "servicemonitor-without-service": (
         {"serviceMonitor": {"enabled": True}, "service": {"enabled": False}},
         "service.enabled",
+    ),
+    "replicas-without-election": (
+        {"replicaCount": 2, "leaderElection": {"enabled": False}}, "replicaCount=2 needs leader election",
+    ),
+    "rolling-update-without-election": ({"strategy": {"type": "RollingUpdate"}}, "needs leader election"),
+    "election-timings": (
+        {"leaderElection": {"renewDeadlineSeconds": 0.5}}, "leaseDurationSeconds > renewDeadlineSeconds > 1.1",
     ),
 }
 
@@ -377,8 +415,9 @@ def test_pod_templates_are_restricted(renderer: Renderer, scenario: str) -> None
         _assert_restricted(where, pod)
 
 
-def test_kustomize_base_pods_are_restricted(base_objs: list[Obj]) -> None:
-    pods = list(iter_pod_specs(base_objs))
+@pytest.mark.parametrize("folder", ["base", "high-availability"])
+def test_kustomize_pods_are_restricted(base_objs: list[Obj], ha_objs: list[Obj], folder: str) -> None:
+    pods = list(iter_pod_specs(base_objs if folder == "base" else ha_objs))
     assert pods
     for where, pod in pods:
         _assert_restricted(where, pod)
@@ -416,45 +455,46 @@ def _cluster_scoped_resources() -> set[tuple[str, str]]:
     return scoped
 
 
-def _expected_grants(replicas: int, *, cluster: bool) -> set[Grant]:
-    expected = _grants(rbac.RULES) | (_grants(rbac.PEERING_RULES) if replicas > 1 else set())
-    if not cluster:
-        # A Role cannot grant a cluster-scoped resource; namespaced mode peers per namespace.
+def _expected_grants(values: Obj) -> dict[str, set[Grant]]:
+    """What the operator's ServiceAccount may do where: "" is cluster-wide, anything else a namespace."""
+    scope = values.get("rbac", {}).get("scope", VALUES["rbac"]["scope"])
+    expected: dict[str, set[Grant]]
+    if scope == "cluster":
+        expected = {"": _grants(rbac.RULES)}
+    else:
+        # A Role cannot grant a cluster-scoped resource.
         scoped = _cluster_scoped_resources()
-        expected = {g for g in expected if (g[0], g[1].split("/")[0]) not in scoped}
+        namespaced = {g for g in _grants(rbac.RULES) if (g[0], g[1].split("/")[0]) not in scoped}
+        expected = {ns: set(namespaced) for ns in values["watchNamespaces"]}
+    if _election(values):
+        # Only in the Lease's namespace: a cluster-wide grant would let the operator rewrite any Lease.
+        expected.setdefault(_lease_namespace(values), set()).update(_grants(rbac.LEADER_ELECTION_RULES))
     return expected
 
 
-def _assert_rbac(objs: list[Obj], values: Obj) -> None:
-    scope = values.get("rbac", {}).get("scope", VALUES["rbac"]["scope"])
-    replicas = _replicas(values)
-    by_kind: dict[str, list[Obj]] = {}
-    for o in objs:
-        by_kind.setdefault(o["kind"], []).append(o)
+def _granted(objs: list[Obj]) -> dict[str, set[Grant]]:
+    """The same, from the rendered bindings and the roles they point at; every role must be bound."""
     sa = _deployment(objs)["spec"]["template"]["spec"]["serviceAccountName"]
     subject = {"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}
+    roles = {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o
+             for o in objs if o["kind"] in ("ClusterRole", "Role")}
+    granted: dict[str, set[Grant]] = {}
+    bound = set()
+    for binding in (o for o in objs if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        where = binding["metadata"].get("namespace", "")
+        assert binding["subjects"] == [subject], binding["metadata"]["name"]
+        ref = binding["roleRef"]
+        assert ref["apiGroup"] == "rbac.authorization.k8s.io"
+        key = (ref["kind"], "" if ref["kind"] == "ClusterRole" else where, ref["name"])
+        assert key in roles, f"{binding['kind']}/{binding['metadata']['name']} points at a missing {key}"
+        bound.add(key)
+        granted.setdefault(where, set()).update(_rendered_grants(roles[key]))
+    assert bound == set(roles), f"roles nobody is bound to: {sorted(set(roles) - bound)}"
+    return granted
 
-    if scope == "cluster":
-        assert not by_kind.get("Role") and not by_kind.get("RoleBinding")
-        [role] = by_kind["ClusterRole"]
-        [binding] = by_kind["ClusterRoleBinding"]
-        assert _rendered_grants(role) == _expected_grants(replicas, cluster=True)
-        assert binding["roleRef"] == {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": role["metadata"]["name"],
-        }
-        assert binding["subjects"] == [subject]
-    else:
-        assert not by_kind.get("ClusterRole") and not by_kind.get("ClusterRoleBinding")
-        roles = {r["metadata"]["namespace"]: r for r in by_kind["Role"]}
-        bindings = {b["metadata"]["namespace"]: b for b in by_kind["RoleBinding"]}
-        assert sorted(roles) == sorted(bindings) == sorted(values["watchNamespaces"])
-        for ns, role in roles.items():
-            assert _rendered_grants(role) == _expected_grants(replicas, cluster=False), ns
-            assert bindings[ns]["roleRef"]["name"] == role["metadata"]["name"]
-            assert bindings[ns]["roleRef"]["kind"] == "Role"
-            assert bindings[ns]["subjects"] == [subject]
+
+def _assert_rbac(objs: list[Obj], values: Obj) -> None:
+    assert _granted(objs) == _expected_grants(values)
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
@@ -465,6 +505,10 @@ def test_rbac_grants_exactly_rbac_py(renderer: Renderer, scenario: str) -> None:
 
 def test_kustomize_base_rbac_grants_exactly_rbac_py(base_objs: list[Obj]) -> None:
     _assert_rbac(base_objs, {})
+
+
+def test_kustomize_ha_rbac_grants_exactly_rbac_py(ha_objs: list[Obj]) -> None:
+    _assert_rbac(ha_objs, HA_VALUES)
 
 
 def test_rbac_check_detects_extra_and_missing_grants(renderer: Renderer) -> None:
@@ -478,37 +522,78 @@ def test_rbac_check_detects_extra_and_missing_grants(renderer: Renderer) -> None
         _assert_rbac(objs, {})
 
 
-# ---------------------------------------------------------------------------- HA / peering wiring
+def test_rbac_check_detects_a_cluster_wide_lease_grant(renderer: Renderer) -> None:
+    values = {"replicaCount": 2}
+    objs = renderer.render(values)
+    _assert_rbac(objs, values)
+    [cluster_role] = [o for o in objs if o["kind"] == "ClusterRole"]
+    [lease_role] = [o for o in objs if o["kind"] == "Role"]
+    cluster_role["rules"] += lease_role["rules"]
+    with pytest.raises(AssertionError):
+        _assert_rbac(objs, values)
+    objs = [o for o in objs if o is not lease_role]  # the RoleBinding now points at nothing
+    with pytest.raises(AssertionError):
+        _assert_rbac(objs, values)
+
+
+# ------------------------------------------------------------------------ HA / leader election wiring
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_peering_follows_replica_count(renderer: Renderer, scenario: str) -> None:
+def test_leader_election_follows_replica_count(renderer: Renderer, scenario: str) -> None:
     values = _scenario_values(scenario)
     objs = renderer.render(values)
     env = _env(objs)
     deployment = _deployment(objs)
-    watched = values.get("watchNamespaces", [])
-    peerings = [o for o in objs if o["apiVersion"] == "kopf.dev/v1"]
+    lease_rbac = [o for o in objs if o["metadata"]["name"] == LEASE_ROLE]
     pdbs = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
     assert deployment["spec"]["replicas"] == _replicas(values)
+    # kopf peering is gone in every mode: every replica runs kopf standalone.
+    assert "OMS_PEERING" not in env
+    assert not [o for o in objs if o["apiVersion"].startswith("kopf.dev/")]
+    if _election(values):
+        ns = _lease_namespace(values)
+        election_env = {n: v for n, v in env.items() if n.startswith("OMS_LEADER_ELECTION")}
+        assert election_env == {
+            "OMS_LEADER_ELECTION": {"name": "OMS_LEADER_ELECTION", "value": "true"},
+            "OMS_LEADER_ELECTION_NAMESPACE": {"name": "OMS_LEADER_ELECTION_NAMESPACE", "value": ns},
+            "OMS_LEADER_ELECTION_LEASE_NAME": {"name": "OMS_LEADER_ELECTION_LEASE_NAME", "value": LEASE_NAME},
+            # Unique per pod, also between the old and the new pod of a rollout.
+            "OMS_LEADER_ELECTION_IDENTITY": {
+                "name": "OMS_LEADER_ELECTION_IDENTITY", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            },
+            "OMS_LEADER_ELECTION_LEASE_DURATION_SECONDS": {
+                "name": "OMS_LEADER_ELECTION_LEASE_DURATION_SECONDS", "value": "10",
+            },
+            "OMS_LEADER_ELECTION_RENEW_DEADLINE_SECONDS": {
+                "name": "OMS_LEADER_ELECTION_RENEW_DEADLINE_SECONDS", "value": "7",
+            },
+            "OMS_LEADER_ELECTION_RETRY_PERIOD_SECONDS": {
+                "name": "OMS_LEADER_ELECTION_RETRY_PERIOD_SECONDS", "value": "0.5",
+            },
+        }
+        # The new pod is a warm standby before the old one stops and hands the Lease back.
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }
+        [role] = [o for o in lease_rbac if o["kind"] == "Role"]
+        [binding] = [o for o in lease_rbac if o["kind"] == "RoleBinding"]
+        assert len(lease_rbac) == 2 and role["metadata"]["namespace"] == binding["metadata"]["namespace"] == ns
+        assert _rendered_grants(role) == _grants(rbac.LEADER_ELECTION_RULES)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": LEASE_ROLE}
+        sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+    else:
+        assert not [n for n in env if n.startswith("OMS_LEADER_ELECTION")]
+        # Two unelected operators must never overlap during a rollout.
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        assert not lease_rbac
     if _replicas(values) > 1:
-        assert env["OMS_PEERING"]["value"] == PEER_NAME
-        assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
-        if watched:
-            assert {(p["kind"], p["metadata"]["namespace"]) for p in peerings} == {
-                ("KopfPeering", ns) for ns in watched
-            }
-        else:
-            assert [(p["kind"], "namespace" in p["metadata"]) for p in peerings] == [("ClusterKopfPeering", False)]
-        assert all(p["metadata"]["name"] == PEER_NAME for p in peerings)
         [pdb] = pdbs
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     else:
-        assert "OMS_PEERING" not in env
-        # Two unpeered operators must never overlap during a rollout.
-        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-        assert not peerings and not pdbs
+        assert not pdbs  # minAvailable 1 of 1 would block every node drain
 
 
 # --------------------------------------------------------------------------------- wiring checks
@@ -583,9 +668,13 @@ def test_env_vars_are_operator_settings(renderer: Renderer, scenario: str) -> No
             assert name in extra | {"HOME"}, f"unexpected env var {name}"
 
 
-def test_chart_defaults_equal_operator_defaults(renderer: Renderer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """values.yaml mirrors Settings' defaults, so installing with defaults changes no behaviour."""
-    env = _env(renderer.render({}))
+@pytest.mark.parametrize("replicas", [1, 2], ids=["single", "ha"])
+def test_chart_defaults_equal_operator_defaults(
+    renderer: Renderer, monkeypatch: pytest.MonkeyPatch, replicas: int
+) -> None:
+    """values.yaml mirrors Settings' defaults, so installing with defaults changes no behaviour; with several
+    replicas, leader election is on with the operator's own timings."""
+    env = _env(renderer.render({"replicaCount": replicas} if replicas > 1 else {}))
     for name in list(_settings_env_names()):
         monkeypatch.delenv(name, raising=False)
     builtin = Settings().model_dump()
@@ -596,6 +685,11 @@ def test_chart_defaults_equal_operator_defaults(renderer: Renderer, monkeypatch:
     # The one intended difference: localhost means nothing inside a cluster.
     assert from_chart.pop("nats_url") == VALUES["nats"]["url"]
     builtin.pop("nats_url")
+    if replicas > 1:
+        assert (from_chart.pop("leader_election"), builtin.pop("leader_election")) == (True, False)
+        # The release namespace, which is also POD_NAMESPACE's (the operator's own fallback).
+        assert from_chart.pop("leader_election_namespace") == NAMESPACE
+        builtin.pop("leader_election_namespace")
     assert from_chart == builtin
 
 
@@ -678,19 +772,21 @@ SETTINGS_IN_CHART: dict[str, tuple[str, Obj]] = {
     "watch_namespaces": ("watchNamespaces", {"watchNamespaces": ["team-a", "team-b"]}),
     "operator_id": ("operatorId", {"operatorId": "oms-operator-2"}),
     "reconcile_interval_seconds": ("reconcileIntervalSeconds", {"reconcileIntervalSeconds": 120}),
-    "peering": ("peering.name", {"replicaCount": 2, "peering": {"name": "oms-peers"}}),
     "leader_election": ("leaderElection.enabled", {"leaderElection": {"enabled": True}}),
-    "leader_election_namespace": ("leaderElection.namespace", {"leaderElection": {"namespace": "oms-ha"}}),
-    "leader_election_lease_name": ("leaderElection.leaseName", {"leaderElection": {"leaseName": "oms-leader"}}),
-    "leader_election_identity": ("leaderElection.identity", {"leaderElection": {"identity": "replica-x"}}),
+    "leader_election_namespace": (
+        "leaderElection.namespace", {"replicaCount": 2, "leaderElection": {"namespace": "oms-ha"}},
+    ),
+    "leader_election_lease_name": (
+        "leaderElection.leaseName", {"replicaCount": 2, "leaderElection": {"leaseName": "oms-leader"}},
+    ),
     "leader_election_lease_duration_seconds": (
-        "leaderElection.leaseDurationSeconds", {"leaderElection": {"leaseDurationSeconds": 15}},
+        "leaderElection.leaseDurationSeconds", {"replicaCount": 2, "leaderElection": {"leaseDurationSeconds": 15}},
     ),
     "leader_election_renew_deadline_seconds": (
-        "leaderElection.renewDeadlineSeconds", {"leaderElection": {"renewDeadlineSeconds": 5}},
+        "leaderElection.renewDeadlineSeconds", {"replicaCount": 2, "leaderElection": {"renewDeadlineSeconds": 5}},
     ),
     "leader_election_retry_period_seconds": (
-        "leaderElection.retryPeriodSeconds", {"leaderElection": {"retryPeriodSeconds": 2}},
+        "leaderElection.retryPeriodSeconds", {"replicaCount": 2, "leaderElection": {"retryPeriodSeconds": 2}},
     ),
     "merge_backend": ("merge.backend", {"merge": {"backend": "webhook", "webhook": {"url": "https://oms/merge"}}}),
     "merge_webhook_url": ("merge.webhook.url", {"merge": {"webhook": {"url": "https://oms/merge"}}}),
@@ -723,9 +819,13 @@ SETTINGS_IN_CHART: dict[str, tuple[str, Obj]] = {
     ),
 }
 
-# Settings the chart deliberately does not expose, with the reason. Empty today: every setting is one
-# a platform engineer may need. Keep reasons concrete (e.g. "internal tuning, tests only").
-SETTINGS_NOT_IN_CHART: dict[str, str] = {}
+# Settings the chart deliberately does not expose, with the reason. Keep reasons concrete (e.g. "internal
+# tuning, tests only").
+SETTINGS_NOT_IN_CHART: dict[str, str] = {
+    "leader_election_identity": "always the pod's name (downward API): all pods of a Deployment share one "
+    "template, so a fixed identity would let every replica, and the old and new pod of a rollout, believe "
+    "it holds the Lease",
+}
 
 
 def _env_names_of(field: str) -> set[str]:
@@ -829,12 +929,15 @@ def test_crd_copies_identical_to_top_level(copy_dir: Path) -> None:
         f"{copy_dir.relative_to(REPO_ROOT)} differs from crds/ for {stale}; "
         f"run: cp crds/*.yaml {CHART_CRDS_DIR.relative_to(REPO_ROOT)}/ && cp crds/*.yaml manifests/base/crds/"
     )
-    assert set(copies) - set(top) == EXTRA_CRD_FILES
+    # Only ours: kopf's peering CRDs are no longer shipped (several replicas elect a leader by Lease).
+    assert set(copies) == set(top)
 
 
-def test_kopf_peering_crds_identical_in_chart_and_base() -> None:
-    for name in EXTRA_CRD_FILES:
-        assert (CHART_CRDS_DIR / name).read_bytes() == (BASE_DIR / "crds" / name).read_bytes()
+@pytest.mark.parametrize("crd_dir", [CHART_CRDS_DIR, BASE_DIR / "crds"], ids=["chart", "kustomize-base"])
+def test_no_kopf_peering_crds_shipped(crd_dir: Path) -> None:
+    groups = {crd["spec"]["group"] for p in crd_dir.glob("*.yaml") for crd in load_docs(p.read_text())}
+    assert groups == {"oms.dev"}, groups
+    assert not [r for r in (*rbac.RULES, *rbac.LEADER_ELECTION_RULES) if r.api_group == "kopf.dev"]
 
 
 # ------------------------------------------------------------------------------- kustomize base
@@ -848,15 +951,18 @@ def _normalised(obj: Obj) -> Obj:
     return obj
 
 
-def test_kustomize_base_matches_chart_defaults(renderer: Renderer, base_objs: list[Obj]) -> None:
+@pytest.mark.parametrize("folder", ["base", "high-availability"])
+def test_kustomize_matches_chart(renderer: Renderer, base_objs: list[Obj], ha_objs: list[Obj], folder: str) -> None:
+    """manifests/base is the chart's defaults; manifests/high-availability is the chart with HA_VALUES."""
     def key(o: Obj) -> tuple[str, str, str]:
         return (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace", ""))
 
-    chart = {key(o): _normalised(o) for o in renderer.render({}, include_crds=True)}
-    base = {key(o): _normalised(o) for o in base_objs}
-    assert sorted(base) == sorted(chart)
+    values, objs = ({}, base_objs) if folder == "base" else (HA_VALUES, ha_objs)
+    chart = {key(o): _normalised(o) for o in renderer.render(values, include_crds=True)}
+    kustomized = {key(o): _normalised(o) for o in objs}
+    assert sorted(kustomized) == sorted(chart)
     for k in chart:
-        assert base[k] == chart[k], f"manifests/base differs from the chart's default {k}"
+        assert kustomized[k] == chart[k], f"manifests/{folder} differs from the chart's {k} with {values}"
 
 
 # ------------------------------------------------------------------------------- GitOps examples

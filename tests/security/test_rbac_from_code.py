@@ -3,7 +3,8 @@ runs every code path that talks to Kubernetes against the embedded API server, w
 records each call with its user agent. Each call is mapped to the (apiGroup, resource, verb) that the
 Kubernetes authorizer would check, and the result is compared with ``branch_operator.rbac.RULES``
 both ways: everything used is granted, and everything granted is used (or is on the allowlist below,
-with the reason). ``tests/chart`` proves the chart and the kustomize base grant exactly ``RULES``.
+with the reason). ``tests/chart`` proves the chart and the kustomize base grant exactly ``RULES`` (plus
+``LEADER_ELECTION_RULES`` in the Lease's namespace when several replicas elect a leader).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 import nats
 import pytest
-import yaml
 
 from branch_operator import rbac
 from branch_operator.api.models import LockType
@@ -87,7 +87,7 @@ def to_grant(method: str, path: str, query: dict[str, str]) -> Grant | None:
         ("POST", "/api/v1/namespaces/a/events", {}, ("", "events", "create")),
         ("GET", "/api/v1/namespaces", {}, ("", "namespaces", "list")),
         ("GET", "/api/v1/namespaces/a", {}, ("", "namespaces", "get")),
-        ("PUT", "/apis/kopf.dev/v1/clusterkopfpeerings/p", {}, ("kopf.dev", "clusterkopfpeerings", "update")),
+        ("PUT", "/apis/coordination.k8s.io/v1/namespaces/a/leases/l", {}, ("coordination.k8s.io", "leases", "update")),
         ("GET", "/apis/oms.dev/v1alpha1", {}, None),
         ("GET", "/apis", {}, None),
         ("GET", "/api", {}, None),
@@ -290,52 +290,58 @@ async def _consumers_idle(env: EmbeddedEnv, settings: Any) -> bool:
         await nc.close()
 
 
-# --------------------------------------------------------------------------------------- peering
-
-PEERING_CRDS = Path(__file__).resolve().parents[2] / "helm" / "oms-branch-operator" / "crds" / "kopf.dev_peerings.yaml"
+# ------------------------------------------------------------------------------ high availability
 
 
-@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
-async def test_peering_rules_are_exactly_what_kopf_uses(tmp_path: Path, scope: str) -> None:
-    """With replicas > 1 kopf coordinates through a peering object: a ClusterKopfPeering when the
-    operator watches the whole cluster, a KopfPeering per namespace otherwise (the chart's two RBAC
-    scopes). Each mode uses exactly its half of ``rbac.PEERING_RULES`` and nothing else beyond RULES."""
+async def _ha_operator_requests(tmp_path: Path, scope: str) -> dict[Grant, list[str]]:
+    """What an operator does with leader election on and kopf standalone, as the chart runs every replica
+    with replicaCount > 1: watching the whole cluster (``rbac.scope: cluster``) or one namespace
+    (``namespaced``). It initialises a Branch (so it acted, which only the replica in charge does) and
+    stops gracefully (so a Lease holder releases the Lease)."""
     env = EmbeddedEnv(workdir=tmp_path / "env")
     env.api = EmbeddedApiServer(request_log_size=200_000)
     await env.start()
     kube = await KubeClient.connect(str(env.kubeconfig))
     kube.api.user_agent = HARNESS_AGENT
-    ns = "peers"
+    ns = "ha"
     await kube.core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    for crd in yaml.safe_load_all(PEERING_CRDS.read_text()):
-        if crd:
-            await kube.api.call_api(
-                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "POST", body=crd,
-                header_params={"Content-Type": "application/json"}, auth_settings=["BearerToken"])
-    plural, peering_ns = ("clusterkopfpeerings", None) if scope == "cluster" else ("kopfpeerings", ns)
-    peering = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering" if peering_ns is None else "KopfPeering",
-               "metadata": {"name": "oms-test"}}
-    path = f"/apis/kopf.dev/v1/{plural}" if peering_ns is None else f"/apis/kopf.dev/v1/namespaces/{ns}/{plural}"
-    await kube.api.call_api(path, "POST", body=peering, header_params={"Content-Type": "application/json"},
-                            auth_settings=["BearerToken"])
     watch = "" if scope == "cluster" else ns
-    operator = OperatorHandle(env.settings(default_namespace=ns, peering="oms-test", watch_namespaces=watch),
-                              env.kubeconfig)
+    settings = env.settings(default_namespace=ns, watch_namespaces=watch, leader_election=True,
+                            leader_election_namespace=ns, leader_election_identity="replica-0")
+    operator = OperatorHandle(settings, env.kubeconfig)
     try:
         await operator.start()
+        await kube.create("branches", ns, {"apiVersion": "oms.dev/v1alpha1", "kind": "Branch",
+                                           "metadata": {"name": "feature-ha"}, "spec": {"branchName": "feature/ha"}})
 
-        async def announced() -> bool:  # kopf writes its own presence into the peering object
-            return any(r.user_agent.startswith("kopf/") and r.method == "PATCH" and plural in r.path
-                       for r in env.api.requests)
-        await poll(announced, "kopf to announce itself in the peering object")
+        async def initialised() -> bool:
+            obj = await kube.get_branch(ns, "feature-ha")
+            return (obj.get("status") or {}).get("phase") == "ACTIVE"
+        await poll(initialised, "the operator in charge to initialise the Branch")
     finally:
         await kube.close()
         await operator.stop()
         await env.stop()
+    return used_by_operator(env.api.requests)
 
-    used = used_by_operator(env.api.requests)
-    peering_used = {g for g in used if g[0] == "kopf.dev"}
-    expected = {g for g in grants(rbac.PEERING_RULES) if g[1] == plural}
-    assert peering_used == expected, (sorted(peering_used), sorted(expected))
-    missing = sorted(set(used) - grants(rbac.RULES) - expected)
-    assert not missing, missing
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
+async def test_ha_operator_needs_no_peering_and_nothing_beyond_rules_and_lease(tmp_path: Path, scope: str) -> None:
+    """With replicas > 1 the chart turns on leader election and grants ``rbac.LEADER_ELECTION_RULES`` on top
+    of ``RULES``, and no kopf peering rules any more: in both RBAC scopes, the operator must reach nothing
+    of kopf.dev (a peering object it would wait for) and nothing outside those two sets."""
+    used = await _ha_operator_requests(tmp_path, scope)
+    peering = sorted(g for g in used if g[0] == "kopf.dev")
+    assert not peering, f"kopf peering in use, which the chart neither creates nor grants: {peering}"
+    missing = sorted(set(used) - grants(rbac.RULES) - grants(rbac.LEADER_ELECTION_RULES))
+    assert not missing, "the HA operator calls what the chart does not grant:\n" + "\n".join(
+        f"  {g}: e.g. {used[g][0]}" for g in missing)
+
+
+async def test_ha_operator_uses_every_leader_election_rule(tmp_path: Path) -> None:
+    """The other direction: the operator in charge reads, creates and (renewing, releasing) updates the Lease,
+    so every grant of ``rbac.LEADER_ELECTION_RULES`` is used. tests/security/test_rbac_leader_election.py
+    proves the same of the elector alone."""
+    used = await _ha_operator_requests(tmp_path, "cluster")
+    lease = {g for g in used if g[0] == "coordination.k8s.io"}
+    assert lease == grants(rbac.LEADER_ELECTION_RULES), sorted(lease)

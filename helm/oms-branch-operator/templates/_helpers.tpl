@@ -55,13 +55,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* Peering is what makes several replicas safe: exactly one of them processes events. */}}
-{{- define "oms-branch-operator.peeringEnabled" -}}
+{{/* Several replicas: a PodDisruptionBudget and spreading over nodes make sense only then. */}}
+{{- define "oms-branch-operator.multiReplica" -}}
 {{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
 {{- end }}
 
-{{- define "oms-branch-operator.peeringName" -}}
-{{- default (include "oms-branch-operator.fullname" .) .Values.peering.name }}
+{{/*
+Leader election is what makes several replicas safe: only the Lease holder consumes and acts.
+null (the default) follows replicaCount; an explicit false with several replicas is refused in validate.
+*/}}
+{{- define "oms-branch-operator.leaderElection" -}}
+{{- $enabled := .Values.leaderElection.enabled }}
+{{- if kindIs "invalid" $enabled }}
+{{- include "oms-branch-operator.multiReplica" . }}
+{{- else if $enabled }}true{{ end }}
+{{- end }}
+
+{{/* Where the Lease lives, and so where its Role is granted. */}}
+{{- define "oms-branch-operator.leaseNamespace" -}}
+{{- default .Release.Namespace .Values.leaderElection.namespace }}
 {{- end }}
 
 {{- define "oms-branch-operator.defaultNamespace" -}}
@@ -97,19 +109,13 @@ chart grants any more or any less than that module, so edit both together.
 {{- end }}
 
 {{/*
-branch_operator.rbac.PEERING_RULES. A Role cannot grant a cluster-scoped resource, so namespaced
-mode (include with dict "cluster" false) leaves out clusterkopfpeerings; kopf then peers through a
-KopfPeering in each watched namespace.
+branch_operator.rbac.LEADER_ELECTION_RULES, granted by a Role in the Lease's namespace only: the
+operator never needs a Lease anywhere else.
 */}}
-{{- define "oms-branch-operator.peeringRules" -}}
-{{- if .cluster }}
-- apiGroups: ["kopf.dev"]
-  resources: ["clusterkopfpeerings"]
-  verbs: ["list", "watch", "patch"]
-{{- end }}
-- apiGroups: ["kopf.dev"]
-  resources: ["kopfpeerings"]
-  verbs: ["list", "watch", "patch"]
+{{- define "oms-branch-operator.leaderElectionRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
 {{- end }}
 
 {{/* Cross-field checks that values.schema.json cannot express, failing early with a clear message. */}}
@@ -138,6 +144,18 @@ KopfPeering in each watched namespace.
 {{- $metricsPort := include "oms-branch-operator.metricsPort" . }}
 {{- if and $metricsPort (eq $metricsPort (.Values.healthPort | int64 | toString)) }}
 {{- fail "metrics.port must differ from healthPort (leave it null to serve /metrics on healthPort)" }}
+{{- end }}
+{{- $election := include "oms-branch-operator.leaderElection" . }}
+{{- if and (include "oms-branch-operator.multiReplica" .) (not $election) }}
+{{- fail (printf "replicaCount=%v needs leader election (leave leaderElection.enabled unset or true): without it every replica consumes the event streams and acts, so each event would be applied by several operators at once" .Values.replicaCount) }}
+{{- end }}
+{{- if and (eq (.Values.strategy.type | default "") "RollingUpdate") (not $election) }}
+{{- fail "strategy RollingUpdate needs leader election (leaderElection.enabled or replicaCount > 1): without it the old and new pod would both act during a rollout" }}
+{{- end }}
+{{- with .Values.leaderElection }}
+{{- if not (and (gt (float64 .leaseDurationSeconds) (float64 .renewDeadlineSeconds)) (gt (float64 .renewDeadlineSeconds) (mulf 1.1 .retryPeriodSeconds))) }}
+{{- fail (printf "leaderElection needs leaseDurationSeconds > renewDeadlineSeconds > 1.1 x retryPeriodSeconds (got %v, %v, %v); the operator would refuse to start" .leaseDurationSeconds .renewDeadlineSeconds .retryPeriodSeconds) }}
+{{- end }}
 {{- end }}
 {{- if and (eq .Values.merge.backend "webhook") (not .Values.merge.webhook.url) }}
 {{- fail "merge.backend=webhook needs merge.webhook.url (the OMS merge endpoint)" }}

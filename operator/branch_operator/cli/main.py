@@ -35,7 +35,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     kopf.run(
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces or (),
-        standalone=True,  # several replicas coordinate through a Lease (OMS_LEADER_ELECTION), not peering
+        # Every replica runs kopf on its own so its watches stay warm; one replica in charge at a time is
+        # the Lease's job (OMS_LEADER_ELECTION), not kopf peering's.
+        standalone=True,
         memo=kopf.Memo(config=settings, kubeconfig=args.kubeconfig, tune_gc=True),
     )
     return 0

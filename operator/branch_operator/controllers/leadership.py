@@ -9,17 +9,19 @@ Default timings (``config.Settings``): lease 10 s, renew deadline 7 s, retry per
 
 - After a SIGKILL of the leader, a standby saw the last renewal at most ``retry_period`` after it was
   written and takes over at its first try after ``leaseDurationSeconds`` since: at most lease duration +
-  2 x retry period = 12 s (plus one round trip) after the leader's last renewal, within the 15 s budget.
+  2 x retry period = 11 s (plus one round trip) after the leader's last renewal, within the 15 s budget.
 - A graceful stop releases the Lease (holder cleared, ``leaseDurationSeconds`` 1, as client-go's
-  ``ReleaseOnCancel``). A standby polls every second (10 % jitter), so it takes over within 1.1 s plus a
-  round trip, within the 2 s budget. Polling rather than watching the Lease: the budget is met without a
+  ``ReleaseOnCancel``). A standby polls every half second (10 % jitter), so it takes over within 0.55 s
+  plus a round trip of the release, within the 2 s budget with the drain before it (at most one pull of
+  0.5 s, see ``ingest/consumer.py``). Polling rather than watching the Lease: the budget is met without a
   watch stream to keep alive, reconnect and grant (``list``/``watch``), and a poll is what detects a
   crashed leader in any case.
 - A leader whose renewals fail stops acting 7 s after it sent the last successful one; nobody can take
   over before 10 s after that, which leaves 3 s for ``on_stopped_leading`` to stop in-flight work and
   absorbs clock-rate differences of up to 10/7 between replicas.
-- Renewing every second gives a leader 6 or 7 tries within the deadline, so a blip of the API server
-  does not cost leadership; it is one small PUT per second for the whole Deployment.
+- Renewing every half second gives a leader 13 or 14 tries within the deadline, so a blip of the API
+  server does not cost leadership; it is two small PUTs a second for the Deployment (and two GETs a
+  second per standby).
 
 ``on_started_leading`` runs as a task beside the renew loop (it may take its time starting consumers);
 ``on_stopped_leading`` is awaited, after that task is cancelled if it has not finished, before the

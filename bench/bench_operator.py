@@ -15,6 +15,8 @@ Usage: python bench/bench_operator.py [--quick]   (writes bench/results/operator
        python bench/bench_operator.py --only scale [--scale-branches N]   (writes operator-scale-N.json)
        python bench/bench_operator.py --only throughput   (throughput and ceiling: operator-throughput.json)
        python bench/bench_operator.py --only latency --present 3000   (50 ev/s with 3,000 other Branches)
+       add --replicas 2 to run the operator as the chart runs it with replicaCount 2: leader election on, a
+       second replica started once the first is in charge (a warm standby); results get a -replicas-2 suffix
        add --profile to sample the operator with py-spy (pip install py-spy) during the largest throughput
        run and the 50 events/s run: bench/results/operator-profile{,-latency}.md say where its CPU goes.
 Every latency run also records, per second, the stalls of each process, slow JetStream acknowledgements,
@@ -79,7 +81,9 @@ def steal_seconds() -> float:
 
 class Bench:
     def __init__(self, quick: bool, only: str | None = None, scale_branches: int | None = None,
-                 profile: bool = False, present: int = 0) -> None:
+                 profile: bool = False, present: int = 0, replicas: int = 1) -> None:
+        self.replicas = replicas
+        self.standbys: list[subprocess.Popen[bytes]] = []
         self.profile = profile
         self.present = present
         self.quick = quick
@@ -112,18 +116,42 @@ class Bench:
             info[key] = value
         self.api, self.kubeconfig, self.control = info["api"], info["kubeconfig"], info["control"]
 
-    def start_operator(self) -> float:
-        self.health_port = free_port()
-        env = {**os.environ, "NATS_URL": self.nats.url, "OMS_HEALTH_PORT": str(self.health_port),
+    def _operator(self, identity: str, health_port: int, log_name: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "NATS_URL": self.nats.url, "OMS_HEALTH_PORT": str(health_port),
                "OMS_DEFAULT_NAMESPACE": "default", "OMS_LOG_LEVEL": "WARNING",
                # Every stall of 20 ms or more goes to its log, so that a bad second can be attributed.
                "OMS_STALL_WARNING_MS": "20"}
-        log = open(self.work / "operator.log", "ab")  # lives as long as the process
-        started = time.monotonic()
-        self.op_proc = subprocess.Popen(
+        if self.replicas > 1:  # as the chart renders replicaCount > 1 (the Lease in the default namespace)
+            env.update({"OMS_LEADER_ELECTION": "true", "POD_NAMESPACE": "default", "POD_NAME": identity})
+        log = open(self.work / log_name, "ab")  # lives as long as the process
+        return subprocess.Popen(
             [str(Path(sys.executable).parent / "branch-operator"), "--log-level", "WARNING", "run",
              "--kubeconfig", self.kubeconfig], env=env, stdout=log, stderr=log)
+
+    def start_operator(self) -> float:
+        self.health_port = free_port()
+        started = time.monotonic()
+        self.op_proc = self._operator("replica-0", self.health_port, "operator.log")
         return started
+
+    async def start_standbys(self) -> None:
+        """The other replicas, once the first is in charge, so that the measured process is the one in charge."""
+        assert self.http is not None
+        for i in range(1, self.replicas):
+            port = free_port()
+            self.standbys.append(self._operator(f"replica-{i}", port, f"operator-{i}.log"))
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    async with self.http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        body = await r.json(content_type=None)
+                        if r.status == 200 and body.get("in_charge") is False:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"standby {i} never became ready")
+                await asyncio.sleep(0.05)  # polling readiness with a deadline
 
     async def wait_ready(self, timeout: float = 120) -> None:
         assert self.http is not None
@@ -131,7 +159,8 @@ class Bench:
         while time.monotonic() < deadline:
             try:
                 async with self.http.get(f"http://127.0.0.1:{self.health_port}/readyz") as r:
-                    if r.status == 200:
+                    # In charge too: with leader election a replica is ready (as a standby) before it is.
+                    if r.status == 200 and (await r.json(content_type=None)).get("in_charge"):
                         return
             except aiohttp.ClientError:
                 pass
@@ -139,6 +168,13 @@ class Bench:
         raise TimeoutError("operator never became ready; see " + str(self.work / "operator.log"))
 
     def stop_operator(self) -> None:
+        for proc in self.standbys:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.standbys = []
         if self.op_proc is not None:
             self.op_proc.terminate()
             try:
@@ -179,7 +215,8 @@ class Bench:
         """Percent of a core each process used in each ``every`` s: a queue building up behind a busy
         process shows no stall, only a process at 100%."""
         assert self.op_proc is not None and self.api_proc is not None and self.nats.proc is not None
-        pids = {"operator": self.op_proc.pid, "api_server": self.api_proc.pid, "nats_server": self.nats.proc.pid,
+        pids = {"operator": self.op_proc.pid, **{f"standby_{i + 1}": p.pid for i, p in enumerate(self.standbys)},
+                "api_server": self.api_proc.pid, "nats_server": self.nats.proc.pid,
                 "bench": os.getpid()}
         before = {who: proc_stat(pid)[1] for who, pid in pids.items()}
         stolen = steal_seconds()
@@ -647,7 +684,9 @@ class Bench:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform()},
             "first_ready_s": time.monotonic() - started,
+            "replicas": self.replicas,
         }
+        await self.start_standbys()
         if self.only == "scale":
             results["scale"] = await self.scale(self.scale_branches, 5.0 if self.quick else 10.0)
             return results
@@ -780,7 +819,7 @@ def table(r: dict[str, Any]) -> str:
 
 async def amain(args: argparse.Namespace) -> None:
     bench = Bench(quick=args.quick, only=args.only, scale_branches=args.scale_branches, profile=args.profile,
-                  present=args.present)
+                  present=args.present, replicas=args.replicas)
     stolen = steal_seconds()
     try:
         results = await bench.run()
@@ -801,6 +840,8 @@ async def amain(args: argparse.Namespace) -> None:
         out = RESULTS / ("operator-throughput-quick.json" if args.quick else "operator-throughput.json")
     else:
         out = RESULTS / ("operator-quick.json" if args.quick else "operator.json")
+    if args.replicas > 1:
+        out = out.with_name(f"{out.stem}-replicas-{args.replicas}{out.suffix}")
     out.write_text(json.dumps(results, indent=2) + "\n")
     text = table(results)
     (out.with_suffix(".md")).write_text(text + "\n")
@@ -818,6 +859,8 @@ def main() -> None:
                         help="sample the operator with py-spy during the largest throughput run (operator-profile.md) "
                              "and the 50 events/s latency run (operator-profile-latency.md); "
                              "BENCH_KEEP_RAW_PROFILE=1 keeps py-spy's raw samples beside them")
+    parser.add_argument("--replicas", type=int, default=1, metavar="N",
+                        help="run N replicas with leader election, as the chart does for replicaCount > 1")
     parser.add_argument("--scale-branches", type=int, metavar="N",
                         help="Branches in the scale scenario (default 10,000; 1,000 with --quick)")
     asyncio.run(amain(parser.parse_args()))

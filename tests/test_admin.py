@@ -10,6 +10,7 @@ import pytest
 from branch_operator.api.models import BranchStatus, Phase
 from branch_operator.domain import admin
 from branch_operator.domain.lifecycle import ALLOWED_MANUAL_TRANSITIONS, check_manual_transition
+from branch_operator.domain.text import escape_controls, has_control, safe_text
 
 NOW = datetime(2025, 6, 26, 12, 0, tzinfo=UTC)
 
@@ -162,3 +163,51 @@ def test_the_manual_table_covers_every_pair() -> None:
             assert (why_not is None) == ((current, target) in ALLOWED_MANUAL_TRANSITIONS)
             if why_not is not None:
                 assert "not an allowed manual transition" not in why_not, (current, target)
+
+
+# ------------------------------------------------------------------------------------ hostile text
+
+FORGED_LINE = ("alice\n2025-06-26 12:00:00,000 INFO branch_operator.admin_exec: default/inj-1: "
+               "admin set-state ACTIVE by alice: OK")
+TERMINAL = "\x1b[2J\x1b[31mall good\x1b[0m \u202eevil"
+
+
+def test_admin_text_is_escaped_and_bounded() -> None:
+    """What an admin annotation says reaches logs, Events, audit records and status only escaped and cut."""
+    meta = {"annotations": {"oms.dev/set-state": "X" * 100_000, "oms.dev/reason": TERMINAL + "r" * 5000,
+                            "oms.dev/requested-by": FORGED_LINE + "w" * 1000, "oms.dev/request-id": "r1\nforged"}}
+    req = admin.parse_request(meta)
+    assert isinstance(req, admin.AdminRequest)
+    for text in (req.value, req.reason, req.requested_by, req.request_id or ""):
+        assert not has_control(text), text
+    assert req.requested_by.startswith(escape_controls(FORGED_LINE)) and len(req.requested_by) == 253
+    assert req.reason.startswith(escape_controls(TERMINAL)) and len(req.reason) == admin.MAX_REASON
+    assert len(req.value) == admin.MAX_VALUE and req.request_id == "r1\\nforged"
+    refused = admin.decide(req, branch(), [], NOW)
+    assert not refused.applied and len(refused.refused or "") < 2 * admin.MAX_QUOTED
+    assert len(admin.describe(req)) < 2 * admin.MAX_QUOTED
+
+
+def test_the_requester_named_in_a_refusal_is_escaped_too() -> None:
+    who = admin.requester_of({"annotations": {"oms.dev/requested-by": FORGED_LINE}})
+    assert who == escape_controls(FORGED_LINE)
+    managed = [{"manager": "kubectl\x1b[31m", "time": "2025-06-26T10:00:00Z"}]
+    assert admin.requester_of({"annotations": {}, "managedFields": managed}) == "kubectl\\x1b[31m"
+    req = admin.parse_request({"annotations": {"oms.dev/force-unlock": "all", "oms.dev/reason": "x"},
+                               "managedFields": managed})
+    assert isinstance(req, admin.AdminRequest) and req.requested_by == "kubectl\\x1b[31m"
+
+
+def test_safe_text_escapes_before_it_cuts() -> None:
+    assert safe_text("  a\nb  ", 10) == "a\\nb"
+    assert safe_text("\x1b" * 10, 9) == "\\x1b\\x1b…"  # the limit holds for what is shown
+    assert safe_text("fine", 4) == "fine"
+
+
+def test_a_merge_request_is_escaped_and_bounded_too() -> None:
+    from branch_operator.controllers.merge import manual_request
+
+    req = manual_request({"annotations": {"oms.dev/merge-request": TERMINAL + "m" * 5000,
+                                          "oms.dev/requested-by": FORGED_LINE}})
+    assert req is not None and req.requested_by == escape_controls(FORGED_LINE)
+    assert req.reason.startswith(escape_controls(TERMINAL)) and len(req.reason) == 1024

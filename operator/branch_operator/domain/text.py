@@ -10,7 +10,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Final
 
-__all__ = ["escape_controls", "has_control"]
+__all__ = ["escape_controls", "has_control", "safe_text"]
 
 # Characters that let free text from an event forge or garble what people read: line breaks (a fake log
 # line, a fake Event), ANSI/C1 escape sequences (terminal control via kubectl describe) and bidi overrides.
@@ -34,3 +34,10 @@ def escape_controls(text: str) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+def safe_text(text: str, limit: int) -> str:
+    """``text`` as it may be shown and stored: stripped, escaped (:func:`escape_controls`) and cut to at most
+    ``limit`` characters, an ellipsis marking the cut. Escaped first, so the limit holds for what is shown."""
+    shown = escape_controls(text.strip())
+    return shown if len(shown) <= limit else shown[: limit - 1] + "\u2026"

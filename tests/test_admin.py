@@ -61,6 +61,19 @@ def test_invalid_requests_say_why(annotations: dict[str, str], why: str) -> None
     assert isinstance(result, str) and why in result
 
 
+def test_an_invalid_request_still_says_what_was_attempted() -> None:
+    """Refusals are audited per attempted action, so even a request that cannot be parsed names its parts."""
+    meta = {"annotations": {"oms.dev/set-state": "ERROR", "oms.dev/force-unlock": "all", "oms.dev/reason": "x",
+                            "oms.dev/requested-by": "bob", "oms.dev/request-id": "r9"}}
+    assert admin.attempted(meta) == [
+        admin.AdminRequest(admin.AdminAction.FORCE_UNLOCK, "all", "x", "bob", "r9"),
+        admin.AdminRequest(admin.AdminAction.SET_STATE, "ERROR", "x", "bob", "r9"),
+    ]
+    no_reason = admin.attempted({"annotations": {"oms.dev/set-state": "ERROR"}})
+    assert no_reason == [admin.AdminRequest(admin.AdminAction.SET_STATE, "ERROR", "", "unknown", None)]
+    assert admin.attempted({"annotations": {"oms.dev/reason": "orphan"}}) == []
+
+
 def test_requester_from_managed_fields() -> None:
     managed = [
         {"manager": "kube-controller", "operation": "Update", "time": "2025-06-26T11:00:00Z",

@@ -118,27 +118,42 @@ def _touches_annotation(entry: Mapping[str, Any], annotation: str) -> bool:
 
 def parse_request(metadata: Mapping[str, Any]) -> AdminRequest | str | None:
     """The request in ``metadata.annotations``: None if there is none, a str saying why it is invalid."""
-    annotations: Mapping[str, str] = metadata.get("annotations") or {}
-    present = [a for a in ACTION_ANNOTATIONS if a in annotations]
-    if not present:
+    requests = attempted(metadata)
+    if not requests:
         return None
-    if len(present) > 1:
-        return f"{' and '.join(present)} were both set; request one admin action at a time"
-    key = present[0]
-    action = AdminAction.FORCE_UNLOCK if key == ANNOTATION_FORCE_UNLOCK else AdminAction.SET_STATE
-    requester = annotations.get(ANNOTATION_REQUESTED_BY) or ""
-    if not requester.strip():
-        requester = last_manager(metadata.get("managedFields"), key) or UNKNOWN_REQUESTER
-    request = AdminRequest(
-        action=action,
-        value=safe_text(annotations.get(key) or "", MAX_VALUE),
-        reason=safe_text(annotations.get(ANNOTATION_REASON) or "", MAX_REASON),
-        requested_by=safe_text(requester, MAX_REQUESTER),
-        request_id=safe_text(annotations.get(ANNOTATION_REQUEST_ID) or "", MAX_REQUEST_ID) or None,
-    )
+    if len(requests) > 1:
+        both = " and ".join(_annotation(r.action) for r in requests)
+        return f"{both} were both set; request one admin action at a time"
+    request = requests[0]
     if not request.reason:
-        return f"{key} needs a reason: set {ANNOTATION_REASON} (kubectl branch ... --reason)"
+        return f"{_annotation(request.action)} needs a reason: set {ANNOTATION_REASON} (kubectl branch ... --reason)"
     return request
+
+
+def attempted(metadata: Mapping[str, Any]) -> list[AdminRequest]:
+    """Each action requested in ``metadata.annotations``, valid or not (the reason may be empty).
+
+    A refusal is audited once per attempted action, so even an invalid request says what it asked for.
+    """
+    annotations: Mapping[str, str] = metadata.get("annotations") or {}
+    requests = []
+    for key in (a for a in ACTION_ANNOTATIONS if a in annotations):
+        action = AdminAction.FORCE_UNLOCK if key == ANNOTATION_FORCE_UNLOCK else AdminAction.SET_STATE
+        requester = annotations.get(ANNOTATION_REQUESTED_BY) or ""
+        if not requester.strip():
+            requester = last_manager(metadata.get("managedFields"), key) or UNKNOWN_REQUESTER
+        requests.append(AdminRequest(
+            action=action,
+            value=safe_text(annotations.get(key) or "", MAX_VALUE),
+            reason=safe_text(annotations.get(ANNOTATION_REASON) or "", MAX_REASON),
+            requested_by=safe_text(requester, MAX_REQUESTER),
+            request_id=safe_text(annotations.get(ANNOTATION_REQUEST_ID) or "", MAX_REQUEST_ID) or None,
+        ))
+    return requests
+
+
+def _annotation(action: AdminAction) -> str:
+    return ANNOTATION_FORCE_UNLOCK if action is AdminAction.FORCE_UNLOCK else ANNOTATION_SET_STATE
 
 
 def requester_of(metadata: Mapping[str, Any]) -> str:

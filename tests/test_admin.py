@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from branch_operator.api.models import BranchStatus, Phase
+from branch_operator.contracts.funnel import parse_message
+from branch_operator.contracts.funnel_encode import make_event
 from branch_operator.domain import admin
-from branch_operator.domain.lifecycle import ALLOWED_MANUAL_TRANSITIONS, check_manual_transition
+from branch_operator.domain.lifecycle import (
+    ALLOWED_MANUAL_TRANSITIONS,
+    Outcome,
+    check_manual_transition,
+    plan_indexing_event,
+)
 from branch_operator.domain.text import escape_controls, has_control, safe_text
 
 NOW = datetime(2025, 6, 26, 12, 0, tzinfo=UTC)
@@ -112,15 +120,62 @@ def test_force_unlock_by_name_or_type() -> None:
     assert refused.refused == "no lock zzz on this branch (held: m, w)" and refused.status_patch == {}
 
 
-def test_force_unlock_keeps_a_running_runs_indexing_lock() -> None:
+def running(run: str = "idx-5") -> dict[str, Any]:
+    b = branch("LOCKED_FOR_WRITE")
+    b["status"]["indexing"] = {"indexingId": run, "eventId": "ev-start", "startedAt": "2025-06-26T11:00:00Z"}
+    return b
+
+
+def test_force_unlock_of_a_running_runs_indexing_lock_abandons_the_run() -> None:
+    """Force forces: the run's INDEXING lock goes, and with it the run (ERROR), as lifecycle decides."""
     locks = [lock("idx", "INDEXING"), lock("w", "WRITE")]
-    d = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "all"), branch("LOCKED_FOR_WRITE"), locks, NOW)
-    assert d.release == ["w"] and d.kept == ["idx"] and "kept the running run's INDEXING lock idx" in d.result
-    only = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "INDEXING"), branch("LOCKED_FOR_WRITE"), locks, NOW)
-    assert not only.applied and "set-state ERROR or ACTIVE" in (only.refused or "")
-    # An INDEXING lock left behind on a branch that is no longer indexing is fair game.
+    req = admin.AdminRequest(admin.AdminAction.FORCE_UNLOCK, "INDEXING", "Funnel is gone", "alice", "r1")
+    d = admin.decide(req, running(), locks, NOW)
+    assert d.applied and d.release == ["idx"]
+    assert (d.from_phase, d.to_phase) == ("LOCKED_FOR_WRITE", "ERROR")
+    said = "indexing run idx-5 abandoned by alice: Funnel is gone"
+    assert said in d.result and d.status_patch["phase"] == "ERROR"
+    conditions = {c["type"]: c for c in d.status_patch["conditions"]}
+    assert conditions["Locked"]["status"] == "False" and conditions["Mergeable"]["status"] == "False"
+    assert conditions["Indexed"]["reason"] == "IndexingAbandoned" and said in conditions["Indexed"]["message"]
+    assert d.status_patch["indexing"] == {"result": "abandoned"}
+    BranchStatus.model_validate(d.status_patch)  # what the CRD accepts
+    every = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "all"), running(), locks, NOW)
+    assert every.release == ["idx", "w"] and every.to_phase == "ERROR"
+    # An INDEXING lock left behind on a branch that is no longer indexing just goes.
     stale = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "INDEXING"), branch("READY"), locks, NOW)
-    assert stale.release == ["idx"]
+    assert stale.release == ["idx"] and stale.to_phase == "READY" and "abandoned" not in stale.result
+    # Releasing only another lock while the run goes on leaves the run alone.
+    write = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "WRITE"), running(), locks, NOW)
+    assert write.release == ["w"] and write.to_phase == "LOCKED_FOR_WRITE" and "phase" not in write.status_patch
+
+
+@pytest.mark.parametrize("kind", ["completed", "failed", "started"])
+def test_later_events_of_an_abandoned_run_are_stale(kind: str) -> None:
+    before = running()
+    d = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "INDEXING"), before, [lock("idx", "INDEXING")], NOW)
+    after = BranchStatus.model_validate(merge_patch(before["status"], d.status_patch))
+    subject = f"funnel.indexing.{kind}"
+    event = parse_message(subject, json.dumps(make_event(kind, "feature/b", "idx-5", event_id=f"late-{kind}",
+                                                         started_at="2025-06-26T11:00:00Z")).encode(), None)
+    plan = plan_indexing_event(after, event, now=NOW, may_wait=True)
+    assert plan.outcome is Outcome.STALE and plan.to_phase is Phase.ERROR, plan.reason
+    # A new run is welcome.
+    newer = parse_message("funnel.indexing.started", json.dumps(make_event(
+        "started", "feature/b", "idx-6", event_id="new", started_at="2025-06-26T12:30:00Z")).encode(), None)
+    assert plan_indexing_event(after, newer, now=NOW).outcome is Outcome.APPLIED
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
 
 
 def test_force_unlock_without_locks_is_refused() -> None:

@@ -207,25 +207,43 @@ async def test_unlock_refusals_change_nothing(oms: Oms) -> None:
     await write_lock(oms, branch)
     code, _, err = await kb(oms, "unlock", "indexing", "--lock", "nope", "--reason", "x")
     assert code == 1 and "no lock nope on this branch" in err  # the operator says it now (audited)
-    await oms.publish("started", oms.event("started", "feature/indexing", "idx-run"))
-    await oms.wait_phase("indexing", "LOCKED_FOR_WRITE")
-    # The running run's INDEXING lock: the operator refuses (set-state ends a run, not unlock).
-    code, _, err = await kb(oms, "unlock", "indexing", "--lock", "INDEXING", "--reason", "stuck?")
-    assert code == 1
-    assert "the operator refused" in err and "INDEXING lock of the running indexing run" in err
-    after = await request_cleared(oms, "indexing")
-    assert status(after)["phase"] == "LOCKED_FOR_WRITE" and "lastAdminAction" not in status(after)
-    assert len(await locks_of(oms, "indexing")) == 2
-    # Both refusals are audited: the unknown lock (refused by the operator, not the plugin) and this one.
-    refused = await wait_for(lambda: len(oms.audits_for("feature/indexing", "admin.force_unlock")) == 2 and
-                             oms.audits_for("feature/indexing", "admin.force_unlock"), what="audit")
-    assert [(r.details["status"], r.details["value"]) for r in refused] == [("refused", "nope"),
-                                                                            ("refused", "INDEXING")]
-    # `all` while indexing: the WRITE lock goes, the run's INDEXING lock stays.
-    code, out, err = await kb(oms, "unlock", "indexing", "--reason", "editor gone")
+    refused = await wait_for(lambda: oms.audits_for("feature/indexing", "admin.force_unlock"), what="audit")
+    assert [(r.details["status"], r.details["value"]) for r in refused] == [("refused", "nope")]
+    assert "lastAdminAction" not in status(await oms.branch("indexing"))
+
+
+async def test_unlocking_a_running_runs_indexing_lock_abandons_the_run(oms: Oms) -> None:
+    """Force forces: the run's INDEXING lock goes, the run ends (ERROR), and its late results are stale."""
+    branch = await oms.create_branch("abandon", "feature/abandon")
+    write = await write_lock(oms, branch)
+    await oms.publish("started", oms.event("started", "feature/abandon", "idx-run"))
+    await oms.wait_phase("abandon", "LOCKED_FOR_WRITE")
+    code, out, err = await kb(oms, "unlock", "abandon", "--lock", "INDEXING", "--reason", "Funnel is gone",
+                              "--requested-by", "alice")
     assert code == 0, err
-    assert "released 1 lock" in out and "kept the running run's INDEXING lock" in out
-    assert [lk["spec"]["lockType"] for lk in await locks_of(oms, "indexing")] == ["INDEXING"]
+    said = "indexing run idx-run abandoned by alice: Funnel is gone"
+    assert said in out and "LOCKED_FOR_WRITE -> ERROR" in out
+    obj = await oms.wait_phase("abandon", "ERROR")
+    assert [lk["metadata"]["name"] for lk in await locks_of(oms, "abandon")] == [write["metadata"]["name"]]
+    assert status(obj)["indexing"]["result"] == "abandoned"
+    assert next(c for c in status(obj)["conditions"] if c["type"] == "Indexed")["reason"] == "IndexingAbandoned"
+    record = (await wait_for(lambda: oms.audits_for("feature/abandon", "admin.force_unlock"), what="audit"))[0]
+    assert record.details["status"] == "applied" and (record.from_state, record.to_state) == ("LOCKED_FOR_WRITE",
+                                                                                              "ERROR")
+    changed = await wait_for(lambda: [a for a in oms.audits_for("feature/abandon", "branch.state_changed")
+                                      if a.to_state == "ERROR"], what="the transition audited")
+    assert changed[0].reason == "AdminForceUnlock" and changed[0].actor == "alice"
+    await wait_for(lambda: [a for a in oms.audits_for("feature/abandon", "lock.released") if a.actor == "alice"],
+                   what="lock.released by alice")
+    assert any(e["reason"] == "AdminForceUnlock" and said in e["message"] for e in await oms.k8s_events("abandon"))
+
+    # The abandoned run reports back after all: too late, recorded as stale, nothing changes.
+    late = oms.event("completed", "feature/abandon", "idx-run")
+    await oms.publish("completed", late)
+    stale = await wait_for(lambda: [a for a in oms.audits_for("feature/abandon", "event.stale")
+                                    if a.correlation_id == late["id"]], what="the late result stale")
+    assert stale[0].reason == "run idx-run was abandoned by an admin"
+    assert status(await oms.branch("abandon"))["phase"] == "ERROR"
 
 
 # -------------------------------------------------------------------------------- admin: set-state

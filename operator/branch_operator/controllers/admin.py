@@ -110,7 +110,7 @@ class AdminExecutor:
         records = [self._record(branch, action, now, seed, request, decision, details=details)]
         if decision.from_phase != decision.to_phase:
             records.append(self._record(branch, AuditAction.BRANCH_STATE_CHANGED, now, seed, request, decision,
-                                        reason_override="AdminSetState"))
+                                        reason_override=reason))  # AdminForceUnlock: a run abandoned
         meta = branch["metadata"]
         records += [release_record(
             lock_name, seed=f"{seed}|{lock_name}|{AuditAction.LOCK_RELEASED.value}", when=now,

@@ -32,6 +32,7 @@ from branch_operator.api.models import (
 )
 from branch_operator.domain.lifecycle import (
     ALLOWED_MANUAL_TRANSITIONS,
+    abandoned_run_status,
     check_manual_transition,
     manual_transition_status,
 )
@@ -71,7 +72,6 @@ class AdminDecision:
     request: AdminRequest | None
     refused: str | None = None  # why nothing was done; None = apply
     release: list[str] = field(default_factory=list)  # BranchLock names to delete
-    kept: list[str] = field(default_factory=list)  # matched but deliberately not released
     from_phase: str | None = None
     to_phase: str | None = None
     status_patch: dict[str, Any] = field(default_factory=dict)
@@ -189,28 +189,27 @@ def decide_force_unlock(request: AdminRequest, branch: Mapping[str, Any], locks:
         held = ", ".join(sorted(names)) or "none"
         return AdminDecision(request, refused=f"no lock {_quoted(', '.join(unknown))} on this branch (held: {held})",
                              from_phase=phase, to_phase=phase)
-    selected = [lk for lk in locks if _selected(lk, tokens)]
-    release, kept = [], []
-    for lk in sorted(selected, key=lambda o: o["metadata"]["name"]):
-        lock_type = (lk.get("spec") or {}).get("lockType")
-        # While LOCKED_FOR_WRITE the INDEXING lock *is* the running run: dropping it alone would leave a
-        # phase that claims a lock which no longer exists. Ending the run is set-state's job.
-        if lock_type == LockType.INDEXING.value and phase == Phase.LOCKED_FOR_WRITE.value:
-            kept.append(lk["metadata"]["name"])
-        else:
-            release.append(lk["metadata"]["name"])
+    selected = sorted((lk for lk in locks if _selected(lk, tokens)), key=lambda o: o["metadata"]["name"])
+    release = [lk["metadata"]["name"] for lk in selected]
     if not release:
-        if kept:
-            why = (f"{', '.join(kept)} is the INDEXING lock of the running indexing run; end the run with "
-                   f"set-state ERROR or ACTIVE instead")
-        else:
-            why = "the branch holds no locks" if not locks else f"no lock matches {_quoted(request.value or 'all')}"
-        return AdminDecision(request, refused=why, from_phase=phase, to_phase=phase, kept=kept)
+        why = "the branch holds no locks" if not locks else f"no lock matches {_quoted(request.value or 'all')}"
+        return AdminDecision(request, refused=why, from_phase=phase, to_phase=phase)
     result = f"released {len(release)} lock{'s' if len(release) != 1 else ''}: {', '.join(release)}"
-    if kept:
-        result += f"; kept the running run's INDEXING lock {', '.join(kept)}"
-    patch = {"lastAdminAction": admin_action_status(request, now, result)}
-    return AdminDecision(request, release=release, kept=kept, from_phase=phase, to_phase=phase,
+    patch: dict[str, Any] = {}
+    to_phase = phase
+    run_lock = next((lk for lk in selected if (lk.get("spec") or {}).get("lockType") == LockType.INDEXING.value), None)
+    if run_lock is not None and phase == Phase.LOCKED_FOR_WRITE.value:
+        # While LOCKED_FOR_WRITE the INDEXING lock *is* the running run: forcing it off ends the run.
+        status = branch.get("status") or {}
+        run = ((status.get("indexing") or {}).get("indexingId") or (run_lock.get("spec") or {}).get("indexingId")
+               or run_lock["metadata"]["name"])
+        note = f"indexing run {safe_text(str(run), MAX_QUOTED)} abandoned by {request.requested_by}: {request.reason}"
+        patch = abandoned_run_status(status.get("conditions") or [], note=note, now=now,
+                                     observed_generation=branch["metadata"].get("generation"))
+        to_phase = Phase.ERROR.value
+        result += f"; {note} ({phase} -> {to_phase})"
+    patch["lastAdminAction"] = admin_action_status(request, now, result)
+    return AdminDecision(request, release=release, from_phase=phase, to_phase=to_phase,
                          status_patch=patch, result=result)
 
 

@@ -406,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-o", "--output", choices=["text", "json"], default="text")
     lk = command("locks", cmd_locks, "locks of one branch, or of every branch in the namespace")
     lk.add_argument("name", nargs="?")
-    u = command("unlock", cmd_unlock, "force-release a branch's locks (all, or --lock NAME|TYPE)")
+    u = command("unlock", cmd_unlock, "force-release a branch's locks (all, or --lock NAME|TYPE); releasing "
+                "the INDEXING lock of a running run ends that run: the branch goes to ERROR and the run's "
+                "later results are ignored as stale")
     u.add_argument("name")
     u.add_argument("--lock", action="append", help="a lock name or type (INDEXING, WRITE, MERGE); repeatable")
     _admin_flags(u)

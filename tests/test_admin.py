@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from branch_operator.api.models import BranchStatus, Phase
+from branch_operator.contracts.funnel import parse_message
+from branch_operator.contracts.funnel_encode import make_event
 from branch_operator.domain import admin
-from branch_operator.domain.lifecycle import ALLOWED_MANUAL_TRANSITIONS, check_manual_transition
+from branch_operator.domain.lifecycle import (
+    ALLOWED_MANUAL_TRANSITIONS,
+    Outcome,
+    check_manual_transition,
+    plan_indexing_event,
+)
+from branch_operator.domain.text import escape_controls, has_control, safe_text
 
 NOW = datetime(2025, 6, 26, 12, 0, tzinfo=UTC)
 
@@ -60,6 +69,19 @@ def test_invalid_requests_say_why(annotations: dict[str, str], why: str) -> None
     assert isinstance(result, str) and why in result
 
 
+def test_an_invalid_request_still_says_what_was_attempted() -> None:
+    """Refusals are audited per attempted action, so even a request that cannot be parsed names its parts."""
+    meta = {"annotations": {"oms.dev/set-state": "ERROR", "oms.dev/force-unlock": "all", "oms.dev/reason": "x",
+                            "oms.dev/requested-by": "bob", "oms.dev/request-id": "r9"}}
+    assert admin.attempted(meta) == [
+        admin.AdminRequest(admin.AdminAction.FORCE_UNLOCK, "all", "x", "bob", "r9"),
+        admin.AdminRequest(admin.AdminAction.SET_STATE, "ERROR", "x", "bob", "r9"),
+    ]
+    no_reason = admin.attempted({"annotations": {"oms.dev/set-state": "ERROR"}})
+    assert no_reason == [admin.AdminRequest(admin.AdminAction.SET_STATE, "ERROR", "", "unknown", None)]
+    assert admin.attempted({"annotations": {"oms.dev/reason": "orphan"}}) == []
+
+
 def test_requester_from_managed_fields() -> None:
     managed = [
         {"manager": "kube-controller", "operation": "Update", "time": "2025-06-26T11:00:00Z",
@@ -98,15 +120,62 @@ def test_force_unlock_by_name_or_type() -> None:
     assert refused.refused == "no lock zzz on this branch (held: m, w)" and refused.status_patch == {}
 
 
-def test_force_unlock_keeps_a_running_runs_indexing_lock() -> None:
+def running(run: str = "idx-5") -> dict[str, Any]:
+    b = branch("LOCKED_FOR_WRITE")
+    b["status"]["indexing"] = {"indexingId": run, "eventId": "ev-start", "startedAt": "2025-06-26T11:00:00Z"}
+    return b
+
+
+def test_force_unlock_of_a_running_runs_indexing_lock_abandons_the_run() -> None:
+    """Force forces: the run's INDEXING lock goes, and with it the run (ERROR), as lifecycle decides."""
     locks = [lock("idx", "INDEXING"), lock("w", "WRITE")]
-    d = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "all"), branch("LOCKED_FOR_WRITE"), locks, NOW)
-    assert d.release == ["w"] and d.kept == ["idx"] and "kept the running run's INDEXING lock idx" in d.result
-    only = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "INDEXING"), branch("LOCKED_FOR_WRITE"), locks, NOW)
-    assert not only.applied and "set-state ERROR or ACTIVE" in (only.refused or "")
-    # An INDEXING lock left behind on a branch that is no longer indexing is fair game.
+    req = admin.AdminRequest(admin.AdminAction.FORCE_UNLOCK, "INDEXING", "Funnel is gone", "alice", "r1")
+    d = admin.decide(req, running(), locks, NOW)
+    assert d.applied and d.release == ["idx"]
+    assert (d.from_phase, d.to_phase) == ("LOCKED_FOR_WRITE", "ERROR")
+    said = "indexing run idx-5 abandoned by alice: Funnel is gone"
+    assert said in d.result and d.status_patch["phase"] == "ERROR"
+    conditions = {c["type"]: c for c in d.status_patch["conditions"]}
+    assert conditions["Locked"]["status"] == "False" and conditions["Mergeable"]["status"] == "False"
+    assert conditions["Indexed"]["reason"] == "IndexingAbandoned" and said in conditions["Indexed"]["message"]
+    assert d.status_patch["indexing"] == {"result": "abandoned"}
+    BranchStatus.model_validate(d.status_patch)  # what the CRD accepts
+    every = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "all"), running(), locks, NOW)
+    assert every.release == ["idx", "w"] and every.to_phase == "ERROR"
+    # An INDEXING lock left behind on a branch that is no longer indexing just goes.
     stale = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "INDEXING"), branch("READY"), locks, NOW)
-    assert stale.release == ["idx"]
+    assert stale.release == ["idx"] and stale.to_phase == "READY" and "abandoned" not in stale.result
+    # Releasing only another lock while the run goes on leaves the run alone.
+    write = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "WRITE"), running(), locks, NOW)
+    assert write.release == ["w"] and write.to_phase == "LOCKED_FOR_WRITE" and "phase" not in write.status_patch
+
+
+@pytest.mark.parametrize("kind", ["completed", "failed", "started"])
+def test_later_events_of_an_abandoned_run_are_stale(kind: str) -> None:
+    before = running()
+    d = admin.decide(request(admin.AdminAction.FORCE_UNLOCK, "INDEXING"), before, [lock("idx", "INDEXING")], NOW)
+    after = BranchStatus.model_validate(merge_patch(before["status"], d.status_patch))
+    subject = f"funnel.indexing.{kind}"
+    event = parse_message(subject, json.dumps(make_event(kind, "feature/b", "idx-5", event_id=f"late-{kind}",
+                                                         started_at="2025-06-26T11:00:00Z")).encode(), None)
+    plan = plan_indexing_event(after, event, now=NOW, may_wait=True)
+    assert plan.outcome is Outcome.STALE and plan.to_phase is Phase.ERROR, plan.reason
+    # A new run is welcome.
+    newer = parse_message("funnel.indexing.started", json.dumps(make_event(
+        "started", "feature/b", "idx-6", event_id="new", started_at="2025-06-26T12:30:00Z")).encode(), None)
+    assert plan_indexing_event(after, newer, now=NOW).outcome is Outcome.APPLIED
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
 
 
 def test_force_unlock_without_locks_is_refused() -> None:
@@ -162,3 +231,51 @@ def test_the_manual_table_covers_every_pair() -> None:
             assert (why_not is None) == ((current, target) in ALLOWED_MANUAL_TRANSITIONS)
             if why_not is not None:
                 assert "not an allowed manual transition" not in why_not, (current, target)
+
+
+# ------------------------------------------------------------------------------------ hostile text
+
+FORGED_LINE = ("alice\n2025-06-26 12:00:00,000 INFO branch_operator.admin_exec: default/inj-1: "
+               "admin set-state ACTIVE by alice: OK")
+TERMINAL = "\x1b[2J\x1b[31mall good\x1b[0m \u202eevil"
+
+
+def test_admin_text_is_escaped_and_bounded() -> None:
+    """What an admin annotation says reaches logs, Events, audit records and status only escaped and cut."""
+    meta = {"annotations": {"oms.dev/set-state": "X" * 100_000, "oms.dev/reason": TERMINAL + "r" * 5000,
+                            "oms.dev/requested-by": FORGED_LINE + "w" * 1000, "oms.dev/request-id": "r1\nforged"}}
+    req = admin.parse_request(meta)
+    assert isinstance(req, admin.AdminRequest)
+    for text in (req.value, req.reason, req.requested_by, req.request_id or ""):
+        assert not has_control(text), text
+    assert req.requested_by.startswith(escape_controls(FORGED_LINE)) and len(req.requested_by) == 253
+    assert req.reason.startswith(escape_controls(TERMINAL)) and len(req.reason) == admin.MAX_REASON
+    assert len(req.value) == admin.MAX_VALUE and req.request_id == "r1\\nforged"
+    refused = admin.decide(req, branch(), [], NOW)
+    assert not refused.applied and len(refused.refused or "") < 2 * admin.MAX_QUOTED
+    assert len(admin.describe(req)) < 2 * admin.MAX_QUOTED
+
+
+def test_the_requester_named_in_a_refusal_is_escaped_too() -> None:
+    who = admin.requester_of({"annotations": {"oms.dev/requested-by": FORGED_LINE}})
+    assert who == escape_controls(FORGED_LINE)
+    managed = [{"manager": "kubectl\x1b[31m", "time": "2025-06-26T10:00:00Z"}]
+    assert admin.requester_of({"annotations": {}, "managedFields": managed}) == "kubectl\\x1b[31m"
+    req = admin.parse_request({"annotations": {"oms.dev/force-unlock": "all", "oms.dev/reason": "x"},
+                               "managedFields": managed})
+    assert isinstance(req, admin.AdminRequest) and req.requested_by == "kubectl\\x1b[31m"
+
+
+def test_safe_text_escapes_before_it_cuts() -> None:
+    assert safe_text("  a\nb  ", 10) == "a\\nb"
+    assert safe_text("\x1b" * 10, 9) == "\\x1b\\x1b…"  # the limit holds for what is shown
+    assert safe_text("fine", 4) == "fine"
+
+
+def test_a_merge_request_is_escaped_and_bounded_too() -> None:
+    from branch_operator.controllers.merge import manual_request
+
+    req = manual_request({"annotations": {"oms.dev/merge-request": TERMINAL + "m" * 5000,
+                                          "oms.dev/requested-by": FORGED_LINE}})
+    assert req is not None and req.requested_by == escape_controls(FORGED_LINE)
+    assert req.reason.startswith(escape_controls(TERMINAL)) and len(req.reason) == 1024

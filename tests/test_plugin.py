@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from datetime import UTC, datetime
 
@@ -35,6 +36,15 @@ async def test_usage_errors_exit_2_with_a_message() -> None:
         err = io.StringIO()
         assert await plugin.run(argv, io.StringIO(), err) == 2, argv
         assert text in err.getvalue() or "required" in err.getvalue(), (argv, err.getvalue())
+
+
+def test_unlock_help_says_what_forcing_the_indexing_lock_does() -> None:
+    """Help, docs and behaviour agree (the behaviour: tests/e2e/test_operations.py)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        plugin.build_parser().parse_args(["unlock", "--help"])
+    text = " ".join(out.getvalue().split())
+    assert "INDEXING lock of a running run ends that run" in text and "ERROR" in text
 
 
 def test_render_describe_of_a_fresh_branch() -> None:

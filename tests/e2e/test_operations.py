@@ -206,23 +206,44 @@ async def test_unlock_refusals_change_nothing(oms: Oms) -> None:
     branch = await oms.create_branch("indexing", "feature/indexing")
     await write_lock(oms, branch)
     code, _, err = await kb(oms, "unlock", "indexing", "--lock", "nope", "--reason", "x")
-    assert code == 1 and "holds no lock nope" in err
-    await oms.publish("started", oms.event("started", "feature/indexing", "idx-run"))
-    await oms.wait_phase("indexing", "LOCKED_FOR_WRITE")
-    # The running run's INDEXING lock: the operator refuses (set-state ends a run, not unlock).
-    code, _, err = await kb(oms, "unlock", "indexing", "--lock", "INDEXING", "--reason", "stuck?")
-    assert code == 1
-    assert "the operator refused" in err and "INDEXING lock of the running indexing run" in err
-    after = await request_cleared(oms, "indexing")
-    assert status(after)["phase"] == "LOCKED_FOR_WRITE" and "lastAdminAction" not in status(after)
-    assert len(await locks_of(oms, "indexing")) == 2
+    assert code == 1 and "no lock nope on this branch" in err  # the operator says it now (audited)
     refused = await wait_for(lambda: oms.audits_for("feature/indexing", "admin.force_unlock"), what="audit")
-    assert len(refused) == 1 and refused[0].details["status"] == "refused"
-    # `all` while indexing: the WRITE lock goes, the run's INDEXING lock stays.
-    code, out, err = await kb(oms, "unlock", "indexing", "--reason", "editor gone")
+    assert [(r.details["status"], r.details["value"]) for r in refused] == [("refused", "nope")]
+    assert "lastAdminAction" not in status(await oms.branch("indexing"))
+
+
+async def test_unlocking_a_running_runs_indexing_lock_abandons_the_run(oms: Oms) -> None:
+    """Force forces: the run's INDEXING lock goes, the run ends (ERROR), and its late results are stale."""
+    branch = await oms.create_branch("abandon", "feature/abandon")
+    write = await write_lock(oms, branch)
+    await oms.publish("started", oms.event("started", "feature/abandon", "idx-run"))
+    await oms.wait_phase("abandon", "LOCKED_FOR_WRITE")
+    code, out, err = await kb(oms, "unlock", "abandon", "--lock", "INDEXING", "--reason", "Funnel is gone",
+                              "--requested-by", "alice")
     assert code == 0, err
-    assert "released 1 lock" in out and "kept the running run's INDEXING lock" in out
-    assert [lk["spec"]["lockType"] for lk in await locks_of(oms, "indexing")] == ["INDEXING"]
+    said = "indexing run idx-run abandoned by alice: Funnel is gone"
+    assert said in out and "LOCKED_FOR_WRITE -> ERROR" in out
+    obj = await oms.wait_phase("abandon", "ERROR")
+    assert [lk["metadata"]["name"] for lk in await locks_of(oms, "abandon")] == [write["metadata"]["name"]]
+    assert status(obj)["indexing"]["result"] == "abandoned"
+    assert next(c for c in status(obj)["conditions"] if c["type"] == "Indexed")["reason"] == "IndexingAbandoned"
+    record = (await wait_for(lambda: oms.audits_for("feature/abandon", "admin.force_unlock"), what="audit"))[0]
+    assert record.details["status"] == "applied" and (record.from_state, record.to_state) == ("LOCKED_FOR_WRITE",
+                                                                                              "ERROR")
+    changed = await wait_for(lambda: [a for a in oms.audits_for("feature/abandon", "branch.state_changed")
+                                      if a.to_state == "ERROR"], what="the transition audited")
+    assert changed[0].reason == "AdminForceUnlock" and changed[0].actor == "alice"
+    await wait_for(lambda: [a for a in oms.audits_for("feature/abandon", "lock.released") if a.actor == "alice"],
+                   what="lock.released by alice")
+    assert any(e["reason"] == "AdminForceUnlock" and said in e["message"] for e in await oms.k8s_events("abandon"))
+
+    # The abandoned run reports back after all: too late, recorded as stale, nothing changes.
+    late = oms.event("completed", "feature/abandon", "idx-run")
+    await oms.publish("completed", late)
+    stale = await wait_for(lambda: [a for a in oms.audits_for("feature/abandon", "event.stale")
+                                    if a.correlation_id == late["id"]], what="the late result stale")
+    assert stale[0].reason == "run idx-run was abandoned by an admin"
+    assert status(await oms.branch("abandon"))["phase"] == "ERROR"
 
 
 # -------------------------------------------------------------------------------- admin: set-state
@@ -252,7 +273,7 @@ async def test_set_state_recovers_error_branch(oms: Oms) -> None:
     assert admin_record.reason == "Funnel fixed; abandon run" and admin_record.actor
     assert any(e["reason"] == "AdminSetState" for e in await oms.k8s_events("problematic-branch"))
 
-    # Refused before anything is written: same state, and a transition only an indexing run may make.
+    # Refused by the operator (audited), nothing written: same state, and a transition only an indexing run may make.
     code, _, err = await kb(oms, "set-state", "problematic-branch", "ACTIVE", "--reason", "again")
     assert code == 1 and "already ACTIVE" in err
     code, _, err = await kb(oms, "set-state", "problematic-branch", "READY", "--reason", "ship it")
@@ -296,6 +317,41 @@ async def test_invalid_annotation_requests_are_cleared_with_a_warning(oms: Oms) 
     await annotate(oms, "manual", {"oms.dev/set-state": "ERROR", "oms.dev/reason": "quarantine"})
     quarantined = await oms.wait_phase("manual", "ERROR")
     assert status(quarantined)["lastAdminAction"]["requestedBy"] == "unknown"
+
+
+async def test_every_refusal_is_audited(oms: Oms) -> None:
+    """Invalid requests written by hand, and requests the plugin sends that the operator refuses: each leaves
+    an admin.* record with details.status refused, who asked and why it was refused."""
+    await oms.create_branch("refusals", "feature/refusals")
+    await oms.wait_phase("refusals", "ACTIVE")
+
+    def refused(action: str) -> list[Any]:
+        return [a for a in oms.audits_for("feature/refusals", action) if a.details.get("status") == "refused"]
+
+    await annotate(oms, "refusals", {"oms.dev/set-state": "ERROR", "oms.dev/requested-by": "bob"})
+    await request_cleared(oms, "refusals")
+    no_reason = (await wait_for(lambda: refused("admin.set_state"), what="refused set-state without a reason"))[0]
+    assert no_reason.actor == "bob" and "needs a reason" in no_reason.details["result"]
+    assert no_reason.details["value"] == "ERROR"
+
+    await annotate(oms, "refusals", {"oms.dev/set-state": "ERROR", "oms.dev/force-unlock": "all",
+                                     "oms.dev/reason": "both", "oms.dev/requested-by": "bob"})
+    await request_cleared(oms, "refusals")
+    both = await wait_for(lambda: refused("admin.force_unlock"), what="refused force-unlock with set-state")
+    assert both[0].reason == "both" and "one admin action" in both[0].details["result"]
+    await wait_for(lambda: len(refused("admin.set_state")) == 2, what="the set-state half audited too")
+
+    # What the plugin used to refuse on its own now reaches the operator, which refuses it on the record.
+    code, _, err = await kb(oms, "set-state", "refusals", "READY", "--reason", "ship it", "--requested-by", "carol")
+    assert code == 1 and "the operator refused" in err and "ACTIVE -> READY is not allowed" in err
+    by_carol = await wait_for(lambda: [a for a in refused("admin.set_state") if a.actor == "carol"],
+                              what="carol's refused set-state")
+    assert by_carol[0].details["value"] == "READY" and by_carol[0].correlation_id
+    code, _, err = await kb(oms, "unlock", "refusals", "--reason", "x", "--requested-by", "carol")
+    assert code == 1 and "the operator refused" in err and "holds no locks" in err
+    await wait_for(lambda: [a for a in refused("admin.force_unlock") if a.actor == "carol"],
+                   what="carol's refused force-unlock")
+    assert status(await oms.branch("refusals"))["phase"] == "ACTIVE"
 
 
 async def test_merge_request_annotation(oms: Oms) -> None:

@@ -2,8 +2,9 @@
 branch-name pattern, ``:``/newlines in branch names, control characters in ids, DNS-1123 namespaces) and
 tests/test_audit.py the audit-id slugs; this module adds what they leave out:
 
-* free text (validation errors) with line breaks, ANSI/C1 escape sequences and bidi overrides is escaped
-  before it reaches Branch status, Kubernetes Events, audit records, notifications or logs;
+* free text (validation errors, admin annotations) with line breaks, ANSI/C1 escape sequences and bidi
+  overrides is escaped before it reaches Branch status, Kubernetes Events, audit records, notifications or
+  logs, and bounded;
 * identifiers carrying such characters are rejected;
 * an event naming a namespace the operator does not watch is dead-lettered with the reason, not written;
 * end to end, with the real operator watching two namespaces.
@@ -384,6 +385,43 @@ async def test_hostile_branch_name_is_dead_lettered_with_an_unknown_slug(watched
     audit = await watched.audit(event["id"], "event.rejected")
     assert audit.branch_name is None
     assert audit.audit_id.startswith("audit-oms:branch:unknown:event.rejected:")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_hostile_admin_text_is_escaped_and_bounded_everywhere(watched: Watched) -> None:
+    """Admin annotations are as untrusted as events: a requester with a newline must not forge a log line,
+    a reason with terminal escapes must not reach an Event raw, and a huge value is not copied around."""
+    await watched.create_branch("team-a", "feature-adm", "feature/adm")
+    await watched.phase("team-a", "feature-adm", "ACTIVE")
+    forged = "alice\n2025-06-26 12:00:00,000 INFO branch_operator.admin_exec: team-a/inj-1: admin set-state ACTIVE"
+    reason = "\x1b[2J\x1b[31mquarantine\x1b[0m \u202etxet"
+    await watched.kube.patch("branches", "team-a", "feature-adm", {"metadata": {"annotations": {
+        "oms.dev/set-state": "ERROR", "oms.dev/reason": reason, "oms.dev/requested-by": forged}}})
+    obj = await watched.phase("team-a", "feature-adm", "ERROR")
+    last = obj["status"]["lastAdminAction"]
+    assert (last["requestedBy"], last["reason"]) == (escape_controls(forged), escape_controls(reason))
+    # A 100 KB value, refused: its record stays small.
+    await watched.kube.patch("branches", "team-a", "feature-adm", {"metadata": {"annotations": {
+        "oms.dev/set-state": "Z" * 100_000, "oms.dev/reason": reason, "oms.dev/requested-by": forged}}})
+
+    def admin_records() -> list[AuditRecord]:
+        return [a for a in watched.audits if a.branch == "feature-adm" and str(a.action).startswith("admin.")]
+    records = await poll(lambda: admin_records() if len(admin_records()) >= 2 else None, "both admin records")
+
+    async def event_messages() -> list[str] | None:
+        events = await watched.kube.core.list_namespaced_event("team-a")
+        messages = [e.message or "" for e in events.items if e.involved_object.name == "feature-adm"
+                    and e.reason in ("AdminSetState", "AdminActionRefused")]
+        return messages if len(messages) >= 2 else None
+    messages = await poll(event_messages, "the applied and the refused admin Events")
+    logged = [r.getMessage() for r in watched.logs.records
+              if r.name.startswith("branch_operator") and "feature-adm" in r.getMessage() and "admin" in r.getMessage()]
+    assert len(logged) >= 2, logged
+    texts = [json.dumps(obj["status"], ensure_ascii=False), *messages, *logged, *(a.to_json() for a in records)]
+    for text in texts:
+        assert dangerous(text) == [], text
+    assert all("alice\\n2025-06-26" in t for t in [*messages, *logged]), [*messages, *logged]
+    assert max(len(a.to_json()) for a in records) < 8_000, [len(a.to_json()) for a in records]
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -60,6 +60,7 @@ class LockType(enum.StrEnum):
 class IndexingResult(enum.StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
+    ABANDONED = "abandoned"  # an admin force-released the running run's INDEXING lock
 
 
 class MergeDecision(enum.StrEnum):

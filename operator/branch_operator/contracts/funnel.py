@@ -55,6 +55,7 @@ from branch_operator.contracts.funnel_decode import (
     sane_string,
     show,
 )
+from branch_operator.domain.text import escape_controls
 
 __all__ = [
     "CE_HEADER_PREFIX",
@@ -92,23 +93,6 @@ MAX_INDEXING_ID: Final = 253
 MAX_RECORDS: Final = 2**63 - 1  # int64 in the CRD
 
 DNS1123_LABEL_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-
-
-# ------------------------------------------------------------------------------------------- escaping
-
-
-def escape_controls(text: str) -> str:
-    """``text`` with control, line-separator and bidi-override characters written as visible escapes
-    (``\\n``, ``\\x1b``, ``\\u202e``); other text is unchanged, and escaping twice changes nothing."""
-    if text.isprintable():
-        return text
-    out: list[str] = []
-    for char in text:
-        if has_control(char):
-            out.append(char.encode("unicode_escape", "backslashreplace").decode("ascii"))
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 # ----------------------------------------------------------------------------------------- data types

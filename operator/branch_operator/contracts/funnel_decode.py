@@ -23,7 +23,6 @@ import binascii
 import enum
 import json
 import re
-import unicodedata
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +38,7 @@ from branch_operator.contracts.cloudevents import (
     SPECVERSION,
     STRUCTURED_CONTENT_TYPE,
 )
+from branch_operator.domain.text import has_control
 
 __all__ = [
     "MAX_EVENT_ID",
@@ -130,16 +130,6 @@ def show(value: Any, limit: int = 80) -> str:
 
 def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def has_control(text: str) -> bool:
-    # Line/paragraph separators and bidi overrides too: in an id they can only forge or hide text.
-    return any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in _BIDI_CONTROLS for c in text)
-
-
-# Characters that let free text from an event forge or garble what people read: line breaks (a fake log
-# line, a fake Event), ANSI/C1 escape sequences (terminal control via kubectl describe) and bidi overrides.
-_BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 # ------------------------------------------------------------------------------------- timestamps

@@ -49,8 +49,9 @@ class AdminExecutor:
         if claimed is None:
             return None
         if not isinstance(request, admin.AdminRequest):
-            decision = admin.AdminDecision(None, refused=str(request))
-            await self._refused(claimed, decision, admin.requester_of(meta))
+            phase = (claimed.get("status") or {}).get("phase")
+            decision = admin.AdminDecision(None, refused=str(request), from_phase=phase, to_phase=phase)
+            await self._refused(claimed, decision, admin.requester_of(meta), attempted=admin.attempted(meta))
             return decision
         return await self._execute(claimed, request)
 
@@ -109,7 +110,7 @@ class AdminExecutor:
         records = [self._record(branch, action, now, seed, request, decision, details=details)]
         if decision.from_phase != decision.to_phase:
             records.append(self._record(branch, AuditAction.BRANCH_STATE_CHANGED, now, seed, request, decision,
-                                        reason_override="AdminSetState"))
+                                        reason_override=reason))  # AdminForceUnlock: a run abandoned
         meta = branch["metadata"]
         records += [release_record(
             lock_name, seed=f"{seed}|{lock_name}|{AuditAction.LOCK_RELEASED.value}", when=now,
@@ -122,22 +123,24 @@ class AdminExecutor:
         log.info("%s/%s: admin %s by %s: %s", branch["metadata"]["namespace"], branch["metadata"]["name"],
                  admin.describe(request), request.requested_by, decision.result)
 
-    async def _refused(self, branch: Obj, decision: admin.AdminDecision, requester: str) -> None:
+    async def _refused(self, branch: Obj, decision: admin.AdminDecision, requester: str, *,
+                       attempted: list[admin.AdminRequest] | None = None) -> None:
+        """Warn, and audit the refusal once per attempted action (a request that could not even be parsed
+        included): who tried what, and why it was not done, matters on call."""
         request = decision.request
         what = admin.describe(request)
         by = request.requested_by if request else requester
         message = f"Refused {what} requested by {by}: {decision.refused}. Nothing was changed.{_tag(request)}"
         await self.kube.post_event(branch, type_="Warning", reason="AdminActionRefused", action="Admin",
                                    message=message)
-        if request is not None:
-            now = self.clock()
-            action = (AuditAction.ADMIN_FORCE_UNLOCK if request.action is admin.AdminAction.FORCE_UNLOCK
+        now = self.clock()
+        for attempt in attempted if attempted is not None else [request] if request is not None else []:
+            action = (AuditAction.ADMIN_FORCE_UNLOCK if attempt.action is admin.AdminAction.FORCE_UNLOCK
                       else AuditAction.ADMIN_SET_STATE)
-            # Refusals are audited too: who tried what, and why it was not done, matters on call.
             await self.emitter.audit(self._record(
-                branch, action, now, f"{branch['metadata'].get('uid')}|refused|{now.isoformat()}", request, decision,
-                details={"status": "refused", "result": decision.refused, "requested_by": request.requested_by,
-                         "value": request.value, "request_id": request.request_id}))
+                branch, action, now, f"{branch['metadata'].get('uid')}|refused|{now.isoformat()}", attempt, decision,
+                details={"status": "refused", "result": decision.refused, "requested_by": attempt.requested_by,
+                         "value": attempt.value, "request_id": attempt.request_id}))
         log.warning("%s/%s: %s", branch["metadata"]["namespace"], branch["metadata"]["name"], message)
 
     def _record(
@@ -149,7 +152,8 @@ class AdminExecutor:
             action, branch_name=(branch.get("spec") or {}).get("branchName"), when=now,
             seed=f"{seed}|{action.value}", actor=request.requested_by, namespace=meta["namespace"],
             branch=meta["name"], from_state=decision.from_phase, to_state=decision.to_phase,
-            reason=reason_override or request.reason, correlation_id=request.request_id, details=details or {},
+            reason=reason_override or request.reason or None, correlation_id=request.request_id,
+            details=details or {},
         )
 
 

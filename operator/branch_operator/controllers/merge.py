@@ -62,6 +62,7 @@ from branch_operator.domain.merge import (
     review_policies,
     select_policy,
 )
+from branch_operator.domain.text import safe_text
 from branch_operator.domain.timefmt import parse_time, rfc3339
 from branch_operator.kit.deadlines import RETRY_AFTER, DeadlineScheduler
 from branch_operator.kit.keyed import KeyedLocks
@@ -84,9 +85,10 @@ def manual_request(meta: Mapping[str, Any]) -> ManualRequest | None:
     annotations = meta.get("annotations") or {}
     if ANNOTATION_MERGE_REQUEST not in annotations:
         return None
-    requested_by = str(annotations.get(ANNOTATION_REQUESTED_BY) or "").strip() or None
-    reason = str(annotations[ANNOTATION_MERGE_REQUEST]).strip() or "(no reason given)"
-    return ManualRequest(reason=reason[:1024], requested_by=requested_by[:253] if requested_by else None)
+    # Admin text, shown in Events, logs and audit records: escaped and bounded like every admin annotation.
+    requested_by = safe_text(str(annotations.get(ANNOTATION_REQUESTED_BY) or ""), 253) or None
+    reason = safe_text(str(annotations[ANNOTATION_MERGE_REQUEST]), 1024) or "(no reason given)"
+    return ManualRequest(reason=reason, requested_by=requested_by)
 
 
 def announcement_key(merge_id: str) -> str:

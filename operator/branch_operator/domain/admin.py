@@ -30,12 +30,13 @@ from branch_operator.api.models import (
     LockType,
     Phase,
 )
-from branch_operator.domain.conditions import truncate
 from branch_operator.domain.lifecycle import (
     ALLOWED_MANUAL_TRANSITIONS,
+    abandoned_run_status,
     check_manual_transition,
     manual_transition_status,
 )
+from branch_operator.domain.text import safe_text
 from branch_operator.domain.timefmt import rfc3339
 
 ACTION_ANNOTATIONS = (ANNOTATION_FORCE_UNLOCK, ANNOTATION_SET_STATE)
@@ -43,7 +44,13 @@ ACTION_ANNOTATIONS = (ANNOTATION_FORCE_UNLOCK, ANNOTATION_SET_STATE)
 CLAIMED_ANNOTATIONS = (*ACTION_ANNOTATIONS, ANNOTATION_REASON, ANNOTATION_REQUESTED_BY, ANNOTATION_REQUEST_ID)
 
 UNKNOWN_REQUESTER = "unknown"
+# Bounds of what a request may carry into logs, Events, audit records and status (the CRD's own limits
+# for status.lastAdminAction); every annotation value passes safe_text, so none of it arrives raw.
 MAX_REASON = 1024
+MAX_REQUESTER = 253
+MAX_REQUEST_ID = 63
+MAX_VALUE = 1024  # a phase, or a list of lock names
+MAX_QUOTED = 80  # of the value, where a message names it: enough to recognise, short enough to read the rest
 
 
 class AdminAction(enum.StrEnum):
@@ -65,7 +72,6 @@ class AdminDecision:
     request: AdminRequest | None
     refused: str | None = None  # why nothing was done; None = apply
     release: list[str] = field(default_factory=list)  # BranchLock names to delete
-    kept: list[str] = field(default_factory=list)  # matched but deliberately not released
     from_phase: str | None = None
     to_phase: str | None = None
     status_patch: dict[str, Any] = field(default_factory=dict)
@@ -112,34 +118,51 @@ def _touches_annotation(entry: Mapping[str, Any], annotation: str) -> bool:
 
 def parse_request(metadata: Mapping[str, Any]) -> AdminRequest | str | None:
     """The request in ``metadata.annotations``: None if there is none, a str saying why it is invalid."""
-    annotations: Mapping[str, str] = metadata.get("annotations") or {}
-    present = [a for a in ACTION_ANNOTATIONS if a in annotations]
-    if not present:
+    requests = attempted(metadata)
+    if not requests:
         return None
-    if len(present) > 1:
-        return f"{' and '.join(present)} were both set; request one admin action at a time"
-    key = present[0]
-    action = AdminAction.FORCE_UNLOCK if key == ANNOTATION_FORCE_UNLOCK else AdminAction.SET_STATE
-    requester = (annotations.get(ANNOTATION_REQUESTED_BY) or "").strip()
-    if not requester:
-        requester = last_manager(metadata.get("managedFields"), key) or UNKNOWN_REQUESTER
-    request = AdminRequest(
-        action=action,
-        value=(annotations.get(key) or "").strip(),
-        reason=truncate((annotations.get(ANNOTATION_REASON) or "").strip(), MAX_REASON),
-        requested_by=truncate(requester, 253),
-        request_id=(annotations.get(ANNOTATION_REQUEST_ID) or "").strip()[:63] or None,
-    )
+    if len(requests) > 1:
+        both = " and ".join(_annotation(r.action) for r in requests)
+        return f"{both} were both set; request one admin action at a time"
+    request = requests[0]
     if not request.reason:
-        return f"{key} needs a reason: set {ANNOTATION_REASON} (kubectl branch ... --reason)"
+        return f"{_annotation(request.action)} needs a reason: set {ANNOTATION_REASON} (kubectl branch ... --reason)"
     return request
+
+
+def attempted(metadata: Mapping[str, Any]) -> list[AdminRequest]:
+    """Each action requested in ``metadata.annotations``, valid or not (the reason may be empty).
+
+    A refusal is audited once per attempted action, so even an invalid request says what it asked for.
+    """
+    annotations: Mapping[str, str] = metadata.get("annotations") or {}
+    requests = []
+    for key in (a for a in ACTION_ANNOTATIONS if a in annotations):
+        action = AdminAction.FORCE_UNLOCK if key == ANNOTATION_FORCE_UNLOCK else AdminAction.SET_STATE
+        requester = annotations.get(ANNOTATION_REQUESTED_BY) or ""
+        if not requester.strip():
+            requester = last_manager(metadata.get("managedFields"), key) or UNKNOWN_REQUESTER
+        requests.append(AdminRequest(
+            action=action,
+            value=safe_text(annotations.get(key) or "", MAX_VALUE),
+            reason=safe_text(annotations.get(ANNOTATION_REASON) or "", MAX_REASON),
+            requested_by=safe_text(requester, MAX_REQUESTER),
+            request_id=safe_text(annotations.get(ANNOTATION_REQUEST_ID) or "", MAX_REQUEST_ID) or None,
+        ))
+    return requests
+
+
+def _annotation(action: AdminAction) -> str:
+    return ANNOTATION_FORCE_UNLOCK if action is AdminAction.FORCE_UNLOCK else ANNOTATION_SET_STATE
 
 
 def requester_of(metadata: Mapping[str, Any]) -> str:
     """Who to name in a refusal, even when the request itself could not be parsed."""
     annotations: Mapping[str, str] = metadata.get("annotations") or {}
-    who = (annotations.get(ANNOTATION_REQUESTED_BY) or "").strip()
-    return who or last_manager(metadata.get("managedFields")) or UNKNOWN_REQUESTER
+    who = annotations.get(ANNOTATION_REQUESTED_BY) or ""
+    if not who.strip():
+        who = last_manager(metadata.get("managedFields")) or UNKNOWN_REQUESTER
+    return safe_text(who, MAX_REQUESTER)
 
 
 # ------------------------------------------------------------------------------------------ decisions
@@ -164,30 +187,29 @@ def decide_force_unlock(request: AdminRequest, branch: Mapping[str, Any], locks:
     unknown = [t for t in tokens if t.lower() != "all" and t.upper() not in types and t not in names]
     if unknown:
         held = ", ".join(sorted(names)) or "none"
-        return AdminDecision(request, refused=f"no lock {', '.join(unknown)} on this branch (held: {held})",
+        return AdminDecision(request, refused=f"no lock {_quoted(', '.join(unknown))} on this branch (held: {held})",
                              from_phase=phase, to_phase=phase)
-    selected = [lk for lk in locks if _selected(lk, tokens)]
-    release, kept = [], []
-    for lk in sorted(selected, key=lambda o: o["metadata"]["name"]):
-        lock_type = (lk.get("spec") or {}).get("lockType")
-        # While LOCKED_FOR_WRITE the INDEXING lock *is* the running run: dropping it alone would leave a
-        # phase that claims a lock which no longer exists. Ending the run is set-state's job.
-        if lock_type == LockType.INDEXING.value and phase == Phase.LOCKED_FOR_WRITE.value:
-            kept.append(lk["metadata"]["name"])
-        else:
-            release.append(lk["metadata"]["name"])
+    selected = sorted((lk for lk in locks if _selected(lk, tokens)), key=lambda o: o["metadata"]["name"])
+    release = [lk["metadata"]["name"] for lk in selected]
     if not release:
-        if kept:
-            why = (f"{', '.join(kept)} is the INDEXING lock of the running indexing run; end the run with "
-                   f"set-state ERROR or ACTIVE instead")
-        else:
-            why = "the branch holds no locks" if not locks else f"no lock matches {request.value or 'all'}"
-        return AdminDecision(request, refused=why, from_phase=phase, to_phase=phase, kept=kept)
+        why = "the branch holds no locks" if not locks else f"no lock matches {_quoted(request.value or 'all')}"
+        return AdminDecision(request, refused=why, from_phase=phase, to_phase=phase)
     result = f"released {len(release)} lock{'s' if len(release) != 1 else ''}: {', '.join(release)}"
-    if kept:
-        result += f"; kept the running run's INDEXING lock {', '.join(kept)}"
-    patch = {"lastAdminAction": admin_action_status(request, now, result)}
-    return AdminDecision(request, release=release, kept=kept, from_phase=phase, to_phase=phase,
+    patch: dict[str, Any] = {}
+    to_phase = phase
+    run_lock = next((lk for lk in selected if (lk.get("spec") or {}).get("lockType") == LockType.INDEXING.value), None)
+    if run_lock is not None and phase == Phase.LOCKED_FOR_WRITE.value:
+        # While LOCKED_FOR_WRITE the INDEXING lock *is* the running run: forcing it off ends the run.
+        status = branch.get("status") or {}
+        run = ((status.get("indexing") or {}).get("indexingId") or (run_lock.get("spec") or {}).get("indexingId")
+               or run_lock["metadata"]["name"])
+        note = f"indexing run {safe_text(str(run), MAX_QUOTED)} abandoned by {request.requested_by}: {request.reason}"
+        patch = abandoned_run_status(status.get("conditions") or [], note=note, now=now,
+                                     observed_generation=branch["metadata"].get("generation"))
+        to_phase = Phase.ERROR.value
+        result += f"; {note} ({phase} -> {to_phase})"
+    patch["lastAdminAction"] = admin_action_status(request, now, result)
+    return AdminDecision(request, release=release, from_phase=phase, to_phase=to_phase,
                          status_patch=patch, result=result)
 
 
@@ -198,7 +220,7 @@ def decide_set_state(request: AdminRequest, branch: Mapping[str, Any], locks: Se
         target = Phase(request.value.upper())
     except ValueError:
         allowed = ", ".join(p.value for p in Phase)
-        return AdminDecision(request, refused=f"unknown state {request.value!r}; one of {allowed}",
+        return AdminDecision(request, refused=f"unknown state {_quoted(request.value)!r}; one of {allowed}",
                              from_phase=phase, to_phase=phase)
     current = Phase(phase)
     why_not = check_manual_transition(current, target)
@@ -230,7 +252,7 @@ def admin_action_status(request: AdminRequest, now: datetime, result: str) -> di
         "requestedBy": request.requested_by,
         "reason": request.reason,
         "at": rfc3339(now),
-        "result": truncate(result, 1024),
+        "result": safe_text(result, 1024),
     }
     if request.request_id:
         status["requestId"] = request.request_id
@@ -241,7 +263,11 @@ def describe(request: AdminRequest | None) -> str:
     """``set-state ERROR`` / ``force-unlock all``: how Events and logs name a request."""
     if request is None:
         return "admin request"
-    return f"{request.action.value} {request.value or 'all'}"
+    return f"{request.action.value} {_quoted(request.value or 'all')}"
+
+
+def _quoted(value: str) -> str:
+    return safe_text(value, MAX_QUOTED)
 
 
 def _selected(lock: Mapping[str, Any], tokens: Sequence[str]) -> bool:

@@ -86,6 +86,7 @@ __all__ = [
     "ReleaseLocks",
     "Rule",
     "RunMatch",
+    "abandoned_run_status",
     "check_manual_transition",
     "effective_kind",
     "indexing_duration",
@@ -237,6 +238,9 @@ def plan_indexing_event(
     elif parked is not None and parked.event_id == event.id and recorded.indexing_id != parked.indexing_id:
         # Its run has not started yet: a redelivered copy of a result already kept.
         rule = _rule(Outcome.DUPLICATE, f"event {event.id} is already kept until its run starts")
+    elif same_run and recorded.result is IndexingResult.ABANDONED:
+        # An admin ended this run (abandoned_run_status): whatever it reports later comes too late.
+        rule = _rule(Outcome.STALE, f"run {indexing_id} was abandoned by an admin")
     else:
         rule = TRANSITIONS[(from_phase, kind, match)]
         if rule.outcome is Outcome.APPLIED and match is RunMatch.OTHER and _is_older(event, recorded):
@@ -512,6 +516,35 @@ def manual_transition_status(
         "phase": to_phase.value,
         "phaseTransitionTime": rfc3339(now),
         "conditions": set_condition(conditions, _COND_MERGEABLE, *mergeable, now, observed_generation),
+    }
+
+
+def abandoned_run_status(
+    conditions: Sequence[Mapping[str, Any]],
+    *,
+    note: str,
+    now: datetime,
+    observed_generation: int | None = None,
+) -> dict[str, Any]:
+    """The ``status`` merge patch when an admin force-releases the running run's INDEXING lock.
+
+    The lock *is* the run: without it LOCKED_FOR_WRITE would claim a lock that no longer exists, so the run
+    ends, as a failure (ERROR: nobody vouches for its data). ``indexing.result: abandoned`` keeps the run id,
+    so anything it reports later plans as Stale. ``note`` says which run, who and why.
+    """
+    for type_, reason, message in (
+        (_COND_LOCKED, "LocksReleased", f"{note}; its INDEXING lock was released."),
+        (_COND_INDEXED, "IndexingAbandoned", f"{note}."),
+        (_COND_VALIDATED, "IndexingAbandoned", f"{note}."),
+        (_COND_MERGEABLE, "IndexingAbandoned", f"{note}."),
+    ):
+        status: ConditionStatus = "Unknown" if type_ is _COND_VALIDATED else "False"
+        conditions = set_condition(conditions, type_, status, reason, message, now, observed_generation)
+    return {
+        "phase": Phase.ERROR.value,
+        "phaseTransitionTime": rfc3339(now),
+        "indexing": {"result": IndexingResult.ABANDONED.value},
+        "conditions": list(conditions),
     }
 
 

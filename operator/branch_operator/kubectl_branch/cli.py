@@ -3,7 +3,9 @@
 Read commands (`list`, `describe`, `why`, `locks`) use the caller's own Kubernetes RBAC. Admin commands
 (`unlock`, `set-state`, `merge`) only annotate the Branch (RBAC: ``patch branches``); the operator carries
 the request out, records ``status.lastAdminAction``, an Event and an audit record, and the plugin waits
-for that outcome. `publish` and `audit` talk to NATS (``--nats``, default ``$NATS_URL``).
+for that outcome. Whether a request may be carried out is the operator's decision, refusals included
+(they are audited); the plugin only rejects usage errors, which request nothing. `publish` and `audit`
+talk to NATS (``--nats``, default ``$NATS_URL``).
 
 Exit codes: 0 done; 1 failed or refused (unknown branch, operator refused, no cluster, timeout);
 2 usage (bad arguments, missing ``--reason``, unknown state).
@@ -34,13 +36,11 @@ from branch_operator.api.models import (
     ANNOTATION_SET_STATE,
     Branch,
     BranchLock,
-    LockType,
     Phase,
 )
 from branch_operator.cli.publish import add_event_arguments
 from branch_operator.clients.kube import KubeClient, KubeError, NotFound, Transient
 from branch_operator.config import Settings
-from branch_operator.domain.lifecycle import check_manual_transition
 from branch_operator.domain.locks import label_value
 from branch_operator.kubectl_branch import render
 
@@ -221,16 +221,8 @@ async def cmd_locks(ctx: Context) -> int:
 async def cmd_unlock(ctx: Context) -> int:
     reason = _reason(ctx.args)
     branch = await _get_branch(ctx, ctx.args.name)
-    locks = await _branch_locks(ctx, branch)
     selector = ",".join(ctx.args.lock or []) or "all"
-    if not locks:
-        raise PluginError(f"branch {ctx.args.name} holds no locks; nothing to unlock")
-    names = {lk["metadata"]["name"] for lk in locks}
-    types = {t.value for t in LockType}
-    missing = [s for s in (ctx.args.lock or []) if s not in names and s.upper() not in types]
-    if missing:
-        held = ", ".join(sorted(names))
-        raise PluginError(f"branch {ctx.args.name} holds no lock {', '.join(missing)} (held: {held})")
+    # Which locks exist, and which may go, is the operator's to say (audited), as for set-state.
     return await _request(ctx, branch, {ANNOTATION_FORCE_UNLOCK: selector}, reason)
 
 
@@ -242,10 +234,8 @@ async def cmd_set_state(ctx: Context) -> int:
                           USAGE) from None
     reason = _reason(ctx.args)
     branch = await _get_branch(ctx, ctx.args.name)
-    current = Phase((branch.get("status") or {}).get("phase") or Phase.ACTIVE.value)
-    why_not = check_manual_transition(current, target)
-    if why_not is not None:  # the operator checks again; this only saves a round trip
-        raise PluginError(f"cannot set {ctx.args.name} to {target.value}: {why_not}")
+    # Whether the transition is allowed is the operator's to say, on the Branch as it is when the request
+    # is claimed, and its refusal is audited; a check here would refuse on a stale read and leave no trace.
     return await _request(ctx, branch, {ANNOTATION_SET_STATE: target.value}, reason)
 
 
@@ -416,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("-o", "--output", choices=["text", "json"], default="text")
     lk = command("locks", cmd_locks, "locks of one branch, or of every branch in the namespace")
     lk.add_argument("name", nargs="?")
-    u = command("unlock", cmd_unlock, "force-release a branch's locks (all, or --lock NAME|TYPE)")
+    u = command("unlock", cmd_unlock, "force-release a branch's locks (all, or --lock NAME|TYPE); releasing "
+                "the INDEXING lock of a running run ends that run: the branch goes to ERROR and the run's "
+                "later results are ignored as stale")
     u.add_argument("name")
     u.add_argument("--lock", action="append", help="a lock name or type (INDEXING, WRITE, MERGE); repeatable")
     _admin_flags(u)

@@ -8,7 +8,7 @@ An on-call admin (usually through ``kubectl branch unlock|set-state``) sets on t
     oms.dev/request-id: <id>                    (optional; echoed in status.lastAdminAction and the Event)
 
 Annotations rather than a status field or a separate CRD so that the only RBAC an admin needs is
-``patch branches``. The operator (``admin_handlers.py``) claims the request by removing these
+``patch branches``. The operator (``handlers/branches.py``) claims the request by removing these
 annotations with a resourceVersion precondition, then executes what :func:`decide` says. Claiming
 first makes a request apply at most once, even with two replicas or a redelivered watch event.
 """

@@ -11,10 +11,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import kopf
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from branch_operator.api.models import Branch
+from branch_operator.clients.kube import NotFound
+from branch_operator.controllers.branch_names import BranchNameClaims
 from branch_operator.controllers.catalog import BranchCatalog
 from branch_operator.controllers.triggers import MergeTriggers
 from branch_operator.handlers import branches as handlers
@@ -214,11 +217,53 @@ class FakeReconciler:
         self.keys.append(key)
 
 
+class FakeKube:
+    def __init__(self) -> None:
+        self.branches: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[tuple[str, str, str, str, str | None]] = []
+
+    async def get_branch(self, namespace: str, name: str) -> dict[str, Any]:
+        if (namespace, name) not in self.branches:
+            raise NotFound(404, f"branches {name} not found")
+        return self.branches[(namespace, name)]
+
+    async def post_event(self, obj: Any, *, type_: str, reason: str, message: str, action: str = "Reconcile",
+                         once_per: str | None = None) -> None:
+        self.events.append((obj["metadata"]["name"], type_, reason, message, once_per))
+
+
 def fake_memo() -> tuple[Any, BranchCatalog, FakeReconciler]:
     catalog, reconciler = BranchCatalog(), FakeReconciler()
+    kube = FakeKube()
     runtime = SimpleNamespace(catalog=catalog, reconciler=reconciler, triggers=MergeTriggers(catalog, reconciler),
-                              in_charge=True)
+                              branch_names=BranchNameClaims(catalog, kube), kube=kube, in_charge=True)
     return SimpleNamespace(runtime=runtime), catalog, reconciler
+
+
+async def test_a_branch_that_another_with_the_same_branch_name_shadows_is_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    memo, catalog, _ = fake_memo()
+    kube = memo.runtime.kube
+
+    async def add(name: str) -> None:
+        body = branch(name, "feature/x")
+        body["metadata"]["uid"] = f"uid-{name}"
+        kube.branches[("ns", name)] = body
+        await handlers.branch_catalog(type="ADDED", body=body, namespace="ns", memo=memo)
+
+    await add("b")
+    assert kube.events == []
+    await add("c")  # "b" answers to feature/x: "c" never receives an event
+    [(name, type_, reason, message, once)] = kube.events
+    assert (name, type_, reason) == ("c", "Warning", "BranchNameShadowed")
+    assert "feature/x" in message and "Branch b" in message and once
+    assert "c" in caplog.text and "shadowed" in caplog.text
+    kube.events.clear()
+    await add("a")  # now "a" answers: "b" stops receiving events, and "c" is told who answers now
+    assert sorted((e[0], e[2]) for e in kube.events) == [("b", "BranchNameShadowed"), ("c", "BranchNameShadowed")]
+    assert all("Branch a" in e[3] for e in kube.events)
+    assert catalog.find("ns", "feature/x") == "a"
 
 
 async def test_a_new_target_re_evaluates_the_ready_branches_merging_into_it() -> None:

@@ -145,6 +145,15 @@ def test_merge_blocked_by_failed_validation() -> None:
     assert "bad" in failing[0].evidence and "evt-1" in failing[0].evidence
 
 
+def test_validation_evidence_counts_errors_beyond_those_recorded() -> None:
+    recorded = IndexingStatus(indexing_id="idx-1", event_id="evt-1", completed_at=COMPLETED, records_indexed=1250,
+                              validation=ValidationStatus(passed=False, errors=["bad"] * 50, errors_total=102))
+    evaluation = evaluate(indexing=recorded)
+
+    assert "50 of 102 error(s)" in next(c for c in evaluation.checks if c.name == "validation").evidence
+    assert "50 of 102 error(s)" in evaluation.message
+
+
 # ------------------------------------------------------------------------------------- one check at a time
 
 SINGLE_REASON_CASES: list[tuple[str, dict[str, Any], BlockReason]] = [

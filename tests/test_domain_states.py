@@ -47,6 +47,7 @@ T1030 = datetime(2024, 1, 1, 10, 30, 0, tzinfo=UTC)
 class FakeValidation:
     passed: bool
     errors: list[str] = field(default_factory=list)
+    errors_dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -621,6 +622,19 @@ def test_validation_errors_are_bounded_to_fit_the_crd() -> None:
     assert len(stored) == MAX_ERRORS
     assert all(len(e) <= MAX_ERROR_LENGTH for e in stored)
     apply(current, plan)
+
+
+@pytest.mark.parametrize("validation", [
+    FakeValidation(False, [f"e{i}" for i in range(102)]),  # more than the status holds
+    FakeValidation(False, [f"e{i}" for i in range(MAX_ERRORS)], errors_dropped=102 - MAX_ERRORS),  # as parsed
+], ids=["unbounded", "bounded-by-the-contract"])
+def test_validation_errors_beyond_the_bound_are_counted(validation: FakeValidation) -> None:
+    plan = plan_indexing_event(status(Phase.LOCKED_FOR_WRITE), completed(validation=validation), now=NOW)
+
+    assert f"{MAX_ERRORS} of 102 errors" in plan.event_message, plan.event_message
+    assert f"{MAX_ERRORS} of 102 errors" in cond(plan, "Validated")["message"]
+    stored = plan.status_patch["indexing"]["validation"]
+    assert len(stored["errors"]) == MAX_ERRORS and stored["errorsTotal"] == 102
 
 
 # ----------------------------------------------------------------------------------------- conditions

@@ -1026,3 +1026,12 @@ def test_property_builders_always_accepted(
     assert ev.data.indexing_id == indexing_id
     if kind == "completed":
         assert ev.duration_seconds == length.total_seconds()
+
+
+def test_binary_without_specversion_is_rejected() -> None:
+    # CloudEvents makes specversion REQUIRED and binary mode carries it as ce-specversion. Only Funnel's
+    # existing producer may omit it, and it sends bare structured JSON, never ce-* headers.
+    body, headers = encode_binary(EXAMPLE)
+    del headers["ce-specversion"]
+    rejected = assert_rejected("InvalidCloudEvent", "ce-specversion", COMPLETED, body, headers)
+    assert rejected.event_id == EXAMPLE["id"]  # still attributed

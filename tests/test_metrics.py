@@ -62,6 +62,7 @@ def test_audit_derived_counters() -> None:
     m.observe_audit(record("branch.merged"))
     m.observe_audit(record("branch.merge_blocked", reason="NoMatchingPolicy,ValidationFailed"))
     m.observe_audit(record("event.rejected", reason="InvalidJSON", details={"subject": "funnel.indexing.completed"}))
+    m.observe_audit(record("event.rejected", reason="UnknownSubject", details={"subject": "funnel.indexing.COMPLETED"}))
     m.observe_audit(record("lock.expired", details={"lock_type": "WRITE"}))
     m.observe_audit(record("admin.set_state", details={"status": "refused"}))
     m.observe_timing("completed", 0.012)
@@ -73,6 +74,7 @@ def test_audit_derived_counters() -> None:
     assert value(m, "merge_blocks_total", reason="NoMatchingPolicy") == 1
     assert value(m, "merge_blocks_total", reason="ValidationFailed") == 1
     assert value(m, "events_rejected_total", type="completed", reason="InvalidJSON") == 1
+    assert value(m, "events_rejected_total", type="unknown", reason="UnknownSubject") == 1
     assert value(m, "locks_expired_total", lock_type="WRITE") == 1
     assert value(m, "admin_actions_total", action="set_state", result="refused") == 1
     assert value(m, "event_processing_seconds_count", type="completed") == 1

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     consumer_started: str = "funnel-indexing-started-consumer"
     consumer_completed: str = "funnel-indexing-consumer"
     consumer_failed: str = "funnel-indexing-failed-consumer"
+    # Reads the whole stream, so that a message on a subject none of the three reads (a typo, a new
+    # version of a subject) is dead-lettered as UnknownSubject instead of staying in the stream unseen.
+    consumer_other: str = "funnel-indexing-other-subjects-consumer"
     subject_started: str = "funnel.indexing.started"
     subject_completed: str = "funnel.indexing.completed"
     subject_failed: str = "funnel.indexing.failed"

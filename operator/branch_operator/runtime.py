@@ -29,6 +29,7 @@ from branch_operator.clients.nats_bus import NatsBus
 from branch_operator.clients.notify import Notifier
 from branch_operator.config import Settings
 from branch_operator.controllers.admin import AdminExecutor
+from branch_operator.controllers.branch_names import BranchNameClaims
 from branch_operator.controllers.branches import BranchReactions
 from branch_operator.controllers.catalog import BranchCatalog
 from branch_operator.controllers.incidents import IncidentWatch
@@ -109,6 +110,7 @@ class Runtime:
         self.tasks: list[asyncio.Task[None]] = []
         self.watching = False
         self.triggers = MergeTriggers(self.catalog, self.reconciler)
+        self.branch_names = BranchNameClaims(self.catalog, kube)
         self.branches = BranchReactions(kube, self.reconciler, clock)
         self.clock = clock
         self.policy_status = PolicyStatusKeeper(kube, clock)

@@ -740,6 +740,7 @@ SETTINGS_IN_CHART: dict[str, tuple[str, Obj]] = {
     "consumer_started": ("nats.consumers.started", {"nats": {"consumers": {"started": "c-s"}}}),
     "consumer_completed": ("nats.consumers.completed", {"nats": {"consumers": {"completed": "c-c"}}}),
     "consumer_failed": ("nats.consumers.failed", {"nats": {"consumers": {"failed": "c-f"}}}),
+    "consumer_other": ("nats.consumers.other", {"nats": {"consumers": {"other": "c-o"}}}),
     "subject_started": ("nats.subjects.started", {"nats": {"subjects": {"started": "x.started"}}}),
     "subject_completed": ("nats.subjects.completed", {"nats": {"subjects": {"completed": "x.completed"}}}),
     "subject_failed": ("nats.subjects.failed", {"nats": {"subjects": {"failed": "x.failed"}}}),

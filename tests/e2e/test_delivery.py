@@ -154,10 +154,21 @@ async def consumer_info(oms: Oms, durable: str) -> Any:
 
 
 async def all_idle(oms: Oms) -> bool:
-    for durable in (oms.settings.consumer_started, oms.settings.consumer_completed, oms.settings.consumer_failed):
-        if not await oms.consumer_idle(durable):
+    """Every durable consumer of the input stream (those the server lists, not only the ones we know of)."""
+    async with jetstream(oms) as js:
+        infos = await js.consumers_info(oms.settings.stream)
+    return bool(infos) and all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos)
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` is one token, a final ``>`` one or more."""
+    want, got = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(got) > i
+        if i >= len(got) or (token != "*" and token != got[i]):
             return False
-    return True
+    return len(want) == len(got)
 
 
 async def parked(oms: Oms, original_seq: int | None = None) -> list[dlq.Parked]:
@@ -266,6 +277,51 @@ async def test_poison_is_dead_lettered_once_and_never_redelivered(oms: Oms, case
     assert after.delivered.consumer_seq - before.delivered.consumer_seq == 1
     assert after.num_ack_pending == 0 and after.num_redelivered == 0 and after.num_pending == 0
     assert len(await parked(oms, seq)) == 1
+
+
+# Captured by the input stream (funnel.indexing.>), but none of the three event subjects.
+UNREAD_SUBJECTS = ["funnel.indexing.start", "funnel.indexing.started.v2", "funnel.indexing.COMPLETED"]
+
+
+async def test_messages_on_subjects_nobody_reads_are_dead_lettered(oms: Oms) -> None:
+    await wait_for(lambda: all_idle(oms), what="consumers idle before the test")
+    metrics = oms.operator.runtime.metrics
+    assert metrics is not None
+
+    def rejected_metric() -> float:
+        got = metrics.registry.get_sample_value("oms_branch_operator_events_rejected_total",
+                                                {"type": "unknown", "reason": "UnknownSubject"})
+        return got or 0.0
+
+    counted_before = rejected_metric()
+    published: dict[str, tuple[int, str, bytes]] = {}
+    for subject in UNREAD_SUBJECTS:
+        event = oms.event("started", "feature/unread", "idx-1")
+        payload, headers = encode_structured(event)
+        published[subject] = (await publish(oms, subject, payload, headers), event["id"], payload)
+
+    for subject, (seq, event_id, payload) in published.items():
+        [p] = await wait_for(lambda seq=seq: parked(oms, seq), what=f"{subject} in the dead-letter stream")
+        assert p.reason_code == "UnknownSubject", p.reason
+        assert subject in p.reason
+        assert p.original_subject == subject and p.delivery_count == 1 and p.data == payload
+        assert p.event_id == event_id
+        rejected = [a for a in oms.audits_for(action="event.rejected") if a.details.get("stream_seq") == seq]
+        assert len(rejected) == 1, rejected
+        assert rejected[0].reason == "UnknownSubject" and rejected[0].correlation_id == event_id
+        assert rejected[0].branch_name == "feature/unread" and rejected[0].details["subject"] == subject
+
+    await wait_for(lambda: all_idle(oms), what="every consumer of the stream idle")
+    # Accounted for: each message is covered by a consumer of the stream that acknowledged it.
+    async with jetstream(oms) as js:
+        infos = await js.consumers_info(oms.settings.stream)
+    for subject, (seq, _event_id, _payload) in published.items():
+        covering = [i for i in infos if any(subject_matches(f, subject) for f in
+                                            ([i.config.filter_subject] if i.config.filter_subject else
+                                             i.config.filter_subjects or [">"]))]
+        assert covering and all(i.ack_floor.stream_seq >= seq for i in covering), (subject, covering)
+    assert rejected_metric() - counted_before == len(UNREAD_SUBJECTS)
+    assert not oms.audits_for("feature/unread", action="indexing.started")  # nothing applied
 
 
 # ------------------------------------------------------------------- Kubernetes API faults (own operator)

@@ -146,6 +146,8 @@ class BranchSpec(_Model):
 class ValidationStatus(_Model):
     passed: bool
     errors: Annotated[list[Annotated[str, Field(max_length=MAX_ERROR_LENGTH)]], Field(max_length=MAX_ERRORS)] = []
+    errors_total: Annotated[int | None, Field(
+        ge=0, description="How many errors Funnel reported, when more than errors holds (the first ones)")] = None
 
 
 class IndexingStatus(_Model):

@@ -62,6 +62,10 @@ def connect_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+# The consumer_names() key of the consumer that reads every subject the input stream captures.
+OTHER_SUBJECTS = "other"
+
+
 @dataclass(frozen=True)
 class StreamSpec:
     name: str
@@ -169,13 +173,21 @@ class NatsBus:
             log.warning("stream %s has subjects %s, expected %s; leaving it as it is",
                         spec.name, info.config.subjects, spec.subjects)
 
-    def consumer_names(self) -> dict[str, tuple[str, str]]:
-        """kind -> (durable name, filter subject)."""
+    def consumer_names(self) -> dict[str, tuple[str, str | None]]:
+        """kind -> (durable name, filter subject); the :data:`OTHER_SUBJECTS` consumer has no filter.
+
+        JetStream filters cannot say "everything but these three" (no negation, and ``filter_subjects``
+        may not overlap), so the fourth consumer reads the whole stream: it acknowledges what is on the
+        three event subjects (theirs to process) and dead-letters the rest. That needs a stream whose
+        retention allows overlapping consumers (limits, as the operator creates it, or interest; not
+        work-queue).
+        """
         s = self.settings
         return {
             "started": (s.consumer_started, s.subject_started),
             "completed": (s.consumer_completed, s.subject_completed),
             "failed": (s.consumer_failed, s.subject_failed),
+            OTHER_SUBJECTS: (s.consumer_other, None),
         }
 
     async def ensure_consumers(self) -> None:
@@ -193,6 +205,8 @@ class NatsBus:
                     durable_name=durable,
                     filter_subject=subject,
                     ack_policy=js_api.AckPolicy.EXPLICIT,
+                    # For the other-subjects consumer on an existing stream too: what was stranded before it
+                    # existed is dead-lettered now.
                     deliver_policy=js_api.DeliverPolicy.ALL,
                     ack_wait=s.ack_wait_seconds,
                     # The operator dead-letters after its own retry budget; the server limit is a backstop.
@@ -200,7 +214,7 @@ class NatsBus:
                     max_ack_pending=1000,
                 ),
             )
-            log.info("created durable consumer %s on %s", durable, subject)
+            log.info("created durable consumer %s on %s", durable, subject or f"all of {s.stream}")
 
     async def bind(self, durable: str) -> JetStreamContext.PullSubscription:
         return await self.js.pull_subscribe_bind(durable, stream=self.settings.stream)

@@ -29,6 +29,7 @@ __all__ = [
     "NATS_MSG_ID",
     "REJECTED_BY_API_SERVER",
     "RETRIES_EXHAUSTED",
+    "UNKNOWN_SUBJECT",
     "DeadLetter",
     "dead_letter_headers",
     "dead_letter_msg_id",
@@ -56,6 +57,8 @@ _NATS_CONTROL_PREFIX: Final = "nats-"
 # and the ingest guard's.
 RETRIES_EXHAUSTED: Final = "RetriesExhausted"
 REJECTED_BY_API_SERVER: Final = "RejectedByApiServer"
+# Captured by the input stream, but on none of the event subjects: no consumer would ever read it.
+UNKNOWN_SUBJECT: Final = "UnknownSubject"
 
 MAX_REASON_LENGTH: Final = 1024
 _REJECTED_AT_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"

@@ -368,11 +368,18 @@ def _optional_string(attrs: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
-def _envelope(attrs: Mapping[str, Any], ctx: Context, known_types: Collection[str]) -> Envelope:
+def _envelope(attrs: Mapping[str, Any], ctx: Context, known_types: Collection[str], mode: Mode) -> Envelope:
     ctx.event_id = sane_string(attrs.get("id"), MAX_EVENT_ID)
     ctx.event_type = sane_string(attrs.get("type"), MAX_OPTIONAL_ATTRIBUTE)
 
     specversion = attrs.get("specversion")
+    if specversion is None and mode == "binary":
+        # REQUIRED by CloudEvents; the leniency below is for one producer, which sends bare structured JSON.
+        raise reject(
+            RejectReason.INVALID_CLOUD_EVENT,
+            f"header {CE_HEADER_PREFIX}specversion is missing; a binary-mode CloudEvent must carry it "
+            f"({SPECVERSION})",
+        )
     if specversion is not None:
         if not isinstance(specversion, str):
             raise reject(
@@ -384,7 +391,7 @@ def _envelope(attrs: Mapping[str, Any], ctx: Context, known_types: Collection[st
                 RejectReason.UNSUPPORTED_SPEC_VERSION,
                 f"attribute specversion is {show(specversion)}; only {SPECVERSION} is supported",
             )
-    # A missing specversion is read as 1.0: Funnel's existing producer omits it.
+    # A missing specversion in structured mode is read as 1.0: Funnel's existing producer omits it.
 
     type_ = _required_string(attrs, "type", MAX_OPTIONAL_ATTRIBUTE)
     if type_ not in known_types:
@@ -497,7 +504,7 @@ def read_envelope(
             binary_attrs["datacontenttype"] = hdrs["content-type"]
         attrs = binary_attrs
 
-    return Wire(mode=mode, envelope=_envelope(attrs, ctx, known_types), doc=doc)
+    return Wire(mode=mode, envelope=_envelope(attrs, ctx, known_types, mode), doc=doc)
 
 
 def read_data(wire: Wire, payload: bytes) -> Any:

@@ -132,6 +132,10 @@ class BranchCatalog:
         names = self._by_branch_name.get((namespace, branch_name))
         return min(names) if names else None
 
+    def claimants(self, namespace: str, branch_name: str) -> list[str]:
+        """Every Branch with ``branch_name``, sorted: the first is the one :meth:`find` answers with."""
+        return sorted(self._by_branch_name.get((namespace, branch_name), ()))
+
     def ready(self) -> list[Key]:
         """Every READY Branch as (namespace, name), sorted so a resync pass has a stable order."""
         return sorted(self._ready)

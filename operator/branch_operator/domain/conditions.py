@@ -12,6 +12,7 @@ from branch_operator.domain.timefmt import rfc3339
 __all__ = [
     "ConditionStatus",
     "bounded_errors",
+    "count_errors",
     "describe_errors",
     "find_condition",
     "set_condition",
@@ -88,9 +89,15 @@ def bounded_errors(errors: Sequence[str]) -> list[str]:
     return [truncate(e, MAX_ERROR_LENGTH) for e in list(errors)[:MAX_ERRORS]]
 
 
-def describe_errors(errors: Sequence[str]) -> str:
+def count_errors(kept: int, total: int | None) -> str:
+    """``50 of 102`` when only the first ``kept`` of ``total`` errors are held, else ``50``."""
+    return f"{kept} of {total}" if total is not None and total > kept else str(kept)
+
+
+def describe_errors(errors: Sequence[str], total: int | None = None) -> str:
     if not errors:
         return "no error details reported"
     quoted = "; ".join(truncate(e, _QUOTED_ERROR_CHARS) for e in errors[:_QUOTED_ERRORS])
     more = f" (and {len(errors) - _QUOTED_ERRORS} more)" if len(errors) > _QUOTED_ERRORS else ""
-    return f"{len(errors)} error{'s' if len(errors) != 1 else ''}: {quoted}{more}"
+    plural = "s" if max(len(errors), total or 0) != 1 else ""
+    return f"{count_errors(len(errors), total)} error{plural}: {quoted}{more}"

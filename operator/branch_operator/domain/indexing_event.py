@@ -20,6 +20,11 @@ class ValidationLike(Protocol):
     @property
     def errors(self) -> Sequence[str]: ...
 
+    @property
+    def errors_dropped(self) -> int:
+        """Errors reported beyond those in ``errors`` (the contract keeps only the first ones)."""
+        ...
+
 
 class IndexingDataLike(Protocol):
     @property

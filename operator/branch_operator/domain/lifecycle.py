@@ -316,9 +316,11 @@ def plan_indexing_event(
 
     validation = event.data.validation_results
     errors = bounded_errors(validation.errors) if validation is not None else []
+    # What Funnel reported, not what the status can hold: "50 of 102 errors", never "50 errors".
+    errors_total = len(validation.errors) + validation.errors_dropped if validation is not None else 0
     records = event.data.records_indexed
     run = f"Indexing run {indexing_id}"
-    described = describe_errors(errors)
+    described = describe_errors(errors, errors_total)
 
     if kind is EventKind.STARTED:
         patch["indexing"] = {
@@ -356,6 +358,9 @@ def plan_indexing_event(
     result = IndexingResult.SUCCESS if kind is EventKind.COMPLETED else IndexingResult.FAILED
     indexing["result"] = result.value
     indexing["validation"] = {"passed": validation.passed, "errors": errors} if validation is not None else None
+    if validation is not None and errors_total > len(errors):
+        # Only then: a run's validation is replaced whole (its started event cleared the last one).
+        indexing["validation"]["errorsTotal"] = errors_total
     patch["indexing"] = indexing
 
     if kind is EventKind.COMPLETED:
@@ -370,7 +375,7 @@ def plan_indexing_event(
         cond(_COND_MERGEABLE, "Unknown", "EvaluationPending", "Waiting for the auto-merge policy evaluation.")
         validation_failed = validation is not None and not validation.passed
         return applied("indexing", "Warning" if validation_failed else "Normal", "IndexingCompleted",
-                       f"{run} completed{facts}, {_validation_phrase(validation, errors)}.",
+                       f"{run} completed{facts}, {_validation_phrase(validation, errors, errors_total)}.",
                        AuditAction.INDEXING_COMPLETED)
 
     cond(_COND_INDEXED, "False", "IndexingFailed", f"{run} failed{facts}.")
@@ -382,7 +387,7 @@ def plan_indexing_event(
         cond(_COND_VALIDATED, "False", "ValidationFailed", f"{run} failed validation: {described}.")
     cond(_COND_LOCKED, "False", "LocksReleased", f"{run} failed; all locks released.")
     cond(_COND_MERGEABLE, "False", "IndexingFailed", f"{run} failed.")
-    detail = f" ({_validation_phrase(validation, errors)})" if validation is not None else ""
+    detail = f" ({_validation_phrase(validation, errors, errors_total)})" if validation is not None else ""
     return applied("all", "Warning", "IndexingFailed", f"{run} failed{facts}{detail}; all locks released.",
                    AuditAction.INDEXING_FAILED, notify=True)
 
@@ -597,9 +602,9 @@ def _run_facts(records: int | None, duration: float | None) -> str:
     return out
 
 
-def _validation_phrase(validation: ValidationLike | None, errors: Sequence[str]) -> str:
+def _validation_phrase(validation: ValidationLike | None, errors: Sequence[str], total: int) -> str:
     if validation is None:
         return "no validation results reported"
     if validation.passed:
         return "validation passed"
-    return f"validation failed with {describe_errors(errors)}"
+    return f"validation failed with {describe_errors(errors, total)}"

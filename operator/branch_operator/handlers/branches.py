@@ -39,6 +39,7 @@ async def branch_catalog(type: str | None, body: kopf.Body, namespace: str | Non
     if not claimed or namespace is None or not runtime.in_charge:
         return
     branch_name = str((body.get("spec") or {}).get("branchName", ""))
+    await runtime.branch_names.claimed(namespace, branch_name)  # a second claimant: someone is shadowed
     if runtime.catalog.find(namespace, branch_name) != body["metadata"]["name"]:
         return  # another Branch already answers to that name: READY Branches' targets are unchanged
     # READY Branches merging into this name were decided without its locks (target unknown then). At

@@ -13,7 +13,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,17 +23,19 @@ from nats.js.errors import NotFoundError
 
 from branch_operator.clients.emitter import Emitter
 from branch_operator.clients.kube import Invalid, KubeError
-from branch_operator.clients.nats_bus import NatsBus
+from branch_operator.clients.nats_bus import OTHER_SUBJECTS, NatsBus
 from branch_operator.config import Settings
 from branch_operator.contracts.dlq import (
     MAX_REASON_LENGTH,
     REJECTED_BY_API_SERVER,
     RETRIES_EXHAUSTED,
+    UNKNOWN_SUBJECT,
     dead_letter_headers,
     dead_letter_msg_id,
     dead_letter_subject,
 )
 from branch_operator.contracts.funnel import EventRejected, parse_message, subjects_from_settings
+from branch_operator.contracts.funnel_decode import show
 from branch_operator.controllers.indexing import EventProcessor, Outcome, Result
 from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.ingest import guard
@@ -81,7 +83,7 @@ class IndexingConsumer:
         return bool(self.attached) and all(self.attached.values()) and self.bus.connected
 
     async def run(self) -> None:
-        """Consume all three durable consumers until cancelled or drained."""
+        """Consume all the durable consumers until cancelled or drained."""
         self._draining = False
         self._stopped.clear()
         tasks = [
@@ -120,7 +122,7 @@ class IndexingConsumer:
                 self.attached[durable] = True
                 failures = 0
                 log.info("consuming %s via durable consumer %s", kind, durable)
-                await self._pump(sub, epoch)
+                await self._pump(sub, epoch, self.handle_other if kind == OTHER_SUBJECTS else None)
                 if self._draining:
                     self.attached[durable] = False
                     with contextlib.suppress(Exception):
@@ -149,7 +151,9 @@ class IndexingConsumer:
                         await self.bus.ensure_streams()
                         await self.bus.ensure_consumers()
 
-    async def _pump(self, sub: Any, epoch: int) -> None:
+    async def _pump(
+        self, sub: Any, epoch: int, handler: Callable[[Msg], Coroutine[Any, Any, Disposition]] | None = None,
+    ) -> None:
         """Keep up to ``fetch_batch`` messages in hand at once, fetching more as each one finishes.
 
         Waiting for a whole batch before fetching the next would leave the operator idle behind the
@@ -164,7 +168,8 @@ class IndexingConsumer:
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 for msg in await self._next_batch(sub, room):
-                    task = asyncio.create_task(self.handle_msg(msg))
+                    # Looked up per message, not bound once: tests wrap handle_msg on the instance.
+                    task = asyncio.create_task((handler or self.handle_msg)(msg))
                     in_flight[task] = msg
                     task.add_done_callback(lambda t: in_flight.pop(t, None))
                     task.add_done_callback(_report_crash)
@@ -239,6 +244,27 @@ class IndexingConsumer:
             timing(event.kind, time.monotonic() - started)
         self._notify(event.id, result, Disposition.ACKED)
         return Disposition.ACKED
+
+    async def handle_other(self, msg: Msg) -> Disposition:
+        """A message of the consumer that reads the whole stream.
+
+        One on an event subject belongs to that subject's consumer, which processes it exactly once:
+        here it is only acknowledged. Any other subject is read by nobody, so it is dead-lettered.
+        """
+        if msg.subject in self._subjects.values():
+            with contextlib.suppress(Exception):  # if the ack is lost, it comes again and is acked again
+                await msg.ack()
+            return Disposition.ACKED
+        reason = (f"subject {show(msg.subject, 200)} is captured by stream {self.settings.stream} but is none "
+                  f"of the event subjects ({', '.join(sorted(self._subjects.values()))}): no consumer reads it")
+        event_id = branch_name = None
+        try:  # only for what the body says (event id, branch): parsing fails on an unknown subject
+            parse_message(msg.subject, msg.data, msg.headers, max_bytes=self.settings.max_event_bytes,
+                          subjects=self._subjects)
+        except EventRejected as rejected:
+            event_id, branch_name = rejected.event_id, rejected.branch_name
+        return await self._dead_letter(msg, UNKNOWN_SUBJECT, reason, _delivered(msg), event_id=event_id,
+                                       branch_name=branch_name)
 
     async def _retry(
         self, msg: Msg, delivered: int, reason: str, event_id: str, branch_name: str | None = None,

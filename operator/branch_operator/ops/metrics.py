@@ -28,6 +28,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from branch_operator.contracts.dlq import UNKNOWN_SUBJECT
 from branch_operator.domain.audit import AuditAction, AuditRecord
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,9 @@ class OperatorMetrics:
             for reason in str(record.reason or "Unknown").split(","):
                 self.merge_blocks.labels(reason.strip() or "Unknown").inc()
         elif action == AuditAction.EVENT_REJECTED:
-            self.events_rejected.labels(event_kind(details.get("subject")), str(record.reason or "Unknown")).inc()
+            # A subject nobody reads is no kind, even if its last token looks like one (`….COMPLETED`).
+            kind = "unknown" if record.reason == UNKNOWN_SUBJECT else event_kind(details.get("subject"))
+            self.events_rejected.labels(kind, str(record.reason or "Unknown")).inc()
         elif action == AuditAction.LOCK_EXPIRED:
             self.locks_expired.labels(str(details.get("lock_type") or "unknown")).inc()
         elif action in (AuditAction.ADMIN_FORCE_UNLOCK, AuditAction.ADMIN_SET_STATE):

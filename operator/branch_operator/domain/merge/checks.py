@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from branch_operator.api.models import AutoMergePolicySpec, BlockReason, Conflict, IndexingStatus, LockType
-from branch_operator.domain.conditions import truncate
+from branch_operator.domain.conditions import count_errors, truncate
 from branch_operator.domain.merge.selection import PolicyRef
 from branch_operator.domain.timefmt import rfc3339, to_utc
 from branch_operator.domain.windows import WindowVerdict
@@ -175,7 +175,7 @@ def _check_validation(f: Facts) -> Check:
     elif validation.passed:
         evidence = "validation passed"
     else:
-        evidence = f"validation failed with {len(validation.errors)} error(s)"
+        evidence = f"validation failed with {count_errors(len(validation.errors), validation.errors_total)} error(s)"
         if validation.errors:
             evidence += f", first: {validation.errors[0]}"
     if f.indexing is not None and f.indexing.event_id:

@@ -30,7 +30,7 @@ from branch_operator.api.models import (
     Phase,
 )
 from branch_operator.domain.audit import AuditAction
-from branch_operator.domain.conditions import truncate
+from branch_operator.domain.conditions import count_errors, truncate
 from branch_operator.domain.merge.checks import (
     Check,
     Facts,
@@ -216,7 +216,7 @@ def _phrases(check: Check, f: Facts) -> list[str]:
         validation = f.indexing.validation if f.indexing is not None else None
         if validation is None:
             return ["no validation results are recorded"]
-        return [f"validation failed with {len(validation.errors)} error(s)"]
+        return [f"validation failed with {count_errors(len(validation.errors), validation.errors_total)} error(s)"]
     if reason is BlockReason.INSUFFICIENT_RECORDS:
         records = f.indexing.records_indexed if f.indexing is not None else None
         shown = "an unknown number of" if records is None else f"only {records}"

@@ -314,7 +314,9 @@ def _kept(event: FakeEvent) -> PendingResult:
 
 def test_a_kept_result_applies_after_its_started_and_is_then_cleared() -> None:
     result = completed("idx-late")
-    current = status(Phase.ACTIVE, indexing_id="idx-old").model_copy(update={"pending_result": _kept(result)})
+    # The merged run started earlier: with equal starts the indexing id would order them (idx-late first).
+    current = status(Phase.ACTIVE, indexing_id="idx-old", started_at=T10 - timedelta(hours=1)).model_copy(
+        update={"pending_result": _kept(result)})
 
     start = plan_indexing_event(current, started("idx-late"), now=NOW)
     assert start.outcome is Outcome.APPLIED and start.to_phase is Phase.LOCKED_FOR_WRITE

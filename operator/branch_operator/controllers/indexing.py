@@ -311,11 +311,12 @@ class EventProcessor:
         ns, name = meta["namespace"], meta["name"]
         from_phase, to_phase = _phase(plan.from_phase), _phase(plan.to_phase)
         common: dict[str, Any] = {"namespace": ns, "branch": name}
+        discard = self._discard_records(event, plan, **common)
         if plan.outcome is not PlanOutcome.APPLIED:
             record = self._record(
                 plan.audit_action, event, from_state=from_phase, to_state=from_phase,
                 reason=plan.reason, details={"type": event.type, "message": plan.event_message}, **common)
-            return [self.emitter.audit_message(record)]
+            return [self.emitter.audit_message(r) for r in (record, *discard)]
 
         records = [self._record(
             plan.audit_action, event, from_state=from_phase, to_state=to_phase, reason=plan.reason,
@@ -336,6 +337,7 @@ class EventProcessor:
             actor=self.settings.operator_id, reason=plan.event_reason, namespace=ns, branch=name,
             branch_name=event.data.branch_name, correlation_id=event.id, indexing_id=event.data.indexing_id,
         ) for lock_name in released]
+        records += discard
         messages = [self.emitter.audit_message(r) for r in records]
         if plan.notify:
             messages.append(self.emitter.notification_message(
@@ -349,6 +351,19 @@ class EventProcessor:
                 },
             ))
         return messages
+
+    def _discard_records(self, event: IndexingEvent, plan: EventPlan, **common: Any) -> list[AuditRecord]:
+        """``event.discarded`` for the kept result the plan drops: acknowledged long ago, it goes unapplied."""
+        dropped = plan.discarded
+        if dropped is None:
+            return []
+        action = AuditAction.EVENT_DISCARDED
+        return [AuditRecord.build(
+            action, branch_name=event.data.branch_name, when=event.occurred_at,
+            seed=f"{event.id}|{action.value}|{dropped.event_id}", actor=self.settings.operator_id,
+            correlation_id=dropped.event_id, indexing_id=dropped.indexing_id, reason=dropped.reason,
+            details={"discarded_by": event.id, "discarded_by_run": event.data.indexing_id}, **common,
+        )]
 
     def _record(
         self, action: AuditAction, event: IndexingEvent, *, seed_extra: str = "", **fields: Any

@@ -39,8 +39,9 @@ Transition table (:data:`TRANSITIONS`; LOCKED = LOCKED_FOR_WRITE, ``*`` = same o
 
 Rules applied around the table, in this order:
 
-1. Idempotency: an event whose id is in ``status.recentEventIds`` or equals ``status.indexing.eventId``
-   is a ``Duplicate`` whatever the table says.
+1. Idempotency: an event whose key (source and id: :func:`~branch_operator.domain.indexing_event.event_key`)
+   is in ``status.recentEventIds`` or equals ``status.indexing.eventId`` is a ``Duplicate`` whatever the
+   table says.
 2. The table.
 3. Staleness: an ``Applied`` row for an *other* run is downgraded to ``Stale`` when the event's run
    is older than the recorded run, or (a ``started``) older than the run of a kept result. Funnel's
@@ -89,7 +90,7 @@ from branch_operator.api.models import (
 )
 from branch_operator.domain.audit import AuditAction
 from branch_operator.domain.conditions import ConditionStatus, bounded_errors, describe_errors, set_condition
-from branch_operator.domain.indexing_event import IndexingEventLike, ValidationLike
+from branch_operator.domain.indexing_event import IndexingEventLike, ValidationLike, event_key
 from branch_operator.domain.timefmt import format_duration, rfc3339, to_utc
 
 __all__ = [
@@ -196,7 +197,8 @@ TRANSITIONS: Mapping[tuple[Phase, EventKind, RunMatch], Rule] = MappingProxyType
 class Discard:
     """A kept result (``status.pendingResult``) that this plan drops without applying it."""
 
-    event_id: str
+    event_key: str  # as remembered in status (domain.indexing_event.event_key)
+    event_id: str  # its CloudEvent id
     indexing_id: str
     reason: str
 
@@ -260,9 +262,10 @@ def plan_indexing_event(
     match = RunMatch.SAME if same_run else RunMatch.OTHER
 
     parked = status.pending_result
-    if event.id in status.recent_event_ids or event.id == recorded.event_id:
+    key = event_key(event.source, event.id)  # what status remembers: CloudEvent ids are unique per source only
+    if key in status.recent_event_ids or key == recorded.event_id:
         rule = _rule(Outcome.DUPLICATE, f"event {event.id} was already applied")
-    elif parked is not None and parked.event_id == event.id and recorded.indexing_id != parked.indexing_id:
+    elif parked is not None and parked.event_id == key and recorded.indexing_id != parked.indexing_id:
         # Its run has not started yet: a redelivered copy of a result already kept.
         rule = _rule(Outcome.DUPLICATE, f"event {event.id} is already kept until its run starts")
     else:
@@ -292,7 +295,7 @@ def plan_indexing_event(
     if rule.outcome is Outcome.DUPLICATE or rule.outcome is Outcome.WAIT:
         return _ignored_plan(rule, kind, event, from_phase, patch={})
     if rule.outcome is Outcome.STALE:
-        remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
+        remember = {"recentEventIds": _remember(status.recent_event_ids, key)}
         return _ignored_plan(rule, kind, event, from_phase, patch=remember)
     if rule.outcome is Outcome.UNEXPECTED:
         if from_phase is Phase.ACTIVE and match is RunMatch.OTHER and kind is not EventKind.STARTED:
@@ -300,28 +303,28 @@ def plan_indexing_event(
                 # A result of a run older than the one recorded can never apply: late, not early.
                 rule = _rule(Outcome.STALE, f"run {indexing_id} started before the recorded run "
                                             f"{recorded.indexing_id}")
-                remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
+                remember = {"recentEventIds": _remember(status.recent_event_ids, key)}
                 return _ignored_plan(rule, kind, event, from_phase, patch=remember)
             if _older_than_kept(event, parked):
                 assert parked is not None
                 rule = _rule(Outcome.STALE, f"run {indexing_id} started before run {parked.indexing_id}, "
                                             "whose result is kept")
-                remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
+                remember = {"recentEventIds": _remember(status.recent_event_ids, key)}
                 return _ignored_plan(rule, kind, event, from_phase, patch=remember)
             # A result with no run to apply to: no transition (the original design's unexpected state), but
             # it is kept (the I/O layer adds ``pendingResult``) in case its started event is only late.
             rule = _rule(Outcome.UNEXPECTED, f"{rule.why}; kept until run {indexing_id} starts")
             keep: dict[str, Any] = {}
             discarded = None
-            if parked is not None and parked.event_id != event.id:
+            if parked is not None and parked.event_id != key:
                 # It replaces another kept result: remember that one, so a later copy of it is a duplicate.
                 keep["recentEventIds"] = _remember(status.recent_event_ids, parked.event_id)
-                discarded = Discard(parked.event_id, parked.indexing_id,
+                discarded = Discard(parked.event_id, _kept_id(parked), parked.indexing_id,
                                     f"replaced by the result of run {indexing_id}, kept in its place")
             plan = _ignored_plan(rule, kind, event, from_phase, patch=keep)
             return replace(plan, park=True, audit_action=AuditAction.EVENT_PENDING, discarded=discarded)
         # Recording the id makes a redelivery a quiet Duplicate instead of a second Warning.
-        remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
+        remember = {"recentEventIds": _remember(status.recent_event_ids, key)}
         return _ignored_plan(rule, kind, event, from_phase, patch=remember)
 
     to_phase = rule.to_phase
@@ -332,15 +335,15 @@ def plan_indexing_event(
         patch["phaseTransitionTime"] = rfc3339(now)
     # Every applied event starts or ends a run, which makes any earlier merge evaluation meaningless.
     patch["merge"] = None
-    patch["recentEventIds"] = _remember(status.recent_event_ids, event.id)
+    patch["recentEventIds"] = _remember(status.recent_event_ids, key)
     discarded = None
     if parked is not None and (kind is not EventKind.STARTED or parked.indexing_id != indexing_id):
         # Applied now, or belongs to a run that this (not older) run supersedes.
         patch["pendingResult"] = None
-        if parked.event_id != event.id:
+        if parked.event_id != key:
             # Dropped unapplied: remember its id so a later copy is a duplicate, not kept again.
-            patch["recentEventIds"] = _remember(_remember(status.recent_event_ids, parked.event_id), event.id)
-            discarded = Discard(parked.event_id, parked.indexing_id,
+            patch["recentEventIds"] = _remember(_remember(status.recent_event_ids, parked.event_id), key)
+            discarded = Discard(parked.event_id, _kept_id(parked), parked.indexing_id,
                                 f"superseded by run {indexing_id} ({kind.value} {event.id})")
     conditions = [c.wire() for c in status.conditions]
 
@@ -366,7 +369,7 @@ def plan_indexing_event(
 
     if kind is EventKind.STARTED:
         patch["indexing"] = {
-            "indexingId": indexing_id, "eventId": event.id,
+            "indexingId": indexing_id, "eventId": key,
             "startedAt": rfc3339(event.data.started_at or event.occurred_at or now),
             **dict.fromkeys(("completedAt", "durationSeconds", "recordsIndexed", "result", "validation")),
         }
@@ -391,7 +394,7 @@ def plan_indexing_event(
     duration = event.duration_seconds
     if duration is None or duration < 0:
         duration = indexing_duration(started_at, completed_at)
-    indexing: dict[str, Any] = {"indexingId": indexing_id, "eventId": event.id, "completedAt": rfc3339(completed_at),
+    indexing: dict[str, Any] = {"indexingId": indexing_id, "eventId": key, "completedAt": rfc3339(completed_at),
                                 "durationSeconds": duration, "recordsIndexed": records}
     if event.data.started_at is not None or match is RunMatch.OTHER:
         # For another run the recorded start belongs to someone else: replace it, even with null.
@@ -501,6 +504,14 @@ def _kept_started_at(parked: PendingResult) -> datetime | None:
         return to_utc(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _kept_id(parked: PendingResult) -> str:
+    """The CloudEvent id of the kept event (its key when the stored event cannot be read)."""
+    try:
+        return str(json.loads(parked.event)["id"])
+    except (ValueError, KeyError, TypeError):
+        return parked.event_id
 
 
 def _remember(recent: Sequence[str], event_id: str) -> list[str]:

@@ -10,7 +10,9 @@ table it is checked against in ``tests/test_reference_model.py``). Its rules:
   a ``completed`` of the current run makes it ``READY`` (validation passed or not), a ``failed`` (the
   failed subject, or ``completed`` with ``status: failed``) makes it ``ERROR``.
 - Anything about a run older than the current one changes nothing: **stale** — except a result that
-  reaches an ``ACTIVE`` branch (there is no run to complete): **unexpected**.
+  reaches an ``ACTIVE`` branch (there is no run to complete): **unexpected**. Runs are ordered by
+  ``started_at``, runs that started in the same instant by indexing id (the operator's one order of runs,
+  ``domain.lifecycle.run_precedes``).
 - Events for a Branch that does not exist are **unknown_branch**; malformed messages are **dead_lettered**.
 - Auto-merge (the policy merges validated branches): once a wave of events has been delivered, every
   ``READY`` branch whose run passed validation is merged exactly once and becomes ``ACTIVE``.
@@ -80,6 +82,10 @@ class BranchState:
     merged_runs: list[str] = field(default_factory=list)
 
 
+def _older(a: Run, b: Run) -> bool:
+    return a.indexing_id != b.indexing_id and (a.started_at, a.indexing_id) < (b.started_at, b.indexing_id)
+
+
 class Model:
     """The expected fate of every event and the expected state of every branch."""
 
@@ -107,7 +113,7 @@ class Model:
         self.seen.add(event.event_id)
         current = state.run
         kind = event.effective_kind
-        if current is not None and event.run.started_at < current.started_at:
+        if current is not None and _older(event.run, current):
             return "stale"  # a run older than the recorded one: late, whatever the phase
         if kind == "started":
             if current is not None and event.run.indexing_id == current.indexing_id:

@@ -97,8 +97,8 @@ def test_every_action_fits_the_format() -> None:
         "indexing.started", "indexing.completed", "indexing.failed", "branch.state_changed", "branch.merged",
         "branch.merge_blocked", "branch.merge_deferred", "branch.merge_failed", "branch.merge_requested",
         "lock.acquired", "lock.released", "lock.expired", "event.rejected", "event.stale",
-        "event.unexpected", "event.pending", "event.duplicate", "event.deferred", "admin.force_unlock",
-        "admin.set_state",
+        "event.unexpected", "event.pending", "event.discarded", "event.duplicate", "event.deferred",
+        "admin.force_unlock", "admin.set_state",
     }  # fmt: skip
 
 

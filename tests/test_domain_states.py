@@ -22,6 +22,7 @@ from branch_operator.api.models import (
     Phase,
 )
 from branch_operator.domain.conditions import find_condition, set_condition
+from branch_operator.domain.indexing_event import event_key
 from branch_operator.domain.lifecycle import (
     ALLOWED_MANUAL_TRANSITIONS,
     TRANSITIONS,
@@ -38,6 +39,12 @@ from branch_operator.domain.timefmt import format_duration, rfc3339
 NOW = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 T10 = datetime(2024, 1, 1, 10, 0, 0, tzinfo=UTC)
 T1030 = datetime(2024, 1, 1, 10, 30, 0, tzinfo=UTC)
+SOURCE = "funnel"
+
+
+def K(event_id: str) -> str:
+    """What status remembers of the event ``event_id`` from ``SOURCE``."""
+    return event_key(SOURCE, event_id)
 
 
 # ------------------------------------------------------------------------------------ fakes / helpers
@@ -69,6 +76,7 @@ class FakeEvent:
     failed: bool = False
     duration_seconds: float | None = None
     occurred_at: datetime | None = None
+    source: str = SOURCE
 
 
 def started(indexing_id: str = "idx-1", *, event_id: str = "evt-s", at: datetime = T10) -> FakeEvent:
@@ -117,7 +125,7 @@ def status(
     conditions: list[dict[str, Any]] | None = None,
 ) -> BranchStatus:
     indexing = (
-        IndexingStatus(indexing_id=indexing_id, event_id=event_id, started_at=started_at)
+        IndexingStatus(indexing_id=indexing_id, event_id=K(event_id) if event_id else None, started_at=started_at)
         if indexing_id is not None
         else None
     )
@@ -125,7 +133,7 @@ def status(
         {
             "phase": phase.value if phase else None,
             "indexing": indexing.wire() if indexing else None,
-            "recentEventIds": recent or [],
+            "recentEventIds": [K(i) for i in recent or []],
             "conditions": conditions or [],
         }
     )
@@ -185,7 +193,7 @@ def test_successful_indexing_moves_locked_branch_to_ready() -> None:
     assert patch["phaseTransitionTime"] == "2024-01-01T12:00:00Z"
     assert patch["indexing"] == {
         "indexingId": "idx-1",
-        "eventId": "evt-c",
+        "eventId": K("evt-c"),
         "startedAt": "2024-01-01T10:00:00Z",
         "completedAt": "2024-01-01T10:30:00Z",
         "durationSeconds": 1800.0,
@@ -193,7 +201,7 @@ def test_successful_indexing_moves_locked_branch_to_ready() -> None:
         "result": "success",
         "validation": {"passed": True, "errors": []},
     }
-    assert patch["recentEventIds"] == ["evt-c"]
+    assert patch["recentEventIds"] == [K("evt-c")]
     assert cond(plan, "Indexed")["status"] == "True"
     assert cond(plan, "Indexed")["reason"] == "IndexingSucceeded"
     assert (cond(plan, "Validated")["status"], cond(plan, "Validated")["reason"]) == (
@@ -309,13 +317,15 @@ def test_unexpected_branch_state_completed_for_active_branch() -> None:
 
 
 def _kept(event: FakeEvent) -> PendingResult:
-    return PendingResult(event_id=event.id, indexing_id=event.data.indexing_id,
+    return PendingResult(event_id=K(event.id), indexing_id=event.data.indexing_id,
                          subject="funnel.indexing.completed", event="{}")
 
 
 def test_a_kept_result_applies_after_its_started_and_is_then_cleared() -> None:
     result = completed("idx-late")
-    current = status(Phase.ACTIVE, indexing_id="idx-old").model_copy(update={"pending_result": _kept(result)})
+    # The merged run started earlier: with equal starts the indexing id would order them (idx-late first).
+    current = status(Phase.ACTIVE, indexing_id="idx-old", started_at=T10 - timedelta(hours=1)).model_copy(
+        update={"pending_result": _kept(result)})
 
     start = plan_indexing_event(current, started("idx-late"), now=NOW)
     assert start.outcome is Outcome.APPLIED and start.to_phase is Phase.LOCKED_FOR_WRITE
@@ -407,11 +417,11 @@ def test_transition(phase: Phase, kind: EventKind, match: RunMatch) -> None:
     if outcome is Outcome.UNEXPECTED:
         # A result with no run on an ACTIVE branch is kept for its started event instead of remembered.
         kept = phase is Phase.ACTIVE and match is RunMatch.OTHER and kind is not EventKind.STARTED
-        assert patch == ({} if kept else {"recentEventIds": ["evt-new"]}) and plan.park is kept
+        assert patch == ({} if kept else {"recentEventIds": [K("evt-new")]}) and plan.park is kept
         assert (plan.event_type, plan.event_reason) == ("Warning", "UnexpectedEvent")
     if outcome is Outcome.STALE:
         # Recorded (audit + Normal Event), and remembered so a redelivery is a quiet duplicate.
-        assert patch == {"recentEventIds": ["evt-new"]}
+        assert patch == {"recentEventIds": [K("evt-new")]}
         assert (plan.event_type, plan.event_reason, plan.audit_action) == ("Normal", "StaleEvent", "event.stale")
     if outcome is not Outcome.APPLIED:
         assert plan.release_locks == "none" and plan.acquire_lock is None and not plan.notify
@@ -420,7 +430,7 @@ def test_transition(phase: Phase, kind: EventKind, match: RunMatch) -> None:
     assert patch["phase"] == to_phase.value
     assert ("phaseTransitionTime" in patch) == (phase is not to_phase)
     assert patch["merge"] is None
-    assert patch["recentEventIds"][-1] == "evt-new"
+    assert patch["recentEventIds"][-1] == K("evt-new")
     assert patch["indexing"]["indexingId"] == event.data.indexing_id
     expected_locks = {
         EventKind.STARTED: (LockType.INDEXING, "indexing", False, "IndexingStarted"),
@@ -457,7 +467,7 @@ def test_started_opens_a_new_run_and_clears_the_previous_result() -> None:
     assert plan.acquire_lock is LockType.INDEXING and plan.lock_indexing_id == "idx-2"
     assert plan.status_patch["indexing"] == {
         "indexingId": "idx-2",
-        "eventId": "evt-s",
+        "eventId": K("evt-s"),
         "startedAt": "2024-01-01T10:00:00Z",
         "completedAt": None,
         "durationSeconds": None,
@@ -468,7 +478,7 @@ def test_started_opens_a_new_run_and_clears_the_previous_result() -> None:
     assert plan.status_patch["merge"] is None
     after = apply(current, plan)
     assert after.merge is None
-    assert after.indexing == IndexingStatus(indexing_id="idx-2", event_id="evt-s", started_at=T10)
+    assert after.indexing == IndexingStatus(indexing_id="idx-2", event_id=K("evt-s"), started_at=T10)
     for type_, st_, reason in [
         ("Locked", "True", "IndexingInProgress"),
         ("Indexed", "False", "IndexingInProgress"),
@@ -562,7 +572,7 @@ def test_recent_event_ids_are_bounded_newest_last() -> None:
 
     ids = plan.status_patch["recentEventIds"]
     assert len(ids) == MAX_RECENT_EVENTS
-    assert ids == [*recent[1:], "evt-latest"]
+    assert ids == [K(i) for i in [*recent[1:], "evt-latest"]]
     apply(current, plan)  # fits the CRD's maxItems
 
 
@@ -787,7 +797,7 @@ def test_any_event_sequence_keeps_status_valid(events: list[FakeEvent], phase: P
         after = apply(current, plan)
         if plan.outcome is Outcome.APPLIED:
             assert after.phase is plan.to_phase
-            assert after.recent_event_ids[-1] == event.id
+            assert after.recent_event_ids[-1] == K(event.id)
         else:
             assert after.phase == current.phase
             assert plan.release_locks == "none"

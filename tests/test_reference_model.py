@@ -185,6 +185,7 @@ class PlannerBranches:
         payload, headers = encode_structured(funnel_event(event))
         parsed = parse_message(f"funnel.indexing.{event.kind}", payload, headers)
         status = self.status[event.branch]
+        before = (status.get("pendingResult") or {}).get("indexingId")
         plan = plan_indexing_event(BranchStatus.model_validate(status), parsed, now=T0, may_wait=may_wait)
         if plan.status_patch:
             self.status[event.branch] = _merge_patch(status, json.loads(json.dumps(plan.status_patch)))
@@ -195,7 +196,7 @@ class PlannerBranches:
             self.parked[event.branch] = event
         kept = self.parked.get(event.branch)
         if (plan.outcome is PlanOutcome.APPLIED and event.kind == "started" and kept is not None
-                and kept.run.indexing_id == event.run.indexing_id):
+                and kept.run.indexing_id == event.run.indexing_id == before):  # as the processor: from the status
             del self.parked[event.branch]
             self.handle(kept, may_wait=False)  # ...and apply it right after that started
         return {PlanOutcome.APPLIED: "applied", PlanOutcome.DUPLICATE: "duplicate", PlanOutcome.STALE: "stale",

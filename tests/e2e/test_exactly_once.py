@@ -44,9 +44,10 @@ from nats.js.errors import NotFoundError
 from branch_operator.api.models import API_VERSION, AutoMergePolicy, Branch, BranchLock, LockType
 from branch_operator.clients.kube import KubeClient
 from branch_operator.config import Settings
-from branch_operator.contracts.funnel_encode import encode_structured
+from branch_operator.contracts.funnel_encode import DEFAULT_SOURCE, encode_structured
 from branch_operator.controllers.indexing import Result
-from branch_operator.domain.locks import lock_body
+from branch_operator.domain.indexing_event import event_key
+from branch_operator.domain.locks import indexing_lock_key, lock_body
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.ingest.consumer import Disposition
 
@@ -597,8 +598,9 @@ async def test_started_that_lost_its_race_leaves_no_lock(soak_env: tuple[Embedde
         for name in ("finished", "running"):
             branches[name] = await kube.get_branch(ns, name)
         # The lock a losing replica created for the finished run after that run's result released its locks.
+        key = indexing_lock_key(branches["finished"]["metadata"]["uid"], finished_start.run.indexing_id)
         orphan, _ = await kube.create_lock(ns, lock_body(branches["finished"], LockType.INDEXING,
-                                                         key=finished_start.run.indexing_id, holder="funnel",
+                                                         key=key, holder="funnel",
                                                          reason="late", indexing_id=finished_start.run.indexing_id))
         await send(finished_start, "duplicate")  # the losing replica's message, redelivered
         assert [lk["metadata"]["name"] for lk in await kube.list_locks(ns, "finished")] == []
@@ -679,8 +681,9 @@ async def test_a_kept_result_applied_by_its_started_is_published_by_the_started_
 
     async def failing_once(key: str, messages: Iterable[Any]) -> None:
         batch = list(messages)
-        if key == completed.event_id and not failures and any('"indexing.completed"' in m.data for m in batch):
-            failures.append(key)
+        if (key == event_key(DEFAULT_SOURCE, completed.event_id) and not failures
+                and any('"indexing.completed"' in m.data for m in batch)):
+            failures.append(completed.event_id)
             raise nats.errors.TimeoutError  # what a publish whose ack never comes raises
         await original(key, batch)
 

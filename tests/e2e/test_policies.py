@@ -23,6 +23,7 @@ from aiohttp import web
 
 from branch_operator.api.models import ANNOTATION_MERGE_REQUEST, ANNOTATION_REQUESTED_BY, AutoMergePolicy, LockType
 from branch_operator.cli.simulate import run as run_simulate
+from branch_operator.domain.indexing_event import event_key
 from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.kit.deadlines import ManualClock
@@ -94,7 +95,7 @@ async def test_policy_applied_after_ready_merges_with_a_full_trace_announced_onc
 
     merge = merge_of(merged)
     assert (merge["decision"], merge["policy"], merge["policyGeneration"]) == ("Merged", "gitops-applied", 1)
-    assert merge["eventId"] == completed["id"]
+    assert merge["eventId"] == event_key(completed["source"], completed["id"])
     assert [c["name"] for c in merge["checks"]] == [
         "policy", "freeze", "autoMerge", "validation", "minRecords", "conflicts", "expiry", "locks", "targetLocks",
         "window"]

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from branch_operator.api.models import LockType
+from branch_operator.domain.indexing_event import event_key
 from branch_operator.domain.locks import lock_body
 
 from .conftest import Oms, wait_for
@@ -42,7 +43,7 @@ async def test_scenario_1_success_is_auto_merged(oms: Oms) -> None:
     st = merged["status"]
     assert st["indexing"]["recordsIndexed"] == 1250
     assert st["indexing"]["validation"]["passed"] is True
-    assert st["indexing"]["eventId"] == completed["id"]
+    assert st["indexing"]["eventId"] == event_key(completed["source"], completed["id"])
     assert st["merge"]["decision"] == "Merged"
     assert st["merge"]["policy"] == "default"
     assert condition(merged, "Mergeable")["reason"] == "Merged"
@@ -190,7 +191,7 @@ async def test_same_event_twice_applies_once(oms: Oms) -> None:
     await oms.publish("completed", event)
     await wait_for(lambda: oms.consumer_idle(oms.settings.consumer_completed), what="both copies acknowledged")
     obj = await oms.branch("twice")
-    assert obj["status"]["recentEventIds"].count(event["id"]) == 1
+    assert obj["status"]["recentEventIds"].count(event_key(event["source"], event["id"])) == 1
     assert len(oms.audits_for("feature/twice", "indexing.completed")) == 1
     assert len([e for e in await oms.k8s_events("twice") if e["reason"] == "IndexingCompleted"]) == 1
 
@@ -208,7 +209,7 @@ async def test_completed_for_active_branch_is_unexpected(oms: Oms) -> None:
     after = await oms.branch("steady")
     assert phase(after) == "ACTIVE" == phase(before)
     assert any(e["type"] == "Warning" for e in await oms.k8s_events("steady"))
-    assert after["status"]["pendingResult"]["eventId"] == event["id"]
+    assert after["status"]["pendingResult"]["eventId"] == event_key(event["source"], event["id"])
 
 
 async def test_result_kept_for_a_late_started_is_applied_when_it_arrives(oms: Oms) -> None:
@@ -217,7 +218,7 @@ async def test_result_kept_for_a_late_started_is_applied_when_it_arrives(oms: Om
     completed = oms.event("completed", "feature/late-start", "idx-late", records=7)
     await oms.publish("completed", completed)
     await oms.wait_branch("late-start", lambda o: ((o.get("status") or {}).get("pendingResult") or {}).get(
-        "eventId") == completed["id"], what="result kept in status.pendingResult")
+        "eventId") == event_key(completed["source"], completed["id"]), what="result kept in status.pendingResult")
     assert phase(await oms.branch("late-start")) == "ACTIVE"
 
     await oms.publish("started", oms.event("started", "feature/late-start", "idx-late"))

@@ -27,9 +27,10 @@ from branch_operator.config import Settings
 from branch_operator.contracts.funnel import EventRejected, IndexingEvent, parse_message
 from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.domain.incidents import INDEXING_FAILED
+from branch_operator.domain.indexing_event import event_key
 from branch_operator.domain.lifecycle import EventPlan, plan_indexing_event
 from branch_operator.domain.lifecycle import Outcome as PlanOutcome
-from branch_operator.domain.locks import label_value, lock_body, locks_to_release, release_record
+from branch_operator.domain.locks import indexing_lock_key, label_value, lock_body, locks_to_release, release_record
 from branch_operator.domain.locks import lock_name as make_lock_name
 from branch_operator.domain.timefmt import rfc3339
 from branch_operator.kit.keyed import KeyedLocks
@@ -165,13 +166,14 @@ class EventProcessor:
                     new_lock = await self._acquire(obj, event, LockType(plan.acquire_lock))
                 # Released before the commit: whoever sees the new phase never sees the old locks.
                 deleted.update(await self._release(obj, plan.release_locks, keep=new_lock))
-            released = _reported_releases(name, status, deleted, new_lock) if plan.applied else []
+            uid = obj["metadata"].get("uid")
+            released = _reported_releases(name, status, deleted, new_lock, uid=uid) if plan.applied else []
             messages = self._messages(obj, event, plan, new_lock, released)
             # An outbox committed by an earlier event whose publish failed (or whose process died before
             # it), with this event arriving before that one's redelivery, which would find only this one's.
-            await self.emitter.flush_replaced(status.outbox, new_key=event.id, now=self.clock())
+            await self.emitter.flush_replaced(status.outbox, new_key=_key(event), now=self.clock())
             patch = dict(plan.status_patch)
-            patch["outbox"] = outbox(event.id, messages, written_at=self.clock())
+            patch["outbox"] = outbox(_key(event), messages, written_at=self.clock())
             if plan.park:
                 patch["pendingResult"] = self._parked(event)
             updated = await self.kube.patch_branch_status(
@@ -193,7 +195,7 @@ class EventProcessor:
                 self.on_ready(updated)
         await self.kube.post_event(obj, type_=plan.event_type, reason=plan.event_reason,
                                    message=plan.event_message)
-        await self.emitter.send_outbox(event.id, messages)
+        await self.emitter.send_outbox(_key(event), messages)
         if plan.applied and plan.kind == "started":
             await self._replay_parked(status, event, namespace)
         outcome = {PlanOutcome.APPLIED: Outcome.APPLIED, PlanOutcome.STALE: Outcome.STALE}.get(
@@ -205,7 +207,7 @@ class EventProcessor:
 
     async def _unknown(self, event: IndexingEvent, namespace: str) -> Result:
         record = self._record(
-            AuditAction.EVENT_UNEXPECTED, event, namespace=namespace, branch=None, reason="UnknownBranch",
+            AuditAction.EVENT_UNEXPECTED, event, uid=None, namespace=namespace, branch=None, reason="UnknownBranch",
             details={"message": f"no Branch with spec.branchName={event.data.branch_name!r} in {namespace}",
                      "type": event.type},
         )
@@ -215,7 +217,8 @@ class EventProcessor:
 
     async def _acquire(self, obj: Obj, event: IndexingEvent, lock_type: LockType) -> str:
         body = lock_body(
-            obj, lock_type, key=event.data.indexing_id, holder=event.source or "funnel-service",
+            obj, lock_type, key=indexing_lock_key(obj["metadata"].get("uid"), event.data.indexing_id),
+            holder=event.source or "funnel-service",
             reason=f"indexing run {event.data.indexing_id}", indexing_id=event.data.indexing_id,
         )
         lock, _created = await self.kube.create_lock(obj["metadata"]["namespace"], body)
@@ -248,7 +251,8 @@ class EventProcessor:
         if status.phase == Phase.LOCKED_FOR_WRITE and recorded == event.data.indexing_id:
             return
         meta = obj["metadata"]
-        orphan = make_lock_name(meta["name"], LockType.INDEXING, event.data.indexing_id)
+        key = indexing_lock_key(meta.get("uid"), event.data.indexing_id)
+        orphan = make_lock_name(meta["name"], LockType.INDEXING, key)
         if await self.kube.delete_lock(meta["namespace"], orphan):
             log.info("removed INDEXING lock %s of run %s, which is not (any more) the branch's current run",
                      orphan, event.data.indexing_id)
@@ -263,11 +267,11 @@ class EventProcessor:
         if status.phase == Phase.LOCKED_FOR_WRITE and event.kind == "started":
             # Killed between this started's commit and applying the result that was waiting for it.
             replayed = await self._replay_parked(status, event, obj["metadata"]["namespace"])
-        if status.outbox is None or status.outbox.key != event.id:
+        if status.outbox is None or status.outbox.key != _key(event):
             # Another event's outbox, which may never have gone out: e.g. this started applied the result
             # kept for its run and was killed before publishing that result's outbox. The result was
             # acknowledged when it was kept, so this redelivery is the only one left to publish it.
-            await self.emitter.flush_replaced(status.outbox, new_key=event.id, now=self.clock())
+            await self.emitter.flush_replaced(status.outbox, new_key=_key(event), now=self.clock())
             return replayed
         if status.phase == Phase.READY:
             await self._release(obj, "indexing", keep=None)
@@ -284,7 +288,7 @@ class EventProcessor:
             doc["time"] = rfc3339(event.time)
         if event.namespace and not event.data.namespace:
             doc["namespace"] = event.namespace
-        return {"eventId": event.id, "indexingId": event.data.indexing_id, "subject": event.subject,
+        return {"eventId": _key(event), "indexingId": event.data.indexing_id, "subject": event.subject,
                 "event": json.dumps(doc, separators=(",", ":")), "receivedAt": rfc3339(self.clock())}
 
     async def _replay_parked(self, before: BranchStatusModel, started: IndexingEvent, namespace: str) -> bool:
@@ -308,14 +312,15 @@ class EventProcessor:
     ) -> list[Outgoing]:
         """Everything to publish for this event, with ids that are the same on every retry."""
         meta = obj["metadata"]
-        ns, name = meta["namespace"], meta["name"]
+        ns, name, uid = meta["namespace"], meta["name"], meta.get("uid")
         from_phase, to_phase = _phase(plan.from_phase), _phase(plan.to_phase)
-        common: dict[str, Any] = {"namespace": ns, "branch": name}
+        common: dict[str, Any] = {"uid": uid, "namespace": ns, "branch": name}
+        discard = self._discard_records(event, plan, **common)
         if plan.outcome is not PlanOutcome.APPLIED:
             record = self._record(
                 plan.audit_action, event, from_state=from_phase, to_state=from_phase,
                 reason=plan.reason, details={"type": event.type, "message": plan.event_message}, **common)
-            return [self.emitter.audit_message(record)]
+            return [self.emitter.audit_message(r) for r in (record, *discard)]
 
         records = [self._record(
             plan.audit_action, event, from_state=from_phase, to_state=to_phase, reason=plan.reason,
@@ -332,14 +337,15 @@ class EventProcessor:
                 details={"lock": new_lock, "lock_type": LockType.INDEXING.value}, seed_extra=new_lock, **common,
             ))
         records += [release_record(
-            lock_name, seed=f"{event.id}|{AuditAction.LOCK_RELEASED.value}|{lock_name}", when=event.occurred_at,
+            lock_name, seed=_seed(event, ns, uid, AuditAction.LOCK_RELEASED, lock_name), when=event.occurred_at,
             actor=self.settings.operator_id, reason=plan.event_reason, namespace=ns, branch=name,
             branch_name=event.data.branch_name, correlation_id=event.id, indexing_id=event.data.indexing_id,
         ) for lock_name in released]
+        records += discard
         messages = [self.emitter.audit_message(r) for r in records]
         if plan.notify:
             messages.append(self.emitter.notification_message(
-                msg_id=f"notify:{event.id}", kind=INDEXING_FAILED, branch_name=event.data.branch_name,
+                msg_id=f"notify:{uid}:{_key(event)}", kind=INDEXING_FAILED, branch_name=event.data.branch_name,
                 data={
                     "namespace": ns, "branch": name, "branch_name": event.data.branch_name,
                     "indexing_id": event.data.indexing_id, "reason": plan.event_message,
@@ -350,15 +356,30 @@ class EventProcessor:
             ))
         return messages
 
+    def _discard_records(
+        self, event: IndexingEvent, plan: EventPlan, *, uid: str | None, **common: Any
+    ) -> list[AuditRecord]:
+        """``event.discarded`` for the kept result the plan drops: acknowledged long ago, it goes unapplied."""
+        dropped = plan.discarded
+        if dropped is None:
+            return []
+        action = AuditAction.EVENT_DISCARDED
+        return [AuditRecord.build(
+            action, branch_name=event.data.branch_name, when=event.occurred_at,
+            seed=_seed(event, common["namespace"], uid, action, dropped.event_key), actor=self.settings.operator_id,
+            correlation_id=dropped.event_id, indexing_id=dropped.indexing_id, reason=dropped.reason,
+            details={"discarded_by": event.id, "discarded_by_run": event.data.indexing_id}, **common,
+        )]
+
     def _record(
-        self, action: AuditAction, event: IndexingEvent, *, seed_extra: str = "", **fields: Any
+        self, action: AuditAction, event: IndexingEvent, *, uid: str | None, seed_extra: str = "", **fields: Any
     ) -> AuditRecord:
         # Time and uuid come from the event, so a retry builds the very same audit id.
         return AuditRecord.build(
             action,
             branch_name=event.data.branch_name,
             when=event.occurred_at,
-            seed=f"{event.id}|{action.value}|{seed_extra}",
+            seed=_seed(event, fields.get("namespace"), uid, action, seed_extra),
             actor=self.settings.operator_id,
             correlation_id=event.id,
             indexing_id=event.data.indexing_id,
@@ -367,7 +388,8 @@ class EventProcessor:
 
 
 def _reported_releases(
-    branch: str, status: BranchStatusModel, deleted: Mapping[str, str], new_lock: str | None
+    branch: str, status: BranchStatusModel, deleted: Mapping[str, str], new_lock: str | None, *,
+    uid: str | None = None,
 ) -> list[str]:
     """The locks an applied event's commit reports released (one ``lock.released`` record each).
 
@@ -380,11 +402,22 @@ def _reported_releases(
     recorded = status.indexing.indexing_id if status.indexing else None
     ending = None
     if status.phase == Phase.LOCKED_FOR_WRITE and recorded:
-        ending = make_lock_name(branch, LockType.INDEXING, recorded)
+        ending = make_lock_name(branch, LockType.INDEXING, indexing_lock_key(uid, recorded))
     names = {n for n, kind in deleted.items() if kind != LockType.INDEXING.value or n == ending}
     if ending is not None and ending != new_lock:
         names.add(ending)
     return sorted(names)
+
+
+def _key(event: IndexingEvent) -> str:
+    return event_key(event.source, event.id)
+
+
+def _seed(event: IndexingEvent, namespace: str | None, uid: str | None, action: AuditAction, extra: str) -> str:
+    """What an audit id (or Nats-Msg-Id) of one effect of ``event`` is derived from: the same on every
+    redelivery, distinct per effect. The event's source is in its key; namespace and the Branch's uid tell
+    apart Branches that share a slug (``feature/a-b``, ``feature-a/b``) or a name across re-creation."""
+    return "|".join((namespace or "", uid or "", _key(event), action.value, extra))
 
 
 def _phase(value: Any) -> str | None:

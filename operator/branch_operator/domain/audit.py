@@ -67,6 +67,7 @@ class AuditAction(enum.StrEnum):
     EVENT_STALE = "event.stale"
     EVENT_UNEXPECTED = "event.unexpected"
     EVENT_PENDING = "event.pending"  # a result kept until its run's started event arrives
+    EVENT_DISCARDED = "event.discarded"  # a kept result dropped unapplied: a newer run superseded it
     EVENT_DUPLICATE = "event.duplicate"
     # Names a plan that hands the event back for redelivery; nothing is published under it.
     EVENT_DEFERRED = "event.deferred"

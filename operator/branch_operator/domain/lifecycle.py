@@ -39,16 +39,31 @@ Transition table (:data:`TRANSITIONS`; LOCKED = LOCKED_FOR_WRITE, ``*`` = same o
 
 Rules applied around the table, in this order:
 
-1. Idempotency: an event whose id is in ``status.recentEventIds`` or equals ``status.indexing.eventId``
-   is a ``Duplicate`` whatever the table says.
+1. Idempotency: an event whose key (source and id: :func:`~branch_operator.domain.indexing_event.event_key`)
+   is in ``status.recentEventIds`` or equals ``status.indexing.eventId`` is a ``Duplicate`` whatever the
+   table says.
 2. The table.
 3. Staleness: an ``Applied`` row for an *other* run is downgraded to ``Stale`` when the event's run
-   started before the recorded run (both ``startedAt`` known). Funnel's three subjects are consumed
-   independently, so an old run's events can arrive after a newer run's; without this an old result
-   would overwrite a newer one. Stale events change nothing but are recorded (``event.stale``).
+   is older than the recorded run, or (a ``started``) older than the run of a kept result. Funnel's
+   three subjects are consumed independently, so an old run's events can arrive after a newer run's;
+   without this an old result would overwrite a newer one, or an old run's ``started`` would throw away
+   the kept result of a newer run and leave the branch locked for a run that already ended. Stale
+   events change nothing but are recorded (``event.stale``).
 4. Overtaking: rows marked ``[Wait]`` become ``Wait`` when the caller can still redeliver the event
    (``may_wait``): a result may simply have overtaken its run's started event. The consumer redelivers
    it with backoff a few times; once that budget is spent the row applies as written.
+
+**Run order** (:func:`run_precedes`, the only comparison of runs): by ``startedAt``; two runs that
+started in the same instant by indexing id (the smaller string is the older run), so every arrival order
+and every replica agrees. A run whose ``startedAt`` is unknown is not ordered against any: the event is
+taken as the newer one (arrival order), as nothing better is known.
+
+**Kept results** (``status.pendingResult``): a result that reaches an ``ACTIVE`` branch with no run to
+apply to is kept until its run's ``started`` arrives; that ``started`` applies, then the kept result.
+A result of a run older than the kept one's is stale (the kept one stays). A newer run's result replaces
+it, and any applied event of another run drops it, except a ``started`` of an older run, which is stale.
+Every drop is reported in :attr:`EventPlan.discarded` (the I/O layer audits it as ``event.discarded``)
+and its id remembered, so a late copy is a duplicate rather than kept again.
 
 A Branch with no phase yet is treated as ACTIVE (what :func:`initial_status` gives it).
 """
@@ -56,6 +71,7 @@ A Branch with no phase yet is treated as ACTIVE (what :func:`initial_status` giv
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -69,16 +85,18 @@ from branch_operator.api.models import (
     IndexingResult,
     IndexingStatus,
     LockType,
+    PendingResult,
     Phase,
 )
 from branch_operator.domain.audit import AuditAction
 from branch_operator.domain.conditions import ConditionStatus, bounded_errors, describe_errors, set_condition
-from branch_operator.domain.indexing_event import IndexingEventLike, ValidationLike
+from branch_operator.domain.indexing_event import IndexingEventLike, ValidationLike, event_key
 from branch_operator.domain.timefmt import format_duration, rfc3339, to_utc
 
 __all__ = [
     "ALLOWED_MANUAL_TRANSITIONS",
     "TRANSITIONS",
+    "Discard",
     "EventKind",
     "EventPlan",
     "ManualTransition",
@@ -94,6 +112,7 @@ __all__ = [
     "manual_transition_status",
     "merged_status",
     "plan_indexing_event",
+    "run_precedes",
 ]
 
 ReleaseLocks = Literal["none", "indexing", "all"]
@@ -176,6 +195,16 @@ TRANSITIONS: Mapping[tuple[Phase, EventKind, RunMatch], Rule] = MappingProxyType
 
 
 @dataclass(frozen=True, slots=True)
+class Discard:
+    """A kept result (``status.pendingResult``) that this plan drops without applying it."""
+
+    event_key: str  # as remembered in status (domain.indexing_event.event_key)
+    event_id: str  # its CloudEvent id
+    indexing_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class EventPlan:
     """Everything the I/O layer does for one event.
 
@@ -202,6 +231,7 @@ class EventPlan:
     lock_indexing_id: str | None = None  # spec.indexingId of the lock to acquire
     notify: bool = False
     park: bool = False  # keep the event in status.pendingResult until its run's started event arrives
+    discarded: Discard | None = None  # the kept result this plan drops unapplied (to be audited)
 
     @property
     def applied(self) -> bool:
@@ -233,9 +263,10 @@ def plan_indexing_event(
     match = RunMatch.SAME if same_run else RunMatch.OTHER
 
     parked = status.pending_result
-    if event.id in status.recent_event_ids or event.id == recorded.event_id:
+    key = event_key(event.source, event.id)  # what status remembers: CloudEvent ids are unique per source only
+    if key in status.recent_event_ids or key == recorded.event_id:
         rule = _rule(Outcome.DUPLICATE, f"event {event.id} was already applied")
-    elif parked is not None and parked.event_id == event.id and recorded.indexing_id != parked.indexing_id:
+    elif parked is not None and parked.event_id == key and recorded.indexing_id != parked.indexing_id:
         # Its run has not started yet: a redelivered copy of a result already kept.
         rule = _rule(Outcome.DUPLICATE, f"event {event.id} is already kept until its run starts")
     elif same_run and recorded.result is IndexingResult.ABANDONED:
@@ -247,6 +278,13 @@ def plan_indexing_event(
             rule = _rule(
                 Outcome.STALE,
                 f"run {indexing_id} started before the recorded run {recorded.indexing_id}",
+            )
+        elif rule.outcome is Outcome.APPLIED and kind is EventKind.STARTED and _older_than_kept(event, parked):
+            assert parked is not None
+            # Applying it would drop the kept result of a run Funnel already reported ended.
+            rule = _rule(
+                Outcome.STALE,
+                f"run {indexing_id} started before run {parked.indexing_id}, whose result is kept",
             )
         elif (
             may_wait
@@ -261,7 +299,7 @@ def plan_indexing_event(
     if rule.outcome is Outcome.DUPLICATE or rule.outcome is Outcome.WAIT:
         return _ignored_plan(rule, kind, event, from_phase, patch={})
     if rule.outcome is Outcome.STALE:
-        remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
+        remember = {"recentEventIds": _remember(status.recent_event_ids, key)}
         return _ignored_plan(rule, kind, event, from_phase, patch=remember)
     if rule.outcome is Outcome.UNEXPECTED:
         if from_phase is Phase.ACTIVE and match is RunMatch.OTHER and kind is not EventKind.STARTED:
@@ -269,19 +307,28 @@ def plan_indexing_event(
                 # A result of a run older than the one recorded can never apply: late, not early.
                 rule = _rule(Outcome.STALE, f"run {indexing_id} started before the recorded run "
                                             f"{recorded.indexing_id}")
-                remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
+                remember = {"recentEventIds": _remember(status.recent_event_ids, key)}
+                return _ignored_plan(rule, kind, event, from_phase, patch=remember)
+            if _older_than_kept(event, parked):
+                assert parked is not None
+                rule = _rule(Outcome.STALE, f"run {indexing_id} started before run {parked.indexing_id}, "
+                                            "whose result is kept")
+                remember = {"recentEventIds": _remember(status.recent_event_ids, key)}
                 return _ignored_plan(rule, kind, event, from_phase, patch=remember)
             # A result with no run to apply to: no transition (the original design's unexpected state), but
             # it is kept (the I/O layer adds ``pendingResult``) in case its started event is only late.
             rule = _rule(Outcome.UNEXPECTED, f"{rule.why}; kept until run {indexing_id} starts")
             keep: dict[str, Any] = {}
-            if parked is not None and parked.event_id != event.id:
+            discarded = None
+            if parked is not None and parked.event_id != key:
                 # It replaces another kept result: remember that one, so a later copy of it is a duplicate.
                 keep["recentEventIds"] = _remember(status.recent_event_ids, parked.event_id)
+                discarded = Discard(parked.event_id, _kept_id(parked), parked.indexing_id,
+                                    f"replaced by the result of run {indexing_id}, kept in its place")
             plan = _ignored_plan(rule, kind, event, from_phase, patch=keep)
-            return replace(plan, park=True, audit_action=AuditAction.EVENT_PENDING)
+            return replace(plan, park=True, audit_action=AuditAction.EVENT_PENDING, discarded=discarded)
         # Recording the id makes a redelivery a quiet Duplicate instead of a second Warning.
-        remember = {"recentEventIds": _remember(status.recent_event_ids, event.id)}
+        remember = {"recentEventIds": _remember(status.recent_event_ids, key)}
         return _ignored_plan(rule, kind, event, from_phase, patch=remember)
 
     to_phase = rule.to_phase
@@ -292,13 +339,16 @@ def plan_indexing_event(
         patch["phaseTransitionTime"] = rfc3339(now)
     # Every applied event starts or ends a run, which makes any earlier merge evaluation meaningless.
     patch["merge"] = None
-    patch["recentEventIds"] = _remember(status.recent_event_ids, event.id)
+    patch["recentEventIds"] = _remember(status.recent_event_ids, key)
+    discarded = None
     if parked is not None and (kind is not EventKind.STARTED or parked.indexing_id != indexing_id):
-        # Applied now, or belongs to a run that a newer run has superseded.
+        # Applied now, or belongs to a run that this (not older) run supersedes.
         patch["pendingResult"] = None
-        if parked.event_id != event.id:
+        if parked.event_id != key:
             # Dropped unapplied: remember its id so a later copy is a duplicate, not kept again.
-            patch["recentEventIds"] = _remember(_remember(status.recent_event_ids, parked.event_id), event.id)
+            patch["recentEventIds"] = _remember(_remember(status.recent_event_ids, parked.event_id), key)
+            discarded = Discard(parked.event_id, _kept_id(parked), parked.indexing_id,
+                                f"superseded by run {indexing_id} ({kind.value} {event.id})")
     conditions = [c.wire() for c in status.conditions]
 
     def applied(release: ReleaseLocks, type_: Literal["Normal", "Warning"], reason: str, message: str,
@@ -308,7 +358,8 @@ def plan_indexing_event(
                          from_phase=from_phase, to_phase=to_phase, status_patch=patch, release_locks=release,
                          event_type=type_, event_reason=reason, event_message=message, audit_action=action,
                          reason=rule.why, acquire_lock=LockType.INDEXING if acquire else None,
-                         lock_indexing_id=indexing_id if acquire else None, notify=notify)
+                         lock_indexing_id=indexing_id if acquire else None, notify=notify,
+                         discarded=discarded)
 
     def cond(type_: ConditionType, st: ConditionStatus, reason: str, message: str) -> None:
         nonlocal conditions
@@ -324,7 +375,7 @@ def plan_indexing_event(
 
     if kind is EventKind.STARTED:
         patch["indexing"] = {
-            "indexingId": indexing_id, "eventId": event.id,
+            "indexingId": indexing_id, "eventId": key,
             "startedAt": rfc3339(event.data.started_at or event.occurred_at or now),
             **dict.fromkeys(("completedAt", "durationSeconds", "recordsIndexed", "result", "validation")),
         }
@@ -349,7 +400,7 @@ def plan_indexing_event(
     duration = event.duration_seconds
     if duration is None or duration < 0:
         duration = indexing_duration(started_at, completed_at)
-    indexing: dict[str, Any] = {"indexingId": indexing_id, "eventId": event.id, "completedAt": rfc3339(completed_at),
+    indexing: dict[str, Any] = {"indexingId": indexing_id, "eventId": key, "completedAt": rfc3339(completed_at),
                                 "durationSeconds": duration, "recordsIndexed": records}
     if event.data.started_at is not None or match is RunMatch.OTHER:
         # For another run the recorded start belongs to someone else: replace it, even with null.
@@ -435,11 +486,41 @@ def _ignored_plan(
     )
 
 
-def _is_older(event: IndexingEventLike, recorded: IndexingStatus) -> bool:
-    started, known = event.data.started_at, recorded.started_at
-    if started is None or known is None or recorded.indexing_id is None:
+def run_precedes(a_started: datetime | None, a_id: str, b_started: datetime | None, b_id: str) -> bool:
+    """Whether run ``a`` is older than run ``b``: the one order of runs (see the module docstring)."""
+    if a_started is None or b_started is None or a_id == b_id:
         return False
-    return to_utc(started) < to_utc(known)
+    a_at, b_at = to_utc(a_started), to_utc(b_started)
+    return a_at < b_at or (a_at == b_at and a_id < b_id)
+
+
+def _is_older(event: IndexingEventLike, recorded: IndexingStatus) -> bool:
+    if recorded.indexing_id is None:
+        return False
+    return run_precedes(event.data.started_at, event.data.indexing_id, recorded.started_at, recorded.indexing_id)
+
+
+def _older_than_kept(event: IndexingEventLike, parked: PendingResult | None) -> bool:
+    if parked is None:
+        return False
+    return run_precedes(event.data.started_at, event.data.indexing_id, _kept_started_at(parked), parked.indexing_id)
+
+
+def _kept_started_at(parked: PendingResult) -> datetime | None:
+    """``data.started_at`` of the kept CloudEvent; None when it has none (or it cannot be read)."""
+    try:
+        value = json.loads(parked.event)["data"]["started_at"]
+        return to_utc(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _kept_id(parked: PendingResult) -> str:
+    """The CloudEvent id of the kept event (its key when the stored event cannot be read)."""
+    try:
+        return str(json.loads(parked.event)["id"])
+    except (ValueError, KeyError, TypeError):
+        return parked.event_id
 
 
 def _remember(recent: Sequence[str], event_id: str) -> list[str]:

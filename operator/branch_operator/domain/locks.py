@@ -38,6 +38,16 @@ def lock_name(branch: str, lock_type: LockType, key: str) -> str:
     return f"{branch[: 253 - len(suffix)].rstrip('-.')}{suffix}"
 
 
+def indexing_lock_key(branch_uid: str | None, indexing_id: str) -> str:
+    """The key of a run's INDEXING lock (see :func:`lock_name`): the run, of this very Branch.
+
+    The uid keeps a Branch deleted and re-created under the same name from finding its predecessor's lock
+    (garbage-collected with it, but later) and taking it for its own. The event's source is not part of
+    it: the lock belongs to the run, and events with one indexing id are one run whatever their source.
+    """
+    return f"{branch_uid}|{indexing_id}" if branch_uid else indexing_id
+
+
 def lock_body(
     branch_obj: Mapping[str, Any], lock_type: LockType, *, key: str, holder: str, reason: str,
     indexing_id: str | None = None, ttl_seconds: int | None = None,

@@ -166,12 +166,13 @@ def parse_duration(text: str) -> timedelta:
     if not _DURATION_WHOLE.fullmatch(compact):
         raise ValueError(f"duration {text!r}: expected e.g. 9h, 1h30m, 90m or 45s")
     seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION.findall(compact))
-    value = timedelta(seconds=seconds)
-    if value <= timedelta(0):
+    # Compared as a number first: timedelta overflows (OverflowError, not ValueError) long before a
+    # string of 32 digits runs out.
+    if seconds <= 0:
         raise ValueError(f"duration {text!r} must be positive")
-    if value > MAX_DURATION:
+    if not seconds <= MAX_DURATION.total_seconds():
         raise ValueError(f"duration {text!r} is longer than {MAX_DURATION.days} days")
-    return value
+    return timedelta(seconds=seconds)
 
 
 @functools.lru_cache(maxsize=128)

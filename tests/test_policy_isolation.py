@@ -54,7 +54,8 @@ def decide_all(objs: list[dict[str, Any]]) -> dict[str, tuple[str, list[str], st
         selection = select_policy(accepted, branch_name=branch_name, target_branch=target, labels=labels)
         evaluation = evaluate_merge(
             phase=Phase.READY, auto_merge=True, indexing=INDEXING, conflicts=[], other_locks=[],
-            policy=selection.policy, now=NOW, target_branch=target, target_object=None, tied=selection.tied)
+            policy=selection.policy, now=NOW, branch_name=branch_name, target_branch=target, target_object=None,
+            tied=selection.tied)
         out[name] = (evaluation.decision.value, [r.value for r in evaluation.reasons], evaluation.policy)
     return out
 

@@ -75,6 +75,7 @@ class BlockReason(enum.StrEnum):
     CONFLICTS_DETECTED = "ConflictsDetected"
     AUTO_MERGE_DISABLED = "AutoMergeDisabled"
     NO_MATCHING_POLICY = "NoMatchingPolicy"
+    SELF_MERGE = "SelfMerge"  # spec.targetBranch is spec.branchName
     EXPIRED = "Expired"
     LOCK_HELD = "LockHeld"
     FROZEN = "Frozen"
@@ -139,6 +140,8 @@ class BranchSpec(_Model):
     # CEL rules rendered into the CRD (x-kubernetes-validations) for the spec object.
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {"rule": "self.branchName == oldSelf.branchName", "message": "spec.branchName is immutable"},
+        {"rule": "self.targetBranch != self.branchName",
+         "message": "spec.targetBranch must differ from spec.branchName"},
     ]
 
 

@@ -266,7 +266,9 @@ def test_crd_envelope(model: Any) -> None:
 def test_branch_spec_carries_cel_transition_rule() -> None:
     spec = schema_of("Branch")["properties"]["spec"]
     assert spec["x-kubernetes-validations"] == [
-        {"rule": "self.branchName == oldSelf.branchName", "message": "spec.branchName is immutable"}
+        {"rule": "self.branchName == oldSelf.branchName", "message": "spec.branchName is immutable"},
+        {"rule": "self.targetBranch != self.branchName",
+         "message": "spec.targetBranch must differ from spec.branchName"},
     ]
     others = [
         p for kind in SCHEMA_BY_KIND for p, n in walk(schema_of(kind)) if "x-kubernetes-validations" in n

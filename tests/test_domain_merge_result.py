@@ -44,7 +44,7 @@ def evaluation(conflicts: list[Conflict] | None = None, manual: ManualRequest | 
         phase=Phase.READY, auto_merge=True, conflicts=conflicts or [], other_locks=[], now=NOW, manual=manual,
         indexing=IndexingStatus(indexing_id="idx-1", event_id="evt-1", completed_at=NOW - timedelta(hours=1)),
         policy=PolicyRef("default", 1, AutoMergePolicySpec(require_validation=False, **spec)),
-        target_object="main")
+        branch_name="feature/x", target_object="main")
 
 
 @pytest.mark.parametrize(("status", "answer"), [

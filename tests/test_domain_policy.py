@@ -54,8 +54,8 @@ LONG_AGO = NOW - timedelta(hours=25)
 REQUEST = ManualRequest("hotfix for incident 42", "alice")
 
 CHECK_NAMES = [
-    "policy", "freeze", "autoMerge", "validation", "minRecords", "conflicts", "expiry", "locks", "targetLocks",
-    "window",
+    "policy", "target", "freeze", "autoMerge", "validation", "minRecords", "conflicts", "expiry", "locks",
+    "targetLocks", "window",
 ]
 
 
@@ -91,6 +91,7 @@ def evaluate(**overrides: Any) -> MergeEvaluation:
         "other_locks": [],
         "policy": policy(),
         "now": NOW,
+        "branch_name": "feature/x",
         "target_branch": "main",
         "target_object": "main",
         "target_locks": [],
@@ -225,6 +226,7 @@ def test_every_reason_at_once_in_stable_order() -> None:
         conflicts=[Conflict(path="a"), Conflict(path="b")],
         other_locks=["w-lock", "m-lock"],
         target_locks=["t-lock"],
+        branch_name="main",
     )
     # Without a policy, freeze, minimum and windows are not configured: the other checks all fail.
     assert evaluation.reasons == [r for r in REASON_ORDER if r not in (
@@ -237,14 +239,25 @@ def test_every_reason_at_once_in_stable_order() -> None:
         conflicts=[Conflict(path="a"), Conflict(path="b")],
         other_locks=["w-lock", "m-lock"],
         target_locks=["t-lock"],
+        branch_name="main",
     )
     assert everything.reasons == list(REASON_ORDER)[1:]
     assert everything.decision is MergeDecision.BLOCKED  # a closed window alongside real blocks is no deferral
     for phrase in ("frozen (code freeze)", "disables auto-merge", "autoMerge to false", "validation failed",
                    "unknown number of records", "2 merge conflict(s) (a, b)", "more than 24h ago",
-                   "m-lock, w-lock", "held on target main: t-lock", "outside the merge windows"):
+                   "m-lock, w-lock", "held on target main: t-lock", "targets itself", "outside the merge windows"):
         assert phrase in everything.message, phrase
     assert everything.message.count(". ") == 0 and everything.message.endswith(".")  # one sentence
+
+
+@pytest.mark.parametrize("manual", [None, REQUEST])
+def test_a_branch_that_targets_itself_is_never_merged(manual: ManualRequest | None) -> None:
+    evaluation = evaluate(branch_name="main", target_branch="main", manual=manual)
+    assert (evaluation.decision, evaluation.reasons) == (MergeDecision.BLOCKED, [BlockReason.SELF_MERGE])
+    assert check(evaluation, "target").evidence == (
+        "spec.targetBranch main is spec.branchName: the branch targets itself")
+    assert "the branch targets itself" in evaluation.message
+    assert check(evaluate(), "target").evidence == "merges into main"
 
 
 def test_without_a_policy_the_other_checks_use_the_crd_defaults() -> None:
@@ -948,6 +961,7 @@ def _inputs() -> st.SearchStrategy[dict[str, Any]]:
             "policy": _policies,
             "now": st.datetimes(min_value=datetime(2023, 12, 30), max_value=datetime(2024, 1, 3),
                                 timezones=st.just(UTC)),
+            "branch_name": st.sampled_from(["feature/x", "main"]),
             "target_branch": st.just("main"),
             "target_object": st.none() | st.just("main"),
             "target_locks": _locks,
@@ -1001,6 +1015,7 @@ def test_reasons_and_decision_agree(inputs: dict[str, Any]) -> None:
     assert evaluation.reasons == [c.reason for c in evaluation.checks if not c.passed]
     assert [c.name for c in evaluation.checks] == CHECK_NAMES
     assert (inputs["policy"] is None) == (BlockReason.NO_MATCHING_POLICY in evaluation.reasons)
+    assert (inputs["branch_name"] == inputs["target_branch"]) == (BlockReason.SELF_MERGE in evaluation.reasons)
     if evaluation.next_evaluation is not None:
         assert evaluation.next_evaluation > inputs["now"]
         assert evaluation.decision is not MergeDecision.MERGED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -142,19 +143,31 @@ def test_weekday_window_in_seoul(now: datetime, is_open: bool, next_opening: dat
 NEW_YORK = "America/New_York"
 
 
-def test_a_start_in_the_spring_forward_gap_moves_forward() -> None:
-    # 2024-03-10: clocks jump 02:00 -> 03:00 EST/EDT; 02:30 does not exist and starts at 03:30 EDT.
+def test_a_start_in_the_spring_forward_gap_starts_when_the_clock_jumps() -> None:
+    # 2024-03-10: clocks jump 02:00 -> 03:00 EST/EDT; 02:30 does not exist and starts at 03:00 EDT, as
+    # in cron (Debian, Vixie) and cronsim.
     w = compile_window("allow", "30 2 * * *", "1h", NEW_YORK)
-    assert w.starts_on(date(2024, 3, 10)) == [utc(2024, 3, 10, 7, 30)]
+    assert w.starts_on(date(2024, 3, 10)) == [utc(2024, 3, 10, 7, 0)]
     assert w.starts_on(date(2024, 3, 9)) == [utc(2024, 3, 9, 7, 30)]  # 02:30 EST
     assert w.starts_on(date(2024, 3, 11)) == [utc(2024, 3, 11, 6, 30)]  # 02:30 EDT
 
 
-def test_a_start_in_the_fall_back_hour_happens_once_at_its_first_occurrence() -> None:
+def test_a_fixed_start_in_the_fall_back_hour_happens_once_at_its_first_occurrence() -> None:
     # 2024-11-03: 01:00-02:00 happens twice (EDT, then EST).
     w = compile_window("allow", "30 1 * * *", "30m", NEW_YORK)
     assert w.starts_on(date(2024, 11, 3)) == [utc(2024, 11, 3, 5, 30)]  # 01:30 EDT
     assert w.active(utc(2024, 11, 3, 6, 30)) is None  # 01:30 EST is not a second start
+    assert w.active(utc(2024, 11, 3, 5, 50)) is not None
+
+
+def test_an_hourly_start_fires_in_both_passes_of_the_fall_back_hour() -> None:
+    hourly = compile_window("allow", "0 * * * *", "1h", NEW_YORK)  # open all the time, hour after hour
+    assert [s for s in hourly.starts_on(date(2024, 11, 3)) if s.hour in (5, 6, 7)] == [
+        utc(2024, 11, 3, 5), utc(2024, 11, 3, 6), utc(2024, 11, 3, 7)]  # 01:00 EDT, 01:00 EST, 02:00 EST
+    assert all(evaluate_windows([hourly], utc(2024, 11, 3, 5) + timedelta(minutes=m)).open for m in range(0, 180, 5))
+    deny = compile_window("deny", "0 * * * *", "30m", NEW_YORK)
+    verdict = evaluate_windows([deny], utc(2024, 11, 3, 6, 10))  # 01:10 EST, in the second 01:00 deny
+    assert not verdict.open and verdict.next_opening == utc(2024, 11, 3, 6, 30)
 
 
 def test_a_local_daily_window_follows_the_wall_clock_across_dst() -> None:
@@ -199,6 +212,7 @@ def test_a_window_that_never_comes_reports_no_opening() -> None:
     feb_30 = compile_window("allow", "0 0 30 2 *", "1h", "UTC")
     verdict = evaluate_windows([feb_30], utc(2024, 1, 1))
     assert not verdict.open and verdict.next_opening is None
+    assert feb_30.active(utc(2024, 2, 29, 12)) is None
 
 
 def test_leap_day_window_is_found_years_ahead() -> None:
@@ -278,3 +292,130 @@ def test_next_opening_is_the_first_open_instant(windows: list[Window], now: date
     probes = [max(now, opening - timedelta(minutes=1))]
     probes += [now + (opening - now) * k / 7 for k in range(1, 7)]
     assert not any(_open_oracle(windows, p) for p in probes)
+
+
+# ------------------------------------------------------------------ DST: a differential test per zone
+#
+# The oracle is written from the rule docs/policies.md states, minute by minute, with nothing of the
+# code under test but the parsed cron fields:
+# * a schedule whose minute and hour fields are both fixed (neither starts with "*") names wall-clock
+#   times: each happens once; one in the repeated fall-back hour at its first occurrence; one in the
+#   spring-forward gap when the clock jumps (the first instant after the gap);
+# * any other schedule runs on real time: every instant whose local wall clock matches fires, so both
+#   passes of the repeated hour do and the gap has none.
+
+_DST_ZONES = ["America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kolkata"]  # Kolkata: no DST
+_DST_SCHEDULES = ["0 * * * *", "30 * * * *", "*/20 * * * *", "30 1 * * *", "30 2 * * *", "15 2 * * *",
+                  "45 1 * * *", "0 0 * * *", "0,30 1-3 * * *", "0 2 * * 0"]
+
+
+def _transitions(zone_name: str, year: int) -> list[datetime]:
+    """The UTC instants the zone's offset changes in ``year`` (found hour by hour, then minute by minute)."""
+    zone = parse_zone(zone_name)
+    found = []
+    t = utc(year, 1, 1)
+    while t.year == year:
+        nxt = t + timedelta(hours=1)
+        if t.astimezone(zone).utcoffset() != nxt.astimezone(zone).utcoffset():
+            m = t
+            while m.astimezone(zone).utcoffset() == t.astimezone(zone).utcoffset():
+                m += timedelta(minutes=1)
+            found.append(m)
+        t = nxt
+    return found
+
+
+def _exists(naive: datetime, zone: ZoneInfo) -> bool:
+    aware = naive.replace(tzinfo=zone)
+    return aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == naive
+
+
+def _oracle_starts(w: Window, lo: datetime, hi: datetime) -> set[datetime]:
+    s, zone = w.schedule, w.zone
+    fixed = not w.schedule_text.split()[0].startswith("*") and not w.schedule_text.split()[1].startswith("*")
+    starts: set[datetime] = set()
+    if fixed:
+        day = lo.astimezone(zone).date() - timedelta(days=1)
+        while day <= hi.astimezone(zone).date() + timedelta(days=1):
+            if s.matches_day(day):
+                for h in s.hours:
+                    for m in s.minutes:
+                        wall = datetime(day.year, day.month, day.day, h, m)
+                        while not _exists(wall, zone):  # in the gap: the first wall minute that exists
+                            wall += timedelta(minutes=1)
+                        starts.add(wall.replace(tzinfo=zone, fold=0).astimezone(UTC))
+            day += timedelta(days=1)
+    else:
+        t = lo.replace(second=0, microsecond=0)
+        while t < hi:
+            local = t.astimezone(zone)
+            if s.matches_day(local.date()) and local.hour in s.hours and local.minute in s.minutes:
+                starts.add(t)
+            t += timedelta(minutes=1)
+    return {x for x in starts if lo <= x < hi}
+
+
+_DST_CASES = [(z, sch, when) for z in _DST_ZONES for sch in _DST_SCHEDULES
+              for when in (_transitions(z, 2024) or [utc(2024, 3, 10, 7), utc(2024, 11, 3, 6)])]
+
+
+@pytest.mark.parametrize(("zone", "schedule", "transition"), _DST_CASES)
+def test_starts_and_activity_across_dst_match_the_rule(zone: str, schedule: str, transition: datetime) -> None:
+    w = compile_window("allow", schedule, "40m", zone)
+    lo, hi = transition - timedelta(hours=30), transition + timedelta(hours=30)
+    expected = _oracle_starts(w, lo - w.duration, hi)
+    assert set(occurrences(w, lo - w.duration, hi)) == expected
+    t = lo
+    while t < hi:
+        covering = [x for x in expected if x <= t < x + w.duration]
+        occurrence = w.active(t)
+        assert (occurrence.start if occurrence else None) == (max(covering) if covering else None), t
+        t += timedelta(minutes=5)
+
+
+def test_the_zones_of_the_differential_test_have_their_transitions() -> None:
+    assert [len(_transitions(z, 2024)) for z in _DST_ZONES] == [2, 2, 2, 0]
+    assert _transitions("Australia/Lord_Howe", 2024)[0].astimezone(parse_zone("Australia/Lord_Howe")).minute == 30
+
+
+_CRON_PARTS = st.tuples(
+    st.sampled_from(["0", "30", "*/20", "15,45", "5/15", "*"]),
+    st.sampled_from(["*", "9", "8-17", "*/6", "22", "1-3", "2"]),
+    st.sampled_from(["*", "1", "13", "1-15/3", "29", "31"]),
+    st.sampled_from(["*", "2", "JAN-MAR", "*/4", "11,12"]),
+    st.sampled_from(["*", "1-5", "0,6", "3", "7", "MON-FRI", "sun"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=_CRON_PARTS, zone=st.sampled_from(_DST_ZONES), now=_times)
+def test_next_start_and_active_agree_with_the_rule_anywhere(parts: tuple[str, ...], zone: str, now: datetime) -> None:
+    w = compile_window("deny", " ".join(parts), "3h", zone)
+    lo, hi = now - timedelta(hours=3), now + timedelta(hours=6)
+    expected = sorted(_oracle_starts(w, lo, hi))
+    later = [x for x in expected if x > now]
+    nxt = w.next_start(now, timedelta(hours=6))
+    if later:
+        assert nxt == later[0]
+    else:
+        assert nxt is None or nxt >= hi
+    covering = [x for x in expected if x <= now < x + w.duration]
+    occurrence = w.active(now)
+    assert (occurrence.start if occurrence else None) == (max(covering) if covering else None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=_CRON_PARTS)
+def test_the_grammar_and_cronsim_read_the_same_fields(parts: tuple[str, ...]) -> None:
+    from cronsim import CronSim, CronSimError
+
+    expression = " ".join(parts)
+    try:
+        theirs = CronSim(expression, datetime(2024, 1, 1))
+    except CronSimError:  # a day that never comes ("0 0 31 2 *"): no starts, as the window test shows
+        assert (parts[2], parts[3]) == ("31", "2")
+        return
+    ours = parse_cron(expression)
+    assert (set(ours.minutes), set(ours.hours), set(ours.months)) == (theirs.minutes, theirs.hours, theirs.months)
+    assert set(ours.weekdays) == {d % 7 for d in theirs.weekdays if isinstance(d, int)}
+    assert set(ours.days) == theirs.days

@@ -21,8 +21,16 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from branch_operator.api.models import ANNOTATION_MERGE_REQUEST, ANNOTATION_REQUESTED_BY, AutoMergePolicy, LockType
+from branch_operator.api.models import (
+    ANNOTATION_MERGE_REQUEST,
+    ANNOTATION_REQUESTED_BY,
+    API_VERSION,
+    AutoMergePolicy,
+    Branch,
+    LockType,
+)
 from branch_operator.cli.simulate import run as run_simulate
+from branch_operator.clients.kube import Invalid
 from branch_operator.domain.indexing_event import event_key
 from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
@@ -97,8 +105,8 @@ async def test_policy_applied_after_ready_merges_with_a_full_trace_announced_onc
     assert (merge["decision"], merge["policy"], merge["policyGeneration"]) == ("Merged", "gitops-applied", 1)
     assert merge["eventId"] == event_key(completed["source"], completed["id"])
     assert [c["name"] for c in merge["checks"]] == [
-        "policy", "freeze", "autoMerge", "validation", "minRecords", "conflicts", "expiry", "locks", "targetLocks",
-        "window"]
+        "policy", "target", "freeze", "autoMerge", "validation", "minRecords", "conflicts", "expiry", "locks",
+        "targetLocks", "window"]
     assert all(c["passed"] for c in merge["checks"])
     assert merge["mergeId"].startswith("merge-")
     assert merged["status"]["outbox"]["key"] == f"merge:{merge['mergeId']}"  # announced from the merge write
@@ -216,7 +224,8 @@ async def test_dry_run_never_merges(oms: Oms) -> None:
 
 async def test_a_lock_on_the_target_branch_blocks_until_released(oms: Oms) -> None:
     await oms.create_policy()
-    target = await oms.create_branch("main-line", "main")
+    # A Branch for the trunk names a target other than itself (the CRD refuses a self-target).
+    target = await oms.create_branch("main-line", "main", targetBranch="release/next", autoMerge=False)
     lock, _ = await oms.kube.create_lock(oms.namespace, lock_body(target, LockType.WRITE, key="release",
                                                                   holder="release-bot", reason="cutting 2.0"))
     await oms.create_branch("feeder", "feature/feeder")
@@ -228,6 +237,21 @@ async def test_a_lock_on_the_target_branch_blocks_until_released(oms: Oms) -> No
 
     await oms.kube.delete_lock(oms.namespace, lock["metadata"]["name"])
     await oms.wait_phase("feeder", "ACTIVE")
+
+
+async def test_a_branch_cannot_target_itself(oms: Oms) -> None:
+    body = {"apiVersion": API_VERSION, "kind": Branch.KIND, "metadata": {"name": "selfm-one"},
+            "spec": {"branchName": "selfm/one", "targetBranch": "selfm/one"}}
+    with pytest.raises(Invalid) as refused:
+        await oms.kube.create(Branch.PLURAL, oms.namespace, body)
+    assert refused.value.status == 422
+    assert "spec.targetBranch must differ from spec.branchName" in str(refused.value)
+
+    await oms.create_branch("selfm-two", "selfm/two")
+    with pytest.raises(Invalid) as refused:
+        await oms.kube.patch(Branch.PLURAL, oms.namespace, "selfm-two", {"spec": {"targetBranch": "selfm/two"}})
+    assert refused.value.status == 422
+    assert (await oms.kube.get(Branch.PLURAL, oms.namespace, "selfm-two"))["spec"]["targetBranch"] == "main"
 
 
 async def test_min_records_indexed(oms: Oms) -> None:

@@ -156,6 +156,45 @@ async def test_cel_whole_object_immutability(api: Api) -> None:
     assert (await api.patch(f"{BRANCHES}/a", {"spec": {"free": "x"}}))[0] == 200
 
 
+async def test_cel_rule_comparing_two_fields_holds_on_create_and_update(api: Api) -> None:
+    # What the real API server answers for a failed x-kubernetes-validations rule: 422, FieldValueInvalid on
+    # the object the rule sits on, "<path>: Invalid value: \"object\": <message>".
+    schema = {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {"branchName": {"type": "string"}, "targetBranch": {"type": "string", "default": "main"}},
+                "x-kubernetes-validations": [{"rule": "self.targetBranch != self.branchName",
+                                              "message": "a branch cannot target itself"}],
+            }
+        },
+    }  # fmt: skip
+    await api.ok("POST", CRDS, crd(schema=schema))
+    itself = {**branch("a"), "spec": {"branchName": "x", "targetBranch": "x"}}
+    status, body = await api.request("POST", BRANCHES, itself)
+    assert status == 422
+    assert body["details"]["causes"] == [{"reason": "FieldValueInvalid", "field": "spec",
+                                          "message": 'spec: Invalid value: "object": a branch cannot target itself'}]
+    status, _ = await api.request("POST", BRANCHES, {**branch("m"), "spec": {"branchName": "main"}})  # the default
+    assert status == 422
+    await api.ok("POST", BRANCHES, {**branch("b"), "spec": {"branchName": "x"}})
+    status, body = await api.patch(f"{BRANCHES}/b", {"spec": {"targetBranch": "x"}})
+    assert status == 422 and "a branch cannot target itself" in body["message"]
+    assert (await api.patch(f"{BRANCHES}/b", {"spec": {"targetBranch": "y"}}))[0] == 200
+
+
+def test_every_cel_rule_of_the_operators_crds_is_evaluated(caplog: pytest.LogCaptureFixture) -> None:
+    from branch_operator.api.crdgen import render_crds
+
+    apiserver_schema._warned_rules.clear()
+    with caplog.at_level(logging.WARNING, logger=apiserver_schema.__name__):
+        compiled = [CompiledSchema(v["schema"]["openAPIV3Schema"])
+                    for c in render_crds() for v in c["spec"]["versions"]]
+    assert [r.getMessage() for r in caplog.records if "skips the CEL rule" in r.getMessage()] == []
+    assert sum(len(c.rules) for c in compiled) >= 2
+
+
 def test_unsupported_cel_rules_are_skipped_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
     rule = "self.size() > 2 && self.startsWith('x')"
     apiserver_schema._warned_rules.discard(rule)
@@ -167,7 +206,8 @@ def test_unsupported_cel_rules_are_skipped_with_one_warning(caplog: pytest.LogCa
         compiled = CompiledSchema(schema)
         CompiledSchema(schema)
     assert [r.getMessage() for r in caplog.records].count(
-        f"Embedded API server skips the CEL rule {rule!r}: only `self.x == oldSelf.x` transition rules are supported"
+        f"Embedded API server skips the CEL rule {rule!r}: "
+        "only `self.x == oldSelf.x` and `self.x != self.y` rules are supported"
     ) == 1
     obj, errs = compiled.admit({"spec": "a"}, {"spec": "b"})
     assert errs == [] and obj == {"spec": "a"}

@@ -76,6 +76,7 @@ class BlockReason(enum.StrEnum):
     CONFLICTS_DETECTED = "ConflictsDetected"
     AUTO_MERGE_DISABLED = "AutoMergeDisabled"
     NO_MATCHING_POLICY = "NoMatchingPolicy"
+    SELF_MERGE = "SelfMerge"  # spec.targetBranch is spec.branchName
     EXPIRED = "Expired"
     LOCK_HELD = "LockHeld"
     FROZEN = "Frozen"
@@ -140,6 +141,8 @@ class BranchSpec(_Model):
     # CEL rules rendered into the CRD (x-kubernetes-validations) for the spec object.
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {"rule": "self.branchName == oldSelf.branchName", "message": "spec.branchName is immutable"},
+        {"rule": "self.targetBranch != self.branchName",
+         "message": "spec.targetBranch must differ from spec.branchName"},
     ]
 
 
@@ -343,6 +346,12 @@ class LabelSelector(_Model):
     match_expressions: list[LabelSelectorRequirement] = []
 
 
+# Go-style, each number short enough to say at most 31 days (2678400s): an absurd one is refused up front.
+DURATION_PATTERN = r"^([0-9]{1,7}(\.[0-9]{1,9})?(h|m|s))+$"
+# Longer than any sensible timeout, and far from where adding it to a time overflows.
+MAX_TIMEOUT_HOURS = 10 * 8760
+
+
 class MergeWindow(_Model):
     """When merging is allowed or denied, like an Argo CD sync window."""
 
@@ -351,7 +360,7 @@ class MergeWindow(_Model):
         str, Field(min_length=1, max_length=128, description="Cron (5 fields) for the window starts, e.g. 0 9 * * 1-5")
     ]
     duration: Annotated[
-        str, Field(max_length=32, pattern=r"^([0-9]+(\.[0-9]+)?(h|m|s))+$", description="e.g. 9h, 1h30m (max 31 days)")
+        str, Field(max_length=32, pattern=DURATION_PATTERN, description="e.g. 9h, 1h30m (max 31 days)")
     ]
     time_zone: Annotated[str, Field(min_length=1, max_length=64, description="IANA time zone, e.g. Asia/Seoul")] = "UTC"
 
@@ -369,7 +378,8 @@ class AutoMergePolicySpec(_Model):
     block_on_conflicts: Annotated[bool, Field(description="Block when OMS reports conflicts")] = True
     timeout_hours: Annotated[
         float | None,
-        Field(gt=0, description="Auto-merge only within this many hours of indexing completion"),
+        Field(gt=0, le=MAX_TIMEOUT_HOURS,
+              description="Auto-merge only within this many hours of indexing completion (at most 10 years)"),
     ] = 24
     branch_selector: LabelSelector | None = None
     branch_name_patterns: Annotated[

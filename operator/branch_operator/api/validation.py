@@ -5,8 +5,9 @@ Before validating, the object goes through the API server's admission steps that
 non-nullable fields are pruned (or replaced by the default) and spec defaults are applied. Unknown fields
 are reported, as ``kubectl apply`` does with its default strict field validation.
 
-Not covered: CEL rules (``x-kubernetes-validations``; the only one today is a transition rule that
-needs the old object anyway) and the API server's metadata checks beyond names and labels.
+Not covered: CEL rules (``x-kubernetes-validations``: the branchName transition rule needs the old
+object anyway; a Branch that targets itself is refused by the API server and blocked ``SelfMerge`` by
+the operator) and the API server's metadata checks beyond names and labels.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def _row(obj: Mapping[str, Any], accepted: Sequence[PolicyRef], branches: Sequen
     evaluation = evaluate_merge(
         phase=Phase.READY, auto_merge=bool(spec.get("autoMerge", True)), indexing=status.indexing,
         conflicts=status.conflicts, other_locks=blocking_locks(locks, name, include_indexing=False),
-        policy=selection.policy, now=now, target_branch=target, target_object=target_name,
+        policy=selection.policy, now=now, branch_name=branch_name, target_branch=target, target_object=target_name,
         target_locks=blocking_locks(locks, target_name, include_indexing=True) if target_name else [],
         tied=selection.tied,
     )

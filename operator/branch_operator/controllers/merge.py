@@ -252,8 +252,9 @@ class MergeReconciler:
         status = BranchStatus.model_validate(obj.get("status") or {})
         target = str(spec.get("targetBranch", "main"))
         labels = meta.get("labels") or {}
+        branch_name = str(spec.get("branchName", ""))
         review = review_policies(self.policy_source.policies(ns))
-        selection = select_policy(review.accepted, branch_name=str(spec.get("branchName", "")),
+        selection = select_policy(review.accepted, branch_name=branch_name,
                                   target_branch=target, labels=labels)
         # Locks are read fresh: a lock taken a moment ago must block the merge even if no watch saw it yet.
         own_locks = blocking_locks(await self.kube.list_locks(ns, label_value(name)), name, include_indexing=False)
@@ -270,6 +271,7 @@ class MergeReconciler:
             other_locks=own_locks,
             policy=selection.policy,
             now=now,
+            branch_name=branch_name,
             target_branch=target,
             target_object=target_name,
             target_locks=target_locks,

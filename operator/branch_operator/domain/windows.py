@@ -11,13 +11,19 @@ Cron: the classic five fields ``minute hour day-of-month month day-of-week`` wit
 day-of-week ``7`` is Sunday too). As in Vixie cron (and robfig/cron, which Argo CD uses), when both
 day-of-month and day-of-week are restricted a day matches if *either* does. The macros ``@yearly``,
 ``@annually``, ``@monthly``, ``@weekly``, ``@daily``, ``@midnight`` and ``@hourly`` are accepted.
-This module implements cron itself (about a hundred lines) instead of depending on ``croniter``,
-whose time-zone handling across DST changes has a history of surprises; here the DST rule is
-explicit and tested:
+The grammar is checked here, so that an error names the field and what is wrong with it and nothing
+beyond it (no ``L``, ``W``, ``#`` or seconds) is accepted; when a schedule fires is ``cronsim``'s to
+say (zoneinfo-aware, and it iterates backwards, which "is a window active now" needs). Its daylight
+saving rules are Debian cron's:
 
-* a wall-clock start that does not exist (the spring-forward gap) starts at the same offset from
-  the start of the gap, i.e. 02:30 on a day clocks jump 02:00 -> 03:00 starts at 03:30;
-* a wall-clock start that exists twice (the fall-back hour) starts at its first occurrence.
+* a schedule whose minute and hour fields are both fixed (neither starts with ``*``: ``30 2 * * *``,
+  ``0 9-17 * * 1-5``) names wall-clock times, each happening once: a start in the
+  spring-forward gap starts when the clock jumps (02:30 on a day clocks go 02:00 -> 03:00 starts at
+  03:00), a start in the repeated fall-back hour at its first occurrence;
+* any other schedule (``0 * * * *``, ``*/15 * * * *``) runs on real time: it fires at every instant
+  whose wall clock matches, so in both passes of the repeated hour, and not in the gap.
+
+croniter is not used: it fires ``30 1 * * *`` twice on a fall-back day.
 
 Durations are Go-style (what Argo CD uses): ``9h``, ``1h30m``, ``90m``, ``45s``; positive, at most
 31 days. Every time this module returns is an aware datetime in UTC.
@@ -32,6 +38,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
 
 from branch_operator.domain.timefmt import compact_duration
 
@@ -94,10 +102,6 @@ class CronSchedule:
         if self.days_restricted and self.weekdays_restricted:
             return dom or dow  # Vixie cron: either restricted field may match
         return dom and dow
-
-    @functools.cached_property
-    def times(self) -> tuple[time, ...]:
-        return tuple(time(h, m) for h in sorted(self.hours) for m in sorted(self.minutes))
 
 
 def _field(text: str, low: int, high: int, names: dict[str, int] | None, what: str) -> frozenset[int]:
@@ -162,12 +166,13 @@ def parse_duration(text: str) -> timedelta:
     if not _DURATION_WHOLE.fullmatch(compact):
         raise ValueError(f"duration {text!r}: expected e.g. 9h, 1h30m, 90m or 45s")
     seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION.findall(compact))
-    value = timedelta(seconds=seconds)
-    if value <= timedelta(0):
+    # Compared as a number first: timedelta overflows (OverflowError, not ValueError) long before a
+    # string of 32 digits runs out.
+    if seconds <= 0:
         raise ValueError(f"duration {text!r} must be positive")
-    if value > MAX_DURATION:
+    if not seconds <= MAX_DURATION.total_seconds():
         raise ValueError(f"duration {text!r} is longer than {MAX_DURATION.days} days")
-    return value
+    return timedelta(seconds=seconds)
 
 
 @functools.lru_cache(maxsize=128)
@@ -189,45 +194,99 @@ class Window:
     schedule: CronSchedule
     duration: timedelta
     zone: ZoneInfo
+    expression: str  # the five fields cronsim reads: schedule_text with its macro expanded
 
     @property
     def label(self) -> str:
         return f"{self.kind} '{self.schedule_text}' for {compact_duration(self.duration)} ({self.zone.key})"
 
-    def starts_on(self, day: date) -> list[datetime]:
-        """This window's start times on one local calendar day, in UTC, ascending."""
-        if not self.schedule.matches_day(day):
-            return []
-        # fold=0 resolves both DST edge cases as the module docstring says.
-        starts = {datetime.combine(day, t, self.zone).astimezone(UTC) for t in self.schedule.times}
-        return sorted(starts)
+    def _starts(self, begin: datetime, reverse: bool) -> Iterator[datetime]:
+        """cronsim's starts from ``begin`` (exclusive), in UTC; nothing for a schedule that never fires."""
+        try:
+            it = CronSim(self.expression, begin.astimezone(self.zone), reverse=reverse)
+        except CronSimError:
+            return  # the grammar was accepted, the day never comes (e.g. "0 0 30 2 *")
+        try:
+            for start in it:
+                yield start.astimezone(UTC)
+        except StopIteration:  # cronsim gives up after 50 years without a match
+            return
 
-    def _local_day(self, t: datetime) -> date:
-        return t.astimezone(self.zone).date()
+    def _fall_back_margin(self, t: datetime) -> timedelta:
+        """How much later than ``t`` a wall clock reads the same again, when ``t`` is in a repeated hour.
 
-    def active(self, t: datetime) -> Occurrence | None:
-        """The occurrence covering ``t`` (the latest start at or before it, if still running)."""
-        # A gap-shifted start can land on the previous local day's UTC range: look one day further.
-        day = self._local_day(t) + timedelta(days=1)
-        earliest = self._local_day(t - self.duration) - timedelta(days=1)
-        while day >= earliest:
-            for start in reversed(self.starts_on(day)):
-                if start <= t:
-                    end = start + self.duration
-                    return Occurrence(self, start, end) if t < end else None
-            day -= timedelta(days=1)
+        cronsim reads a fixed-time schedule ("30 1 * * *") on the naive wall clock, so an instant in the
+        second pass of a repeated hour looks like the first pass: starting an hour (Lord Howe: half an
+        hour) later and skipping what lies beyond ``t`` sees every start at or before it.
+        """
+        local = t.astimezone(self.zone)
+        if not local.fold:
+            return timedelta(0)
+        first, second = local.replace(fold=0).utcoffset(), local.utcoffset()
+        return (first - second) if first is not None and second is not None else timedelta(0)
+
+    def _latest_start(self, t: datetime) -> datetime | None:
+        for start in self._starts(t + self._fall_back_margin(t) + timedelta(seconds=1), reverse=True):
+            if start <= t:
+                return start
         return None
+
+    def _first_start(self, after: datetime, horizon: timedelta) -> datetime | None:
+        for start in self._starts(after, reverse=False):
+            if start - after > horizon:
+                return None
+            if start > after:  # a fixed-time start read on the wall clock may lie before a fold=1 ``after``
+                return start
+        return None
+
+    # cronsim's forward iteration jumps to the next matching minute as if every hour had 60 minutes, and
+    # so misses a start that exists only in a half-hour repeat (Australia/Lord_Howe's 01:30 on the
+    # night clocks go back from 02:00 to 01:30); its backward iteration finds it. Across an offset change
+    # each answer is checked against the other direction; the differential test over DST transitions
+    # holds both.
+
+    def _may_cross_a_change(self, a: datetime, b: datetime) -> bool:
+        return b - a > timedelta(days=1) or a.astimezone(self.zone).utcoffset() != b.astimezone(self.zone).utcoffset()
+
+    def last_start(self, t: datetime) -> datetime | None:
+        """The latest start at or before ``t`` (cronsim iterating backwards)."""
+        start = self._latest_start(t)
+        for _ in range(4):
+            if start is None or not self._may_cross_a_change(start, t):
+                break
+            later = self._first_start(start, t - start)
+            if later is None or later > t:
+                break
+            start = later
+        return start
 
     def next_start(self, after: datetime, horizon: timedelta = HORIZON) -> datetime | None:
         """The first start strictly after ``after``, within ``horizon``."""
-        day = self._local_day(after) - timedelta(days=1)
-        last = self._local_day(after + horizon)
-        while day <= last:
-            for start in self.starts_on(day):
-                if start > after:
-                    return start
-            day += timedelta(days=1)
-        return None
+        start = self._first_start(after, horizon)
+        for _ in range(4):
+            if start is None or not self._may_cross_a_change(after, start):
+                break
+            earlier = self._latest_start(start - timedelta(microseconds=1))
+            if earlier is None or earlier <= after:
+                break
+            start = earlier
+        return start
+
+    def active(self, t: datetime) -> Occurrence | None:
+        """The occurrence covering ``t``: the latest start at or before it, if still running.
+
+        Every occurrence lasts ``duration``, so the latest start is the one that ends last.
+        """
+        start = self.last_start(t)
+        if start is None or t >= start + self.duration:
+            return None
+        return Occurrence(self, start, start + self.duration)
+
+    def starts_on(self, day: date) -> list[datetime]:
+        """This window's start times on one local calendar day, in UTC, ascending."""
+        begin = datetime.combine(day, time(), self.zone).astimezone(UTC)
+        end = datetime.combine(day + timedelta(days=1), time(), self.zone).astimezone(UTC)
+        return list(occurrences(self, begin, end))
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +306,7 @@ def compile_window(kind: str, schedule: str, duration: str, time_zone: str) -> W
         schedule=parse_cron(schedule),
         duration=parse_duration(duration),
         zone=parse_zone(time_zone),
+        expression=_MACROS.get(schedule.strip().lower(), schedule.strip()),
     )
 
 

@@ -15,6 +15,7 @@ Obj = Mapping[str, Any]
 # What to do about each blocking reason (shown by `why`): the runbook in one line each.
 REASON_HINTS: Mapping[str, str] = {
     "NoMatchingPolicy": "no AutoMergePolicy in this namespace selects this branch and target; add one (GitOps)",
+    "SelfMerge": "spec.targetBranch is the branch itself; point it at the branch to merge into",
     "AutoMergeDisabled": "spec.autoMerge is false or the matching policy has enabled: false",
     "ValidationFailed": "the last indexing run failed validation; fix the schema and re-index",
     "ConflictsDetected": "OMS reports merge conflicts (status.conflicts); resolve them in OMS",

@@ -94,6 +94,7 @@ class Facts:
     indexing: IndexingStatus | None
     conflicts: Sequence[Conflict]
     other_locks: Sequence[str]
+    branch_name: str
     target_branch: str
     target_object: str | None
     target_locks: Sequence[str]
@@ -106,6 +107,7 @@ def run_checks(f: Facts) -> list[Check]:
     """Every check, in REASON_ORDER."""
     return [
         _check_policy(f),
+        _check_target(f),
         _check_freeze(f),
         _check_enabled(f),
         _check_validation(f),
@@ -137,6 +139,14 @@ def _check_policy(f: Facts) -> Check:
     if others:
         evidence += f"; tied at priority {f.policy.spec.priority} with {quote_names(others)}, chosen by name order"
     return Check("policy", True, evidence, reason)
+
+
+def _check_target(f: Facts) -> Check:
+    # The CRD refuses such a Branch; this holds for one stored before that rule, and no request bypasses it.
+    if f.branch_name == f.target_branch:
+        evidence = f"spec.targetBranch {f.target_branch} is spec.branchName: the branch targets itself"
+        return Check("target", False, _clip(evidence), BlockReason.SELF_MERGE)
+    return Check("target", True, _clip(f"merges into {f.target_branch}"), BlockReason.SELF_MERGE)
 
 
 def freeze_active(f: Facts) -> bool:

@@ -66,6 +66,7 @@ __all__ = [
 # The order checks and reasons are reported in: from "nothing to evaluate against" to the most transient.
 REASON_ORDER: tuple[BlockReason, ...] = (
     BlockReason.NO_MATCHING_POLICY,
+    BlockReason.SELF_MERGE,
     BlockReason.FROZEN,
     BlockReason.AUTO_MERGE_DISABLED,
     BlockReason.VALIDATION_FAILED,
@@ -112,6 +113,7 @@ def evaluate_merge(
     other_locks: Sequence[str],
     policy: PolicyRef | None,
     now: datetime,
+    branch_name: str,
     target_branch: str = "main",
     target_object: str | None = None,
     target_locks: Sequence[str] = (),
@@ -120,6 +122,7 @@ def evaluate_merge(
 ) -> MergeEvaluation:
     """Decide whether a READY Branch may be merged now, reporting every check.
 
+    ``branch_name`` and ``target_branch`` are the Branch's spec (a branch never merges into itself);
     ``other_locks`` are the branch's blocking locks (:func:`.checks.blocking_locks`), ``target_object``
     the Kubernetes name of the target's Branch (None: there is none) and ``target_locks`` its locks.
     ``manual`` is a break-glass request: it bypasses ``enabled``/``autoMerge``, the timeout and the
@@ -137,7 +140,7 @@ def evaluate_merge(
     windows = policy_windows(spec)
     facts = Facts(
         policy=policy, spec=spec, tied=tied, auto_merge=auto_merge, indexing=indexing, conflicts=conflicts,
-        other_locks=other_locks, target_branch=target_branch, target_object=target_object,
+        other_locks=other_locks, branch_name=branch_name, target_branch=target_branch, target_object=target_object,
         target_locks=target_locks, manual=manual, now=to_utc(now),
         windows=evaluate_windows(windows, to_utc(now)) if windows else None,
     )
@@ -202,6 +205,8 @@ def _phrases(check: Check, f: Facts) -> list[str]:
     reason = check.reason
     if reason is BlockReason.NO_MATCHING_POLICY:
         return ["no AutoMergePolicy matches the branch"]
+    if reason is BlockReason.SELF_MERGE:
+        return ["the branch targets itself (spec.targetBranch is spec.branchName)"]
     if reason is BlockReason.FROZEN:
         return [f"policy {f.policy.name if f.policy else ''} is frozen ({truncate(f.spec.freeze.reason, 200)})"
                 if f.spec.freeze else "frozen"]

@@ -249,7 +249,10 @@ def review_policies(policies: Sequence[PolicyRef]) -> PolicyReview:
     rejected: dict[str, tuple[str, str]] = {}
     owner: dict[tuple[Any, ...], str] = {}
     for policy in sorted(policies, key=lambda p: p.name):
-        problems = policy_problems(policy.spec)
+        try:
+            problems = policy_problems(policy.spec)
+        except Exception as exc:  # a check that breaks on one spec must cost that policy only
+            problems = [f"could not be checked ({type(exc).__name__}: {exc})"]
         if problems:
             rejected[policy.name] = ("InvalidSpec", truncate("; ".join(problems), _MAX_MESSAGE))
             continue

@@ -1,4 +1,4 @@
-"""Structural schemas of custom resources: pruning, defaulting, validation and CEL transition rules.
+"""Structural schemas of custom resources: pruning, defaulting, validation and simple CEL rules.
 
 A CRD version's ``openAPIV3Schema`` is compiled once into a tree of :class:`_Node` objects; requests
 then walk only the sections of an object that changed. A hand-written walker is used instead of the
@@ -500,11 +500,12 @@ def _combinator_checks(schema: dict[str, Any], where: str) -> list[Validator]:
 
 # ---------------------------------------------------------------------------------------------- CEL
 
-# Only the immutability/transition forms ``self[.a.b] == oldSelf[.a.b]`` (either order) are evaluated.
+# Only comparisons of two fields, ``self[.a.b] == oldSelf[.a.b]`` (a transition rule, either order, checked
+# on update) and ``self.a == self.b`` / ``self.a != self.b`` (checked on create and update), are evaluated.
 # Any other rule is skipped, with one warning per distinct rule text: a full CEL interpreter is out of
 # scope for a test double, and skipping is safer than rejecting objects the real server would accept.
 _CEL_SIDE = r"(self|oldSelf)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
-_CEL_EQ_RE = re.compile(rf"^\s*{_CEL_SIDE}\s*==\s*{_CEL_SIDE}\s*$")
+_CEL_CMP_RE = re.compile(rf"^\s*{_CEL_SIDE}\s*(==|!=)\s*{_CEL_SIDE}\s*$")
 _warned_rules: set[str] = set()
 
 _ABSENT: Any = object()
@@ -518,13 +519,16 @@ def _dig(value: Any, path: Iterable[str]) -> Any:
     return value
 
 
-class _TransitionRule:
-    __slots__ = ("field", "message", "node_path", "rule", "sides")
+class _Rule:
+    __slots__ = ("equal", "field", "message", "node_path", "rule", "sides", "transition")
 
-    def __init__(self, node_path: tuple[str, ...], spec: dict[str, Any], sides: list[tuple[bool, list[str]]]):
+    def __init__(self, node_path: tuple[str, ...], spec: dict[str, Any], sides: list[tuple[bool, list[str]]],
+                 equal: bool):
         self.node_path = node_path
         self.rule: str = spec["rule"]
         self.sides = sides  # [(is_old, path), (is_old, path)]
+        self.equal = equal  # == rather than !=
+        self.transition = any(is_old for is_old, _ in sides)
         field_path = str(spec.get("fieldPath") or "").lstrip(".")
         self.field = ".".join([*node_path, *([field_path] if field_path else [])])
         message = spec.get("message")
@@ -532,9 +536,11 @@ class _TransitionRule:
 
     def holds(self, new: Any, old: Any) -> bool:
         lhs, rhs = (_dig(old if is_old else new, path) for is_old, path in self.sides)
-        if lhs is _ABSENT and rhs is _ABSENT:
+        if self.transition and lhs is _ABSENT and rhs is _ABSENT:
             return True
-        return lhs is not _ABSENT and rhs is not _ABSENT and json_equal(lhs, rhs)
+        if lhs is _ABSENT or rhs is _ABSENT:
+            return False  # the real server fails the rule: "no such key"
+        return json_equal(lhs, rhs) is self.equal
 
 
 def _warn_once(rule: str, why: str) -> None:
@@ -543,20 +549,21 @@ def _warn_once(rule: str, why: str) -> None:
         logger.warning("Embedded API server skips the CEL rule %r: %s", rule, why)
 
 
-def _collect_rules(node: _Node, path: tuple[str, ...], out: list[_TransitionRule], *, reachable: bool) -> None:
+def _collect_rules(node: _Node, path: tuple[str, ...], out: list[_Rule], *, reachable: bool) -> None:
     for spec in node.rules:
         rule = str(spec.get("rule", ""))
-        m = _CEL_EQ_RE.match(rule)
+        m = _CEL_CMP_RE.match(rule)
         if not reachable:
             _warn_once(rule, "rules under arrays or maps are not supported")
-        elif m is None or {m[1], m[3]} != {"self", "oldSelf"}:
-            _warn_once(rule, "only `self.x == oldSelf.x` transition rules are supported")
+        elif m is None or (m[3] == "==" and {m[1], m[4]} != {"self", "oldSelf"}) or (
+                m[3] == "!=" and {m[1], m[4]} != {"self"}):
+            _warn_once(rule, "only `self.x == oldSelf.x` and `self.x != self.y` rules are supported")
         else:
             sides = [
                 (m[1] == "oldSelf", [p for p in m[2].split(".") if p]),
-                (m[3] == "oldSelf", [p for p in m[4].split(".") if p]),
+                (m[4] == "oldSelf", [p for p in m[5].split(".") if p]),
             ]
-            out.append(_TransitionRule(path, spec, sides))
+            out.append(_Rule(path, spec, sides, equal=m[3] == "=="))
     for key, child in (node.properties or {}).items():
         _collect_rules(child, (*path, key), out, reachable=reachable)
     for sub in (node.items, node.additional):
@@ -572,8 +579,8 @@ class CompiledSchema:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.root = _Node(schema, "openAPIV3Schema")
-        self.transition_rules: list[_TransitionRule] = []
-        _collect_rules(self.root, (), self.transition_rules, reachable=True)
+        self.rules: list[_Rule] = []
+        _collect_rules(self.root, (), self.rules, reachable=True)
 
     def admit(self, obj: dict[str, Any], old: dict[str, Any] | None) -> tuple[dict[str, Any], list[Cause]]:
         """Prune, default and validate the sections of ``obj`` that differ (by identity) from ``old``.
@@ -618,14 +625,16 @@ class CompiledSchema:
             child = properties.get(key, root.additional)
             if child is not None:
                 child.validate(value, key, errs)
-        if old is not None:
-            for rule in self.transition_rules:
-                section = rule.node_path[0] if rule.node_path else None
-                if section is not None and result.get(section, _ABSENT) is old.get(section, _ABSENT):
-                    continue
-                new_node, old_node = _dig(result, rule.node_path), _dig(old, rule.node_path)
-                if new_node is _ABSENT or old_node is _ABSENT:
-                    continue
-                if not rule.holds(new_node, old_node):
-                    errs.append(cause("FieldValueInvalid", rule.field, rule.message))
+        for rule in self.rules:
+            if rule.transition and old is None:
+                continue
+            section = rule.node_path[0] if rule.node_path else None
+            if old is not None and section is not None and result.get(section, _ABSENT) is old.get(section, _ABSENT):
+                continue
+            new_node = _dig(result, rule.node_path)
+            old_node = _dig(old, rule.node_path) if old is not None else None
+            if new_node is _ABSENT or old_node is _ABSENT:
+                continue
+            if not rule.holds(new_node, old_node):
+                errs.append(cause("FieldValueInvalid", rule.field, rule.message))
         return result, errs

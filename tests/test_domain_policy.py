@@ -670,6 +670,29 @@ def test_review_rejects_invalid_windows_as_a_whole() -> None:
     assert reason == "InvalidSpec" and "mergeWindows[1]" in message and "Mars/Olympus" in message
 
 
+@pytest.mark.parametrize(
+    ("field", "pattern", "says"),
+    [
+        ("branch_name_patterns", "[", "never closed"),
+        ("branch_name_patterns", "[!", "never closed"),
+        ("branch_name_patterns", "feature/[ab", "never closed"),
+        ("target_branches", "release/[z-a]", "invalid set"),
+    ],
+)
+def test_review_rejects_a_glob_that_can_match_nothing_meant(field: str, pattern: str, says: str) -> None:
+    bad = policy("bad", **{field: ["feature/*", pattern]})
+    review = review_policies([bad, policy("good", priority=1)])
+    assert [p.name for p in review.accepted] == ["good"]
+    reason, message = review.rejected["bad"]
+    camel = "branchNamePatterns" if field == "branch_name_patterns" else "targetBranches"
+    assert reason == "InvalidSpec" and f"{camel}[1]" in message and says in message and pattern in message
+
+
+@pytest.mark.parametrize("pattern", ["feature/[ab]", "a[]]b", "a[!]]b", "v[!0-9].x", "**/hotfix", "[a-z]*"])
+def test_review_accepts_well_formed_sets(pattern: str) -> None:
+    assert [p.name for p in review_policies([policy("ok", branch_name_patterns=[pattern])]).accepted] == ["ok"]
+
+
 def test_review_rejects_an_exact_duplicate_of_an_earlier_name() -> None:
     a = policy("a-first", priority=5, branch_name_patterns=["feature/*", "fix/*"], target_branches=["main"])
     b = policy("b-second", priority=5, branch_name_patterns=["fix/*", "feature/*"], target_branches=["main"],

@@ -25,8 +25,9 @@ Glob syntax, path-aware because OMS branch names are ``/``-separated (``feature/
 * ``[abc]``, ``[a-z]``, ``[!abc]`` one character of (not of) a set, never ``/``;
 * ``**`` any run of characters across segments; as a whole segment, ``**/`` also matches zero
   segments, so ``**/hotfix`` matches ``hotfix`` and ``team/a/hotfix``;
-* matching is case-sensitive and anchored at both ends; a pattern with an invalid set (``[z-a]``)
-  is matched literally rather than failing the evaluation.
+* matching is case-sensitive and anchored at both ends. A pattern with an unclosed set (``[``,
+  ``[!``, ``feature/[ab``) or an invalid one (``[z-a]``) is refused: the policy is not accepted
+  (:func:`glob_problem`), since it would match nothing its author meant.
 
 A policy is *accepted* (:func:`review_policies`) unless its spec is invalid beyond what the CRD schema
 can say (a cron expression, time zone or duration that does not parse) or it *conflicts*: it has the
@@ -52,6 +53,7 @@ __all__ = [
     "PolicyReview",
     "Selection",
     "glob_match",
+    "glob_problem",
     "policy_matches",
     "policy_problems",
     "policy_windows",
@@ -93,6 +95,11 @@ def _requirement_matches(req: LabelSelectorRequirement, labels: Mapping[str, str
 
 
 @functools.lru_cache(maxsize=1024)
+def _escape_set(body: str) -> str:
+    """A glob set's characters as a regex set's: only what the regex engine reads specially is escaped."""
+    return re.sub(r"([\\\[\]^&~|])", r"\\\1", body)
+
+
 def _compile_glob(pattern: str) -> re.Pattern[str]:
     out: list[str] = []
     i, n = 0, len(pattern)
@@ -128,7 +135,7 @@ def _compile_glob(pattern: str) -> re.Pattern[str]:
                 negate = body.startswith("!")
                 if negate:
                     body = body[1:]
-                body = re.sub(r"([\\\[\]^&~|])", r"\\\1", body)
+                body = _escape_set(body)
                 # A set never matches the segment separator, in line with "*" and "?".
                 out.append(f"(?!/)[{'^' if negate else ''}{body}]")
                 i = j
@@ -141,6 +148,30 @@ def _compile_glob(pattern: str) -> re.Pattern[str]:
         # A set the regex engine rejects (e.g. the reversed range "[z-a]") must not make every branch of
         # the namespace fail to evaluate; the pattern is then matched literally.
         return re.compile(re.escape(pattern), re.DOTALL)
+
+
+def glob_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a usable glob, or None: an unclosed ``[`` set, or a set the regex engine refuses."""
+    i, n = 0, len(pattern)
+    while i < n:
+        if pattern[i] == "[":
+            j = i + 1
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                return f"{pattern!r}: the set opened at position {i + 1} is never closed with ']'"
+            body = pattern[i + 1: j].removeprefix("!")
+            try:
+                re.compile(f"[{_escape_set(body)}]")
+            except re.error as exc:
+                return f"{pattern!r}: invalid set [{pattern[i + 1: j]}] ({exc})"
+            i = j
+        i += 1
+    return None
 
 
 def glob_match(pattern: str, name: str) -> bool:
@@ -221,6 +252,11 @@ def policy_problems(spec: AutoMergePolicySpec) -> list[str]:
             problems.append(f"mergeWindows[{i}]: {exc}")
     if spec.freeze is not None and spec.freeze.until is not None and spec.freeze.until.tzinfo is None:
         problems.append("freeze.until: needs a time zone (e.g. 2025-07-01T00:00:00Z)")
+    for field, patterns in (("branchNamePatterns", spec.branch_name_patterns), ("targetBranches", spec.target_branches)):
+        for i, pattern in enumerate(patterns):
+            problem = glob_problem(pattern)
+            if problem is not None:
+                problems.append(f"{field}[{i}]: {problem}")
     return problems
 
 

@@ -9,6 +9,7 @@ listed in :meth:`Replica.environ`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -61,6 +62,12 @@ class PodTemplate:
 
     def value(self, name: str) -> str:
         return str(next(e["value"] for e in self.env if e["name"] == name))
+
+    def with_value(self, name: str, value: str) -> PodTemplate:
+        """The same pod with one rendered value changed (as a values override would render it)."""
+        assert any(e["name"] == name and "value" in e for e in self.env), name
+        env = [{"name": name, "value": value} if e["name"] == name else e for e in self.env]
+        return dataclasses.replace(self, env=env)
 
     def settings(self, nats_url: str) -> Settings:
         """What every replica runs with, as far as the test needs it (streams, consumers, the Lease)."""

@@ -123,6 +123,7 @@ class IndexingConsumer:
                 failures = 0
                 log.info("consuming %s via durable consumer %s", kind, durable)
                 await self._pump(sub, epoch, self.handle_other if kind == OTHER_SUBJECTS else None)
+                await self._hand_back(sub, durable)
                 if self._draining:
                     self.attached[durable] = False
                     with contextlib.suppress(Exception):
@@ -150,6 +151,38 @@ class IndexingConsumer:
                     with contextlib.suppress(Exception):
                         await self.bus.ensure_streams()
                         await self.bus.ensure_consumers()
+
+    async def _hand_back(self, sub: Any, durable: str) -> int:
+        """Nak, without delay, the messages the server delivered after the last fetch had given up.
+
+        A pull request can still be answered when its fetch has already timed out here (the server's expiry
+        runs from when it got the request); the message then waits in the subscription's buffer for the next
+        fetch. Unsubscribed with it there, it would wait for its acknowledgement timeout (30 s by default)
+        before anyone else could have it: on a hand-over to another replica, for instance.
+        """
+        nc = self.bus.nc
+        if nc is None or nc.is_closed:
+            return 0
+        with contextlib.suppress(Exception):
+            # What the server sent before it answered this ping is in the buffer now, and the last pull request
+            # has expired on the server by then.
+            await nc.flush(timeout=1)
+        handed = 0
+        # Bounded: a buffer holding only status messages makes the fetch ask the server once more.
+        for _ in range(2 * max(1, self.settings.fetch_batch)):
+            if not sub.pending_msgs:
+                break
+            try:
+                msgs: list[Msg] = await sub.fetch(1, timeout=0.05)
+            except Exception:
+                break
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+                    handed += 1
+        if handed:
+            log.info("handed back %d buffered message(s) of durable consumer %s for redelivery", handed, durable)
+        return handed
 
     async def _pump(
         self, sub: Any, epoch: int, handler: Callable[[Msg], Coroutine[Any, Any, Disposition]] | None = None,

@@ -252,7 +252,8 @@ def policy_problems(spec: AutoMergePolicySpec) -> list[str]:
             problems.append(f"mergeWindows[{i}]: {exc}")
     if spec.freeze is not None and spec.freeze.until is not None and spec.freeze.until.tzinfo is None:
         problems.append("freeze.until: needs a time zone (e.g. 2025-07-01T00:00:00Z)")
-    for field, patterns in (("branchNamePatterns", spec.branch_name_patterns), ("targetBranches", spec.target_branches)):
+    globs = (("branchNamePatterns", spec.branch_name_patterns), ("targetBranches", spec.target_branches))
+    for field, patterns in globs:
         for i, pattern in enumerate(patterns):
             problem = glob_problem(pattern)
             if problem is not None:

@@ -70,7 +70,9 @@ class Settings(BaseSettings):
     subject_started: str = "funnel.indexing.started"
     subject_completed: str = "funnel.indexing.completed"
     subject_failed: str = "funnel.indexing.failed"
-    ack_wait_seconds: float = 30.0
+    # A message held by a replica that died comes back after this long: within the 15 s failover budget,
+    # and still far longer than applying one event takes (a slower one is redelivered and found applied).
+    ack_wait_seconds: float = 10.0
     max_deliver: int = 10
     # A result event that may have overtaken its started event is redelivered this many times (short
     # backoff) before it counts as unexpected.

@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     leader_election_renew_deadline_seconds: float = 7.0
     leader_election_retry_period_seconds: float = 0.5
 
-    # --- Merge execution (issue 4): "event" announces com.oms.branch.merged; "webhook" POSTs to OMS first
+    # --- Merge execution: "event" announces com.oms.branch.merged; "webhook" POSTs to OMS first
     merge_backend: Literal["event", "webhook"] = "event"
     merge_webhook_url: str | None = None
     merge_webhook_timeout_seconds: float = 10.0
@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     # The event loop blocked this long (a long callback, a garbage collection) is logged as a WARNING.
     stall_warning_ms: float = 100.0
 
-    # --- Operations (issue 5): notifications and locks
+    # --- Operations: notifications and locks
     # Generic JSON webhook for incidents (indexing failures, merges blocked too long, expired locks,
     # failed merges); unset = NATS notifications only.
     notify_webhook_url: str | None = Field(None, repr=False)

@@ -95,6 +95,19 @@ def _requirement_matches(req: LabelSelectorRequirement, labels: Mapping[str, str
 
 
 @functools.lru_cache(maxsize=1024)
+def _set_end(pattern: str, i: int) -> int:
+    """Where the set opened by the ``[`` at ``i`` closes, or -1 when it never does ("]" first is a member)."""
+    n = len(pattern)
+    j = i + 1
+    if j < n and pattern[j] == "!":
+        j += 1
+    if j < n and pattern[j] == "]":
+        j += 1
+    while j < n and pattern[j] != "]":
+        j += 1
+    return j if j < n else -1
+
+
 def _escape_set(body: str) -> str:
     """A glob set's characters as a regex set's: only what the regex engine reads specially is escaped."""
     return re.sub(r"([\\\[\]^&~|])", r"\\\1", body)
@@ -121,14 +134,8 @@ def _compile_glob(pattern: str) -> re.Pattern[str]:
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
-            j = i + 1
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
+            j = _set_end(pattern, i)
+            if j < 0:
                 out.append(re.escape(c))
             else:
                 body = pattern[i + 1 : j]
@@ -155,14 +162,8 @@ def glob_problem(pattern: str) -> str | None:
     i, n = 0, len(pattern)
     while i < n:
         if pattern[i] == "[":
-            j = i + 1
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
+            j = _set_end(pattern, i)
+            if j < 0:
                 return f"{pattern!r}: the set opened at position {i + 1} is never closed with ']'"
             body = pattern[i + 1: j].removeprefix("!")
             try:

@@ -19,6 +19,7 @@ from branch_operator.domain.lifecycle import (
     plan_indexing_event,
 )
 from branch_operator.domain.text import escape_controls, has_control, safe_text
+from branch_operator.embedded.apiserver.patch import merge_patch  # what the API server applies
 
 NOW = datetime(2025, 6, 26, 12, 0, tzinfo=UTC)
 
@@ -166,16 +167,6 @@ def test_later_events_of_an_abandoned_run_are_stale(kind: str) -> None:
     assert plan_indexing_event(after, newer, now=NOW).outcome is Outcome.APPLIED
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
 
 
 def test_force_unlock_without_locks_is_refused() -> None:

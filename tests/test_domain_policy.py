@@ -46,6 +46,7 @@ from branch_operator.domain.merge.trace import (
     policy_status_patch,
     policy_statuses,
 )
+from branch_operator.embedded.apiserver.patch import merge_patch  # what the API server applies
 
 # A Monday, 10:00 UTC.
 NOW = datetime(2024, 1, 1, 10, 0, 0, tzinfo=UTC)
@@ -100,17 +101,6 @@ def evaluate(**overrides: Any) -> MergeEvaluation:
     return evaluate_merge(**args)
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, as the API server applies it."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
 
 
 def check(evaluation: MergeEvaluation, name: str) -> Any:

@@ -35,6 +35,7 @@ from branch_operator.domain.lifecycle import (
     plan_indexing_event,
 )
 from branch_operator.domain.timefmt import format_duration, rfc3339
+from branch_operator.embedded.apiserver.patch import merge_patch  # what the API server applies
 
 NOW = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 T10 = datetime(2024, 1, 1, 10, 0, 0, tzinfo=UTC)
@@ -139,17 +140,6 @@ def status(
     )
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, as the API server applies it."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
 
 
 def apply(current: BranchStatus, plan: EventPlan) -> BranchStatus:

@@ -299,16 +299,16 @@ async def test_a_target_lock_re_evaluates_the_ready_branches_merging_into_the_lo
     memo, catalog, reconciler = fake_memo()
     catalog.prime([branch("rel", "release"), branch("f1", "feature/1", target="release", phase="READY"),
                    branch("f2", "feature/2", target="main", phase="READY")])
-    await lock_handlers.target_lock_changed(namespace="ns", spec={"branch": "rel"}, memo=memo)
+    await lock_handlers.lock_changed(namespace="ns", spec={"branch": "rel"}, memo=memo)
     assert reconciler.keys == [("ns", "f1")]
-    await lock_handlers.target_lock_changed(namespace="ns", spec={"branch": "unknown"}, memo=memo)
+    await lock_handlers.lock_changed(namespace="ns", spec={"branch": "unknown"}, memo=memo)
     assert reconciler.keys == [("ns", "f1")]
 
 
 async def test_without_a_runtime_the_handlers_do_nothing() -> None:
     memo = SimpleNamespace()
     await handlers.branch_catalog(type="ADDED", body=branch("b1"), namespace="ns", memo=memo)
-    await lock_handlers.target_lock_changed(namespace="ns", spec={"branch": "b1"}, memo=memo)
+    await lock_handlers.lock_changed(namespace="ns", spec={"branch": "b1"}, memo=memo)
 
 
 # ------------------------------------------------------------------- policy status keeper, primed at start-up

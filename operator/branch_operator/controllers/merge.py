@@ -283,7 +283,7 @@ class MergeReconciler:
         # From the catalog only: listing every Branch of the namespace on each evaluation made reconciling
         # O(branches). A target Branch the catalog does not know yet triggers its own event, and the
         # READY branches merging into it are re-evaluated then (handlers.branch_catalog), as they are
-        # when its locks change (policy_handlers.target_lock_changed).
+        # when its locks change (handlers/locks.py lock_changed).
         return self.policy_source.find(ns, target)
 
     async def _write(self, obj: Obj, patch: Mapping[str, Any]) -> Obj | None:

@@ -12,21 +12,15 @@ from branch_operator.handlers.context import acting_runtime
 
 
 @kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
-async def target_lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
-    """A lock on a Branch that READY branches merge into can block or unblock them."""
-    runtime = acting_runtime(memo)
-    if runtime is None or namespace is None:
-        return
-    await runtime.triggers.lock_on_target(namespace, str(spec.get("branch", "")))
-
-
-@kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)
 async def lock_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **_: Any) -> None:
-    """A lock taken or released can block or unblock a READY branch's merge."""
+    """A lock taken or released can block or unblock the merge of the READY Branches merging into the
+    locked Branch, and of the locked Branch itself."""
     runtime = acting_runtime(memo)
     if runtime is None or namespace is None:
         return
-    await runtime.triggers.lock_on(namespace, str(spec.get("branch", "")))
+    branch = str(spec.get("branch", ""))
+    await runtime.triggers.lock_on_target(namespace, branch)
+    await runtime.triggers.lock_on(namespace, branch)
 
 
 @kopf.on.event(GROUP, VERSION, BranchLock.PLURAL)

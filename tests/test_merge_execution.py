@@ -73,7 +73,7 @@ async def test_a_client_error_is_not_retried(endpoint: Any) -> None:
     assert "400" in result.detail
 
 
-async def test_retries_back_off_doubling_up_to_the_cap_then_succeed(endpoint: Any, tmp_path: Path) -> None:
+async def test_retries_back_off_jittered_doubling_up_to_the_cap_then_succeed(endpoint: Any, tmp_path: Path) -> None:
     url, answers, seen = endpoint
     answers.extend([(503, "x"), (429, "slow down"), (502, "x")])
     token = tmp_path / "auth"
@@ -84,7 +84,10 @@ async def test_retries_back_off_doubling_up_to_the_cap_then_succeed(endpoint: An
     finally:
         await b.close()
     assert (result.outcome, result.attempts) == (Outcome.MERGED, 4)
-    assert b.sleeps == [0.5, 1.0, 1.0]  # type: ignore[attr-defined]
+    # Jittered in the upper half of a window doubling from 0.5 s, capped at 1 s (no Retry-After here).
+    low, high = zip(*[(0.25, 0.5), (0.5, 1.0), (0.5, 1.0)], strict=True)
+    sleeps = b.sleeps  # type: ignore[attr-defined]
+    assert len(sleeps) == 3 and all(lo <= s <= hi for lo, s, hi in zip(low, sleeps, high, strict=True)), sleeps
     assert {h["Idempotency-Key"] for h in seen} == {"merge-1"}
     assert {h["Authorization"] for h in seen} == {"Bearer s3cret"}
 

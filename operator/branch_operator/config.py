@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     merge_webhook_url: str | None = None
     merge_webhook_timeout_seconds: float = 10.0
     merge_webhook_retries: int = 3  # attempts after the first, on 5xx/408/429/transport errors
-    merge_webhook_backoff_seconds: float = 1.0  # doubled per retry
+    merge_webhook_backoff_seconds: float = 1.0  # the first backoff window, doubled per retry (jittered)
     merge_webhook_backoff_max_seconds: float = 30.0
     merge_webhook_auth_header_file: Path | None = None  # file holding the Authorization header value
     merge_retry_interval_seconds: float = 300.0  # a Failed merge is tried again after this long

@@ -42,10 +42,14 @@ from branch_operator.controllers.triggers import MergeTriggers
 from branch_operator.domain import admin
 from branch_operator.domain.merge import PolicyRef
 from branch_operator.ingest.consumer import IndexingConsumer
+from branch_operator.kit.backoff import Backoff, call_with_backoff
 from branch_operator.ops.metrics import OperatorMetrics
 from branch_operator.ops.stalls import StallMonitor
 
 log = logging.getLogger(__name__)
+
+# Until NATS is there, however long that takes: nothing else can start without it.
+NATS_CONNECT = Backoff(base=0.5, cap=10.0, attempts=0)
 
 
 class PolicyIndex(Protocol):
@@ -296,20 +300,18 @@ class Runtime:
 
     async def _nats(self) -> None:
         """Connect (retrying until NATS is there) and make sure the streams and consumers exist."""
-        delay = 0.5
-        while True:
-            try:
-                if self.bus.nc is None or self.bus.nc.is_closed:
-                    await self.bus.connect()
-                await self.bus.ensure_streams()
-                await self.bus.ensure_consumers()
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("NATS not available yet (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)  # backoff between connection attempts, not synchronisation
-                delay = min(delay * 2, 10.0)
+
+        async def attempt() -> None:
+            if self.bus.nc is None or self.bus.nc.is_closed:
+                await self.bus.connect()
+            await self.bus.ensure_streams()
+            await self.bus.ensure_consumers()
+
+        def logged(_n: int, exc: BaseException, delay: float) -> None:
+            log.warning("NATS not available yet (%s); retrying in %.1fs", exc, delay)
+
+        await call_with_backoff(attempt, policy=NATS_CONNECT, sleep=asyncio.sleep, before_sleep=logged,
+                                retry_on=lambda exc: isinstance(exc, Exception))
         self._connected.set()
 
     async def _consume(self) -> None:

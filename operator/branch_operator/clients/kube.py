@@ -8,10 +8,11 @@ API server. Errors are mapped to a small hierarchy so callers decide retry vs. g
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -21,6 +22,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from branch_operator import __version__
 from branch_operator.api.models import GROUP, LABEL_BRANCH, VERSION, AutoMergePolicy, Branch, BranchLock
+from branch_operator.kit.backoff import Backoff, call_with_backoff, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,21 @@ class Invalid(KubeError):
 
 
 class Transient(KubeError):
-    """5xx, 429, timeouts, connection errors: retry with backoff."""
+    """5xx, 429, timeouts, connection errors: retry with backoff (``retry_after``: what the server asked for)."""
+
+    def __init__(self, status: int, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(status, message)
+        self.retry_after = retry_after
+
+
+def _shed_load(exc: BaseException) -> bool:
+    # As client-go's REST client (checkWait): a 429 or 5xx is asked again only when the server said when.
+    return (isinstance(exc, Transient) and exc.retry_after is not None
+            and (exc.status == 429 or exc.status >= 500))
+
+
+# Short and few: the callers have retries of their own (a nak, the scheduler) for longer outages.
+API_BACKOFF = Backoff(base=0.2, cap=5.0, attempts=5, retry_after_cap=10.0)
 
 
 def _map(exc: BaseException) -> KubeError:
@@ -67,7 +83,8 @@ def _map(exc: BaseException) -> KubeError:
         if status == 409:
             return Conflict(status, text)
         if status in (408, 429) or status >= 500 or status == 0:
-            return Transient(status, text)
+            headers: Mapping[str, str] = exc.headers or {}
+            return Transient(status, text, retry_after=parse_retry_after(headers.get("Retry-After")))
         return Invalid(status, text)
     return Transient(0, f"{type(exc).__name__}: {exc}")
 
@@ -144,6 +161,8 @@ class KubeClient:
         session = getattr(api.rest_client, "pool_manager", None)
         if session is not None and hasattr(session, "_trust_env"):
             session._trust_env = False
+        self.backoff = API_BACKOFF
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # replaceable, to count the waits
         self.custom = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
         self.component = component
@@ -158,21 +177,32 @@ class KubeClient:
 
     # ----------------------------------------------------------------------------------- generic
 
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except ApiException as exc:
-            raise _map(exc) from exc
-        except (OSError, TimeoutError) as exc:
-            raise _map(exc) from exc
-        except Exception as exc:
-            # aiohttp's client errors are not OSError subclasses in every version.
-            if type(exc).__module__.startswith("aiohttp"):
+    async def _call(self, request: Callable[[], Awaitable[Any]]) -> Any:
+        """``request()`` with the API errors mapped; a 429 or 5xx that carries ``Retry-After`` (the API server
+        shedding load: API Priority and Fairness) is asked again after it, a few times, as client-go's REST
+        client does. Without one, the caller's own retry (a nak, the scheduler) takes it."""
+
+        async def attempt() -> Any:
+            try:
+                return await request()
+            except ApiException as exc:
                 raise _map(exc) from exc
-            raise
+            except (OSError, TimeoutError) as exc:
+                raise _map(exc) from exc
+            except Exception as exc:
+                # aiohttp's client errors are not OSError subclasses in every version.
+                if type(exc).__module__.startswith("aiohttp"):
+                    raise _map(exc) from exc
+                raise
+
+        def logged(n: int, exc: BaseException, delay: float) -> None:
+            log.info("Kubernetes API answered %s (attempt %d); asking again in %.2fs", exc, n, delay)
+
+        return await call_with_backoff(attempt, policy=self.backoff, retry_on=_shed_load, sleep=self.sleep,
+                                       before_sleep=logged)
 
     async def get(self, plural: str, namespace: str, name: str) -> Obj:
-        return cast(Obj, await self._call(self.custom.get_namespaced_custom_object(
+        return cast(Obj, await self._call(lambda: self.custom.get_namespaced_custom_object(
             GROUP, VERSION, namespace, plural, name)))
 
     async def list_objects(
@@ -182,10 +212,11 @@ class KubeClient:
         if label_selector:
             kwargs["label_selector"] = label_selector
         if namespace:
-            result = await self._call(self.custom.list_namespaced_custom_object(
+            result = await self._call(lambda: self.custom.list_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, **kwargs))
         else:
-            result = await self._call(self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs))
+            result = await self._call(lambda: self.custom.list_cluster_custom_object(
+                GROUP, VERSION, plural, **kwargs))
         return cast(list[Obj], result.get("items", []))
 
     async def patch_status(
@@ -195,24 +226,33 @@ class KubeClient:
         body: Obj = {"status": dict(status)}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
-        return cast(Obj, await self._call(self.custom.patch_namespaced_custom_object_status(
+        return cast(Obj, await self._call(lambda: self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, plural, name, body, **_MERGE)))
 
     async def patch(self, plural: str, namespace: str, name: str, body: Mapping[str, Any]) -> Obj:
-        return cast(Obj, await self._call(self.custom.patch_namespaced_custom_object(
+        return cast(Obj, await self._call(lambda: self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, plural, name, dict(body), **_MERGE)))
 
     async def create(self, plural: str, namespace: str, body: Mapping[str, Any]) -> Obj:
-        return cast(Obj, await self._call(self.custom.create_namespaced_custom_object(
+        return cast(Obj, await self._call(lambda: self.custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, plural, dict(body))))
 
     async def delete(self, plural: str, namespace: str, name: str) -> bool:
         """True if deleted now, False if it was already gone."""
         try:
-            await self._call(self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name))
+            await self._call(lambda: self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name))
             return True
         except NotFound:
             return False
+
+    async def delete_unchanged(self, plural: str, namespace: str, obj: Mapping[str, Any]) -> None:
+        """Delete ``obj`` only if it is still the version read (preconditions on resourceVersion and uid):
+        Conflict if it changed since, NotFound if it is gone."""
+        meta = obj.get("metadata") or {}
+        body = {"preconditions": {"resourceVersion": meta.get("resourceVersion"), "uid": meta.get("uid")}}
+        await self._call(lambda: self.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, str(meta.get("name")), body=cast(Any, body)))
 
     # ---------------------------------------------------------------------------------- specific
 
@@ -271,7 +311,7 @@ class KubeClient:
         The response is read but not turned into a V1Event: parsing its timestamps with dateutil was a
         visible share of the operator's CPU per indexing event, for a body nobody looks at.
         """
-        response = await self._call(self.core.create_namespaced_event(
+        response = await self._call(lambda: self.core.create_namespaced_event(
             namespace, cast(Any, body), _preload_content=False))
         try:
             data = await response.read()

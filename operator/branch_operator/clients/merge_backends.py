@@ -7,7 +7,8 @@
   after an operator crash merges once. What an answer means is decided by
   :func:`branch_operator.domain.merge.decision.classify_answer`: 2xx is merged; 409 means OMS found
   conflicts (the response's ``conflicts`` list, if any, is recorded); 5xx, 408, 425, 429 and transport
-  errors are retried with exponential backoff; other 4xx and exhausted retries are a failure.
+  errors are retried with jittered exponential backoff, a ``Retry-After`` waited out
+  (:mod:`branch_operator.kit.backoff`); other 4xx and exhausted retries are a failure.
 
 Either way the announcement (Event, ``com.oms.branch.merged``, audit) follows the status write.
 """
@@ -28,6 +29,7 @@ from branch_operator import __version__
 from branch_operator.api.models import Conflict
 from branch_operator.config import Settings
 from branch_operator.domain.merge.decision import Answer, Outcome, classify_answer
+from branch_operator.kit.backoff import Backoff, RetryLater, call_with_backoff, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +119,7 @@ class WebhookBackend:
         self.url = url
         self.timeout = timeout
         self.retries = retries
-        self.backoff = backoff
-        self.backoff_max = backoff_max
+        self.policy = backoff_policy(retries, backoff, backoff_max)
         self.auth_header_file = auth_header_file
         self.sleep = sleep
         self._session: aiohttp.ClientSession | None = None
@@ -137,13 +138,15 @@ class WebhookBackend:
     async def execute(self, request: MergeRequest) -> MergeResult:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
+        session = self._session
         body = json.dumps(request.body()).encode()
-        last = ""
         attempts = 0
-        for attempt in range(self.retries + 1):
-            attempts = attempt + 1
+
+        async def attempt() -> MergeResult:
+            nonlocal attempts
+            attempts += 1
             try:
-                async with self._session.post(
+                async with session.post(
                     self.url, data=body, headers=self._headers(request),
                     timeout=aiohttp.ClientTimeout(total=self.timeout),
                 ) as resp:
@@ -157,17 +160,32 @@ class WebhookBackend:
                     last = f"merge endpoint answered {resp.status}: {_short(text)}"
                     if answer is Answer.FAILED:
                         return MergeResult(Outcome.FAILED, last, attempts)  # retrying cannot fix a 4xx
+                    raise RetryLater(last, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                last = f"merge endpoint unreachable: {type(exc).__name__}: {_short(str(exc))}"
-            if attempt < self.retries:
-                delay = min(self.backoff * (2**attempt), self.backoff_max)
-                log.info("merge %s attempt %d failed (%s); retrying in %.2fs", request.key, attempts, last, delay)
-                await self.sleep(delay)  # backoff between attempts, not synchronisation
-        return MergeResult(Outcome.FAILED, f"{last} (after {attempts} attempts)", attempts)
+                raise RetryLater(f"merge endpoint unreachable: {type(exc).__name__}: {_short(str(exc))}") from exc
+
+        def logged(n: int, exc: BaseException, delay: float) -> None:
+            log.info("merge %s attempt %d failed (%s); retrying in %.2fs", request.key, n, exc, delay)
+
+        try:
+            return await call_with_backoff(attempt, policy=self.policy, retry_on=_retry_later, sleep=self.sleep,
+                                      before_sleep=logged)
+        except RetryLater as exc:
+            return MergeResult(Outcome.FAILED, f"{exc} (after {attempts} attempts)", attempts)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def backoff_policy(retries: int, base: float, cap: float) -> Backoff:
+    """``retries`` after the first attempt, jittered in a window doubling from ``base`` to ``cap``; a
+    ``Retry-After`` is believed up to 5 minutes (a merge waits; the reconciler's timeout still applies)."""
+    return Backoff(base=base, cap=cap, attempts=max(0, retries) + 1, retry_after_cap=300.0)
+
+
+def _retry_later(exc: BaseException) -> bool:
+    return isinstance(exc, RetryLater)
 
 
 def _short(text: str) -> str:

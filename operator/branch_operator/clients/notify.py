@@ -30,6 +30,7 @@ from branch_operator.config import Settings
 from branch_operator.domain.audit import AuditRecord
 from branch_operator.domain.incidents import Incident, indexing_failed_incident
 from branch_operator.domain.timefmt import rfc3339
+from branch_operator.kit.backoff import Backoff, RetryLater, call_with_backoff, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ def webhook_payload(incident: Incident, fmt: str) -> dict[str, Any]:
     }
 
 
+class _Refused(Exception):
+    """An answer that asking again cannot change (a 4xx other than 408, 425 and 429)."""
+
+
 class WebhookSink:
     name = "webhook"
 
@@ -89,30 +94,38 @@ class WebhookSink:
         self.fmt = fmt
         self.retries = max(0, retries)
         self.timeout = timeout
-        self.backoff = backoff
+        # A Retry-After beyond a minute is not waited out: the Notifier's queue would stall behind it.
+        self.policy = Backoff(base=backoff, cap=30.0, attempts=self.retries + 1, retry_after_cap=60.0)
         self.sleep = sleep  # injectable so tests don't wait out real backoff delays
         self._session: aiohttp.ClientSession | None = None
 
     async def send(self, incident: Incident) -> None:
-        """POST with retries on connection errors, timeouts, 429 and 5xx; other 4xx fail at once."""
+        """POST with retries on connection errors, timeouts, 429 and 5xx (waiting out a ``Retry-After``);
+        other 4xx fail at once."""
         body = webhook_payload(incident, self.fmt)
         headers = {"Idempotency-Key": incident.key}  # lets a receiver drop a retry we could not confirm
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await self.sleep(min(30.0, self.backoff * 2 ** (attempt - 1)))
+        attempts = 0
+
+        async def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
             try:
-                session = self._session_()
-                async with session.post(self.url, json=body, headers=headers,
-                                        timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                async with self._session_().post(self.url, json=body, headers=headers,
+                                                 timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
                     if resp.status < 300:
                         return
                     last = f"HTTP {resp.status}: {(await resp.text())[:200]}"
                     if resp.status not in _RETRYABLE_STATUS:
-                        break
+                        raise _Refused(last)
+                    raise RetryLater(last, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-        raise RuntimeError(f"webhook {self.url} failed after {attempt + 1} attempt(s): {last}")
+                raise RetryLater(f"{type(exc).__name__}: {exc}") from exc
+
+        try:
+            await call_with_backoff(attempt, policy=self.policy, retry_on=lambda e: isinstance(e, RetryLater),
+                                    sleep=self.sleep)
+        except (RetryLater, _Refused) as exc:
+            raise RuntimeError(f"webhook {self.url} failed after {attempts} attempt(s): {exc}") from exc
 
     def _session_(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from branch_operator.api.models import GROUP, VERSION, Branch, BranchLock
+from branch_operator.api.models import Branch, BranchLock
 from branch_operator.clients.emitter import Emitter
 from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFound, Obj
 from branch_operator.clients.notify import Notifier
@@ -151,13 +151,9 @@ class LockLifecycle:
         if deadline > now:  # renewed since it was scheduled
             self.scheduler.schedule(key, deadline)
             return
-        meta = lock["metadata"]
         try:
-            # KubeClient.delete has no preconditions; this one delete needs them (see the module docstring).
-            await self.kube._call(self.kube.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, BranchLock.PLURAL, name,
-                body=cast(Any, {"preconditions": {"resourceVersion": meta.get("resourceVersion"),
-                                                  "uid": meta.get("uid")}})))
+            # Preconditions: this one delete must not remove a lock renewed since (see the module docstring).
+            await self.kube.delete_unchanged(BranchLock.PLURAL, namespace, lock)
         except NotFound:
             return
         except Conflict:

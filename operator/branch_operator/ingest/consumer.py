@@ -39,6 +39,7 @@ from branch_operator.contracts.funnel_decode import show
 from branch_operator.controllers.indexing import EventProcessor, Outcome, Result
 from branch_operator.domain.audit import AuditAction, AuditRecord
 from branch_operator.ingest import guard
+from branch_operator.kit.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,10 @@ class Disposition(enum.StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
-def backoff_seconds(delivered: int, *, base: float = 0.5, cap: float = 30.0) -> float:
-    return float(min(cap, base * (2 ** max(0, delivered - 1))))
+# Jittered (kit.backoff), so that messages failing together, or replicas restarted together, come back apart.
+REDELIVERY = Backoff(base=0.5, cap=30.0, attempts=0)
+WAITING_FOR_START = Backoff(base=0.25, cap=2.0, attempts=0)
+RECONNECT = Backoff(base=0.5, cap=10.0, attempts=0)
 
 
 class IndexingConsumer:
@@ -139,7 +142,7 @@ class IndexingConsumer:
             except (nats.errors.Error, NotFoundError, OSError, TimeoutError) as exc:
                 self.attached[durable] = False
                 failures += 1
-                delay = backoff_seconds(failures, cap=10.0)
+                delay = RECONNECT.delay(failures)
                 log.warning("consumer %s unavailable (%s: %s); retrying in %.1fs",
                             durable, type(exc).__name__, exc, delay, exc_info=log.isEnabledFor(logging.DEBUG))
                 try:
@@ -267,7 +270,7 @@ class IndexingConsumer:
                                      event.data.branch_name)
         if result.outcome is Outcome.WAIT:
             # Possibly ahead of its run's started event (another subject, another consumer): ask again soon.
-            delay = backoff_seconds(delivered, base=0.25, cap=2.0)
+            delay = WAITING_FOR_START.delay(delivered)
             with contextlib.suppress(Exception):
                 await msg.nak(delay=delay)
             self._notify(event.id, result, Disposition.RETRY)
@@ -305,7 +308,7 @@ class IndexingConsumer:
         if delivered >= self.settings.max_deliver:
             return await self._dead_letter(msg, RETRIES_EXHAUSTED, reason, delivered, event_id=event_id,
                                            branch_name=branch_name)
-        delay = backoff_seconds(delivered)
+        delay = REDELIVERY.delay(delivered)
         log.warning("event %s: %s; redelivery %d in %.1fs", event_id, reason, delivered + 1, delay)
         with contextlib.suppress(Exception):  # if the nak is lost, ack_wait redelivers anyway
             await msg.nak(delay=delay)
@@ -338,7 +341,7 @@ class IndexingConsumer:
             # Parking failed: keep the message in the input stream rather than lose it.
             log.error("could not dead-letter message seq %s (%s); will retry", seq, exc)
             with contextlib.suppress(Exception):
-                await msg.nak(delay=backoff_seconds(delivered))
+                await msg.nak(delay=REDELIVERY.delay(delivered))
             return Disposition.RETRY
         log.warning("dead-lettered message seq %s on %s: %s: %s", seq, msg.subject, code, message)
         await msg.term()

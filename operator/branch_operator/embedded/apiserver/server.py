@@ -96,6 +96,7 @@ class _Fault:
     status: int | None
     delay: float
     remaining: int  # negative: forever
+    retry_after: str | None
 
 
 class EmbeddedApiServer:
@@ -192,14 +193,18 @@ class EmbeddedApiServer:
         status: int | None = None,
         delay: float = 0.0,
         times: int = 1,
+        retry_after: str | None = None,
     ) -> None:
         """Make the next ``times`` requests matching ``method`` (None: any) and ``path_regex`` (searched in the
         URL path, without the query) wait ``delay`` seconds and then fail with ``status`` — or, with no
         status, proceed normally after the delay. ``times`` < 0 means until :meth:`clear_faults`.
-        The first matching fault applies; each fault counts its own matches."""
+        The first matching fault applies; each fault counts its own matches. A failure carries
+        ``Retry-After: <retry_after>`` if given; a 429 without one says ``1``, as kube-apiserver's
+        priority and fairness does."""
         if times == 0:
             raise ValueError("times must be positive, or negative for a permanent fault")
-        self._faults.append(_Fault(method.upper() if method else None, re.compile(path_regex), status, delay, times))
+        self._faults.append(_Fault(method.upper() if method else None, re.compile(path_regex), status, delay, times,
+                                  retry_after))
 
     def clear_faults(self) -> None:
         self._faults.clear()
@@ -215,7 +220,8 @@ class EmbeddedApiServer:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.status is not None:
-                headers = {"Retry-After": "1"} if fault.status == 429 else None
+                after = fault.retry_after or ("1" if fault.status == 429 else None)
+                headers = {"Retry-After": after} if after is not None else None
                 raise ApiError(fault.status, f"injected fault: HTTP {fault.status}", headers=headers)
             return
 

@@ -27,8 +27,9 @@ RULES: tuple[Rule, ...] = (
     Rule("oms.dev", "branchlocks/status", ("patch",)),  # acquiredAt / renewedAt stamps
     Rule("oms.dev", "automergepolicies", ("list", "watch")),  # kopf's watch feeds an in-memory index
     Rule("oms.dev", "automergepolicies/status", ("patch",)),
-    # Kubernetes Events on Branches, posted (never patched) by kopf and by the operator.
-    Rule("", "events", ("create",)),
+    # Kubernetes Events on Branches, posted by kopf and by the operator; the operator counts repeats of one
+    # up on the Event posted before (count, series), as client-go's recorder does.
+    Rule("", "events", ("create", "patch")),
 )
 
 # Only with leader election (OMS_LEADER_ELECTION, on whenever the chart runs more than one replica): every

@@ -421,9 +421,10 @@ async def test_leased_lock_is_stamped_and_expires_after_its_ttl(oms: Oms) -> Non
     record = await wait_for(lambda: oms.audits_for("feature/leased", "lock.expired"), what="lock.expired")
     assert record[0].details["lock"] == name and record[0].details["ttl_seconds"] == 1
     assert record[0].reason == "TTLExpired"
-    async def warned() -> bool:
-        return any(e["reason"] == "LockExpired" and name in e["message"] for e in await oms.k8s_events("leased"))
-    await wait_for(warned, what="LockExpired Event")
+    async def warned() -> list[dict[str, Any]]:
+        return [e for e in await oms.k8s_events("leased") if e["reason"] == "LockExpired" and name in e["message"]]
+    [expired_event] = await wait_for(warned, what="LockExpired Event")
+    assert (expired_event["related"]["kind"], expired_event["related"]["name"]) == ("BranchLock", name)
 
     async def notified() -> bool:
         return any(n["type"] == "com.oms.branch.lock_expired" and n["data"]["details"]["lock"] == name

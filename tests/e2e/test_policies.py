@@ -186,7 +186,10 @@ async def test_disabling_a_policy_stops_merges_and_enabling_it_merges(oms: Oms) 
     assert merge_of(blocked)["policyGeneration"] == 2
     assert condition(blocked, "Mergeable")["reason"] == "AutoMergeDisabled"
     assert "policy switch disables auto-merge" in condition(blocked, "Mergeable")["message"]
-    await wait_for(lambda: _events_with(oms, "paused", "MergeBlocked"), what="MergeBlocked Event")
+    [blocked_event] = await wait_for(lambda: _events_with(oms, "paused", "MergeBlocked"), what="MergeBlocked Event")
+    # The policy the decision was made under is the Event's related object (kubectl describe shows it).
+    assert blocked_event["related"] == {"apiVersion": "oms.dev/v1alpha1", "kind": "AutoMergePolicy",
+                                        "name": "switch", "namespace": oms.namespace}
 
     await patch_policy(oms, "switch", {"enabled": True})
     merged = await oms.wait_phase("paused", "ACTIVE")
@@ -599,6 +602,7 @@ async def test_webhook_outage_fails_loudly_keeps_the_branch_ready_and_retries_la
     assert len(calls) == 3 and {h["Idempotency-Key"] for h, _ in calls} == {merge["mergeId"]}
     failed_events = await wait_for(lambda: _events_with(oms, "outage", "MergeFailed"), what="MergeFailed Event")
     assert failed_events[0]["type"] == "Warning"
+    assert (failed_events[0]["related"]["kind"], failed_events[0]["related"]["name"]) == ("AutoMergePolicy", "default")
 
     async def notified() -> bool:
         return any(n["type"] == "com.oms.branch.merge_failed" and n["data"].get("branch") == "outage"

@@ -223,6 +223,21 @@ async def _scenario(env: EmbeddedEnv, kube: KubeClient, ns: str) -> None:
     await publish("failed", "feature/c", "idx-c")
     await phase("feature-c", "ERROR")
     assert await kube.list_locks(ns, "feature-c") == []
+    # Asking twice to merge it is refused twice alike: the second Event counts up the first (events: patch).
+    for _ in range(2):
+        await kube.patch("branches", ns, "feature-c", {"metadata": {"annotations": {
+            "oms.dev/merge-request": "now", "oms.dev/requested-by": "admin"}}})
+
+        async def consumed() -> bool:
+            branch = await kube.get_branch(ns, "feature-c")
+            return "oms.dev/merge-request" not in (branch["metadata"].get("annotations") or {})
+        await poll(consumed, "the merge request to be refused")
+
+    async def counted_up() -> bool:
+        data = await kube._raw(lambda: kube.core.list_namespaced_event(ns, _preload_content=False))
+        return any(e["involvedObject"]["name"] == "feature-c" and e["reason"] == "MergeRequestRefused"
+                   and e.get("count", 1) == 2 for e in data["items"])
+    await poll(counted_up, "the repeated MergeRequestRefused Event counted up")
 
     # 4. An admin's force-unlock through annotations (claimed by patching them away).
     obj = await kube.get_branch(ns, "feature-a")

@@ -105,7 +105,7 @@ chart grants any more or any less than that module, so edit both together.
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "patch"]
 {{- end }}
 
 {{/*

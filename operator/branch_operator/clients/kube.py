@@ -9,10 +9,14 @@ API server. Errors are mapped to a small hierarchy so callers decide retry vs. g
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
+import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -99,30 +103,38 @@ def event_name(object_name: str, key: str) -> str:
     return f"{object_name[: 253 - len(suffix)]}{suffix}"
 
 
+def object_ref(obj: Mapping[str, Any]) -> Obj:
+    """The ObjectReference of ``obj`` (an Event's ``involvedObject`` or ``related``)."""
+    meta = obj.get("metadata", {})
+    ref: Obj = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
+                "namespace": meta.get("namespace") or "default"}
+    for field in ("uid", "resourceVersion"):
+        if meta.get(field):
+            ref[field] = meta[field]
+    return ref
+
+
 def event_body(
     obj: Mapping[str, Any], *, type_: str, reason: str, message: str, action: str, component: str,
-    instance: str, timestamp: str, name: str | None = None,
+    instance: str, timestamp: str, name: str | None = None, related: Mapping[str, Any] | None = None,
 ) -> Obj:
     """The core/v1 Event about ``obj``; every Event the operator posts is built here.
 
-    Without ``name`` the API server generates one (``<object>.<random>``).
+    Without ``name`` the API server generates one (``<object>.<random>``). ``related``: the
+    ObjectReference of the object behind it (the policy of a merge decision, the lock of a lock event).
     """
     meta = obj.get("metadata", {})
     namespace = meta.get("namespace") or "default"
     metadata: Obj = ({"name": name} if name is not None
                      else {"generateName": f"{meta.get('name', 'oms')}."})
-    return {
+    involved = object_ref(obj)
+    involved.setdefault("uid", meta.get("uid"))
+    involved.setdefault("resourceVersion", meta.get("resourceVersion"))
+    body: Obj = {
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {**metadata, "namespace": namespace},
-        "involvedObject": {
-            "apiVersion": obj.get("apiVersion"),
-            "kind": obj.get("kind"),
-            "name": meta.get("name"),
-            "namespace": namespace,
-            "uid": meta.get("uid"),
-            "resourceVersion": meta.get("resourceVersion"),
-        },
+        "involvedObject": involved,
         "type": type_,
         "reason": reason,
         "message": message[:1024],
@@ -134,6 +146,60 @@ def event_body(
         "lastTimestamp": timestamp,
         "count": 1,
     }
+    if related is not None:
+        body["related"] = dict(related)
+    return body
+
+
+def event_key(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes two Events the same Event, as client-go's recorder decides (its ``getEventKey``): the source,
+    the object, the type, reason and message — and here the related object and action too."""
+    involved, related = body.get("involvedObject") or {}, body.get("related") or {}
+    return (body.get("reportingComponent"), body.get("reportingInstance"),
+            *(involved.get(f) for f in ("apiVersion", "kind", "namespace", "name", "uid")),
+            body.get("type"), body.get("reason"), body.get("action"), body.get("message"),
+            *(related.get(f) for f in ("apiVersion", "kind", "namespace", "name")))
+
+
+@dataclass
+class _Seen:
+    name: str
+    count: int
+    last: float  # monotonic
+
+
+class EventAggregator:
+    """Repeats of the same Event within ``window`` seconds update one Event object (``count``,
+    ``lastTimestamp`` and ``series``) instead of creating another, as client-go's recorder does
+    (its EventCorrelator: a 10-minute window, an LRU of 4,096 keys). Per process: after a restart or a
+    failover the first repeat starts a new Event."""
+
+    def __init__(self, *, window: float = 600.0, size: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.size = size
+        self.clock = clock
+        self._seen: collections.OrderedDict[tuple[Any, ...], _Seen] = collections.OrderedDict()
+
+    def repeat_of(self, key: tuple[Any, ...]) -> _Seen | None:
+        seen = self._seen.get(key)
+        if seen is None or self.clock() - seen.last > self.window:
+            return None
+        return seen
+
+    def record(self, key: tuple[Any, ...], name: str, count: int) -> None:
+        self._seen[key] = _Seen(name, count, self.clock())
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+
+    def forget(self, key: tuple[Any, ...]) -> None:
+        self._seen.pop(key, None)
+
+
+def _micro_time(rfc3339_seconds: str) -> str:
+    """A MicroTime (six fractional digits) for ``series.lastObservedTime``."""
+    return rfc3339_seconds.replace("Z", ".000000Z") if "." not in rfc3339_seconds else rfc3339_seconds
 
 
 async def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> k8s.ApiClient:
@@ -162,6 +228,7 @@ class KubeClient:
         if session is not None and hasattr(session, "_trust_env"):
             session._trust_env = False
         self.backoff = API_BACKOFF
+        self.events = EventAggregator()
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # replaceable, to count the waits
         self.custom = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
@@ -286,33 +353,55 @@ class KubeClient:
 
     async def post_event(
         self, obj: Mapping[str, Any], *, type_: str, reason: str, message: str, action: str = "Reconcile",
-        once_per: str | None = None,
+        once_per: str | None = None, related: Mapping[str, Any] | None = None,
     ) -> None:
         """A core/v1 Event about ``obj``. Failures are logged, never raised: an Event is best-effort.
 
         ``once_per``: a key the Event is posted once for (its name is derived from it); posting it again
-        is an AlreadyExists, taken as posted.
+        is an AlreadyExists, taken as posted. Otherwise a repeat of the same Event within ten minutes
+        counts up the one posted before (see :class:`EventAggregator`).
         """
         meta = obj.get("metadata", {})
         namespace = meta.get("namespace") or "default"
+        timestamp = now_rfc3339()
         body = event_body(obj, type_=type_, reason=reason, message=message, action=action,
-                          component=self.component, instance=self.instance, timestamp=now_rfc3339(),
-                          name=None if once_per is None else event_name(str(meta.get("name", "oms")), once_per))
+                          component=self.component, instance=self.instance, timestamp=timestamp,
+                          name=None if once_per is None else event_name(str(meta.get("name", "oms")), once_per),
+                          related=related)
         try:
-            await self.create_event(namespace, body)
+            if once_per is not None:
+                await self.create_event(namespace, body)
+                return
+            key = event_key(body)
+            seen = self.events.repeat_of(key)
+            if seen is not None:
+                count = seen.count + 1
+                try:
+                    await self._raw(lambda: self.core.patch_namespaced_event(
+                        seen.name, namespace, cast(Any, {
+                            "count": count, "lastTimestamp": timestamp,
+                            "series": {"count": count, "lastObservedTime": _micro_time(timestamp)}}),
+                        _preload_content=False, **_MERGE))
+                    self.events.record(key, seen.name, count)
+                    return
+                except NotFound:
+                    self.events.forget(key)  # expired or deleted meanwhile: start a new one
+            created = await self.create_event(namespace, body)
+            self.events.record(key, str(created.get("metadata", {}).get("name") or ""), 1)
         except KubeError as exc:
             if once_per is not None and isinstance(exc, Conflict):
                 return  # posted before
             log.warning("could not post Event %s on %s/%s: %s", reason, namespace, meta.get("name"), exc)
 
-    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
-        """Create a core/v1 Event; raises KubeError (Conflict for a name that exists).
-
-        The response is read but not turned into a V1Event: parsing its timestamps with dateutil was a
-        visible share of the operator's CPU per indexing event, for a body nobody looks at.
-        """
-        response = await self._call(lambda: self.core.create_namespaced_event(
+    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> Obj:
+        """Create a core/v1 Event; the created Event; raises KubeError (Conflict for a name that exists)."""
+        return await self._raw(lambda: self.core.create_namespaced_event(
             namespace, cast(Any, body), _preload_content=False))
+
+    async def _raw(self, request: Callable[[], Awaitable[Any]]) -> Obj:
+        """An unparsed call's answer as plain JSON. Events are read this way, not as V1Event: parsing their
+        timestamps with dateutil was a visible share of the operator's CPU per indexing event."""
+        response = await self._call(request)
         try:
             data = await response.read()
         except Exception as exc:
@@ -321,3 +410,7 @@ class KubeClient:
             response.release()
         if not 200 <= response.status <= 299:
             raise _map(ApiException(status=response.status, reason=f"{response.reason}: {data[:500]!r}"))
+        try:
+            return cast(Obj, json.loads(data))
+        except ValueError:
+            return {}

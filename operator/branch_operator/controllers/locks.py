@@ -23,7 +23,7 @@ from typing import Any
 
 from branch_operator.api.models import Branch, BranchLock
 from branch_operator.clients.emitter import Emitter
-from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFound, Obj
+from branch_operator.clients.kube import Conflict, KubeClient, KubeError, NotFound, Obj, object_ref
 from branch_operator.clients.notify import Notifier
 from branch_operator.config import Settings
 from branch_operator.domain.audit import AuditAction, AuditRecord
@@ -186,7 +186,8 @@ class LockLifecycle:
             namespace=namespace, branch=branch or None, reason="TTLExpired", details=details,
         ))
         if branch_obj is not None:
-            await self.kube.post_event(branch_obj, type_="Warning", reason="LockExpired", message=message)
+            await self.kube.post_event(branch_obj, type_="Warning", reason="LockExpired", message=message,
+                                       related=object_ref(lock))
         if self.notifier is not None:
             self.notifier.submit(Incident(
                 kind=LOCK_EXPIRED, key=f"{LOCK_EXPIRED}:{namespace}/{meta['name']}:{meta.get('uid')}",

@@ -32,6 +32,9 @@ from typing import Any, Protocol
 from branch_operator.api.models import (
     ANNOTATION_MERGE_REQUEST,
     ANNOTATION_REQUESTED_BY,
+    GROUP,
+    VERSION,
+    AutoMergePolicy,
     BranchStatus,
     MergeDecision,
     Outbox,
@@ -329,7 +332,7 @@ class MergeReconciler:
         """Event and audit record for a decision just written (not for merges: see _announce)."""
         report = decision_report(evaluation)
         await self.kube.post_event(obj, type_=report.event_type, reason=report.event_reason,
-                                   message=evaluation.message)
+                                   message=evaluation.message, related=_policy_ref(obj, evaluation))
         if report.audit is None:
             return
         details: dict[str, Any] = {
@@ -423,7 +426,8 @@ class MergeReconciler:
             return None
         self._schedule((meta["namespace"], meta["name"]), step.retry_at)
         await self.kube.post_event(updated, type_="Warning", reason="MergeConflict",
-                                   message=f"OMS refused the merge into {target}: {result.detail}")
+                                   message=f"OMS refused the merge into {target}: {result.detail}",
+                                   related=_policy_ref(updated, evaluation))
         await self._report(updated, evaluation, now)
         return evaluation.decision
 
@@ -441,7 +445,8 @@ class MergeReconciler:
         self._schedule((meta["namespace"], meta["name"]), retry_at)
         message = (f"Merging into {target} failed ({result.detail}); the branch stays READY and is tried "
                    f"again at {rfc3339(retry_at)}.")
-        await self.kube.post_event(updated, type_="Warning", reason="MergeFailed", message=message)
+        await self.kube.post_event(updated, type_="Warning", reason="MergeFailed", message=message,
+                                   related=_policy_ref(updated, evaluation))
         # No notification from here: the incident watch sees this write and the Notifier, the one producer
         # of incident notifications, sends one merge_failed per failed merge.
         await self.emitter.audit(self._record(
@@ -533,3 +538,11 @@ class MergeReconciler:
             indexing_id=indexing.indexing_id if indexing else None,
             **fields,
         )
+
+
+def _policy_ref(branch: Obj, evaluation: MergeEvaluation) -> Obj | None:
+    """The policy a merge decision was made under, for its Event's ``related`` (none: no policy matched)."""
+    if evaluation.policy is None:
+        return None
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": AutoMergePolicy.KIND, "name": evaluation.policy,
+            "namespace": branch["metadata"]["namespace"]}

@@ -2,13 +2,11 @@
 ``test rules`` with, per alert, series that make it fire once its ``for`` has passed and series that
 must not; plus the rule conventions (severity, runbook anchor in docs/operations.md) and the docs' table.
 
-``promtool`` comes from Debian's ``prometheus`` package (``.ci/run`` installs it). Without it these tests
-skip on a workstation and fail in CI (``CI`` set), so they cannot silently not run there.
+``promtool``: see tests/promtool.py (skips on a workstation without it, fails in CI).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -19,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ..promtool import promtool_path
 from .conftest import NAMESPACE, RELEASE, REPO_ROOT, Obj, Renderer
 
 DOCS_OPERATIONS = REPO_ROOT / "docs" / "operations.md"
@@ -30,13 +29,7 @@ TARGET = f'job="{RELEASE}",namespace="{NAMESPACE}"'
 
 @pytest.fixture(scope="session")
 def promtool() -> Path:
-    found = shutil.which("promtool")
-    if found is None:
-        message = "promtool not found: apt-get install prometheus (Debian's package ships promtool)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return Path(found)
+    return promtool_path()
 
 
 def _prometheus_rules(objs: list[Obj]) -> list[Obj]:

@@ -824,6 +824,7 @@ SETTINGS_IN_CHART: dict[str, tuple[str, Obj]] = {
     ),
     "merge_retry_interval_seconds": ("merge.retryIntervalSeconds", {"merge": {"retryIntervalSeconds": 30}}),
     "stall_warning_ms": ("stallWarningMs", {"stallWarningMs": 250}),
+    "log_format": ("logFormat", {"logFormat": "json"}),
     "health_port": ("healthPort", {"healthPort": 8081}),
     "metrics_enabled": ("metrics.enabled", {"metrics": {"enabled": False}}),
     "metrics_port": ("metrics.port", {"metrics": {"port": 9090}}),

@@ -60,13 +60,15 @@ def _log_uncaught(kind: type[BaseException], value: BaseException, tb: Traceback
 
 
 def setup_logging(level: str, log_format: LogFormat = "text") -> None:
-    """Configure the root logger once, before anything logs; kopf's loggers propagate to it."""
+    """Configure the root logger before anything logs (kopf's loggers propagate to it), unless it already is."""
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    root = logging.getLogger()
+    if root.handlers:  # configured already (a test harness, an embedding program): as logging.basicConfig
+        return
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLogFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     if log_format == "json":
         logging.captureWarnings(True)

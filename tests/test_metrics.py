@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import platform
+import re
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 from prometheus_client import generate_latest
 
+import branch_operator
 from branch_operator.domain.audit import AuditRecord
+from branch_operator.ops.health import HealthServer
 from branch_operator.ops.metrics import OperatorMetrics, event_kind
+
+from .promtool import check_metrics
 
 WHEN = datetime(2025, 6, 26, 10, 30, tzinfo=UTC)
 
@@ -143,3 +150,35 @@ def test_the_receipt_hook_is_used_when_present() -> None:
         cb("dup-1", result("duplicate"), "acked")
     assert value(m, "events_received_total", type="completed") == 1  # counted once, at receipt
     assert value(m, "events_ignored_total", type="completed", outcome="duplicate") == 1
+
+
+async def test_metrics_endpoint_is_what_prometheus_expects() -> None:
+    """The real /metrics listener: process and platform metrics, build_info, no `_created` series, and
+    nothing `promtool check metrics` objects to."""
+    m = OperatorMetrics()
+    m.observe_audit(record("indexing.completed", correlation_id="e1",
+                           details={"type": "com.oms.indexing.completed", "duration_seconds": 60.0,
+                                    "records_indexed": 3}))
+    m.observe_result("e1", result("applied"), "acked")
+    m.observe_timing("completed", 0.02)
+    m.observe_lag(0.001)
+    server = HealthServer(SimpleNamespace(metrics=m), port=0, host="127.0.0.1")
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session, session.get(server.url + "/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    finally:
+        await server.stop()
+    lines = text.splitlines()
+    names = {line.split("{")[0].split(" ")[0] for line in lines if not line.startswith("#")}
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds",
+            "process_open_fds", "python_info"} <= names
+    [build] = [line for line in lines if line.startswith("oms_branch_operator_build_info{")]
+    labels, value = build.removeprefix("oms_branch_operator_build_info{").split("} ")
+    assert dict(re.findall(r'(\w+)="([^"]*)"', labels)) == {
+        "version": branch_operator.__version__, "python_version": platform.python_version()}
+    assert float(value) == 1
+    assert "oms_branch_operator_events_applied_total{type=\"completed\"} 1.0" in lines
+    assert not [line for line in lines if "_created" in line]
+    assert check_metrics(text) == ""

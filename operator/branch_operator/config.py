@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = None
     # The event loop blocked this long (a long callback, a garbage collection) is logged as a WARNING.
     stall_warning_ms: float = 100.0
+    # "json": every log line is one JSON object (kopf's, ours, the audit trail's); read by the command line
+    # before anything logs, declared here so a bad value is refused and the chart's value is checked.
+    log_format: Literal["text", "json"] = "text"
 
     # --- Operations: notifications and locks
     # Generic JSON webhook for incidents (indexing failures, merges blocked too long, expired locks,

@@ -225,6 +225,21 @@ def test_helm_lint_strict_scenarios(tools: Tools, renderer: Renderer, scenario: 
 # ------------------------------------------------------------------------------ schema validation
 
 
+PROMETHEUS_RULE_SCHEMA: Obj = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "metadata": {"type": "object", "required": ["name", "namespace"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {"groups": {"type": "array", "minItems": 1}},
+        },
+    },
+}
+
 SERVICE_MONITOR_SCHEMA: Obj = {
     "type": "object",
     "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -279,6 +294,9 @@ def _validate_objects(
             assert ("namespace" in obj["metadata"]) == (scope == "Namespaced"), f"{where}: namespace vs {scope}"
         elif obj["kind"] == "ServiceMonitor":
             jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+        elif obj["kind"] == "PrometheusRule":
+            # The rules themselves are checked by promtool (test_prometheusrule.py).
+            jsonschema.validate(obj, PROMETHEUS_RULE_SCHEMA)
         else:
             for version in K8S_VERSIONS:
                 try:
@@ -354,6 +372,9 @@ BAD_VALUES: dict[str, tuple[Obj, str]] = {
     "servicemonitor-without-service": (
         {"serviceMonitor": {"enabled": True}, "service": {"enabled": False}},
         "service.enabled",
+    ),
+    "prometheusrule-without-metrics": (
+        {"prometheusRule": {"enabled": True}, "metrics": {"enabled": False}}, "prometheusRule.enabled needs metrics",
     ),
     "replicas-without-election": (
         {"replicaCount": 2, "leaderElection": {"enabled": False}}, "replicaCount=2 needs leader election",
@@ -803,6 +824,7 @@ SETTINGS_IN_CHART: dict[str, tuple[str, Obj]] = {
     ),
     "merge_retry_interval_seconds": ("merge.retryIntervalSeconds", {"merge": {"retryIntervalSeconds": 30}}),
     "stall_warning_ms": ("stallWarningMs", {"stallWarningMs": 250}),
+    "log_format": ("logFormat", {"logFormat": "json"}),
     "health_port": ("healthPort", {"healthPort": 8081}),
     "metrics_enabled": ("metrics.enabled", {"metrics": {"enabled": False}}),
     "metrics_port": ("metrics.port", {"metrics": {"port": 9090}}),

@@ -22,6 +22,7 @@ from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.embedded.natsserver import free_port
 from branch_operator.kubectl_branch import cli as plugin
 
+from ..promtool import check_metrics
 from .conftest import Oms, open_oms, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -558,6 +559,10 @@ async def test_metrics_show_what_the_scenarios_moved(oms: Oms) -> None:
     assert f'{p}locks_held{{lock_type="INDEXING"}}' in after
     # The stall monitor runs in every operator: its timer ticked while the scenarios ran.
     assert delta("event_loop_lag_seconds_count") >= 1
+    # What Prometheus expects of any exporter, on the real operator's output with every family populated.
+    assert sample(after, "process_cpu_seconds_total") > 0 and sample(after, p + "build_info") == 1
+    assert "_created" not in after
+    assert check_metrics(after) == ""
 
 
 # ------------------------------------------------- a separate environment: NATS outages, notifications

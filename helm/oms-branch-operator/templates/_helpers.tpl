@@ -171,3 +171,24 @@ or metrics are off.
 {{- .Values.metrics.port | int64 | toString -}}
 {{- end -}}
 {{- end }}
+
+{{/* The PrometheusRule: null follows serviceMonitor.enabled (the rules need the scrape it sets up). */}}
+{{- define "oms-branch-operator.prometheusRuleEnabled" -}}
+{{- $enabled := .Values.prometheusRule.enabled }}
+{{- if kindIs "invalid" $enabled }}
+{{- if .Values.serviceMonitor.enabled }}true{{ end }}
+{{- else if $enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+The `job` label of the operator's targets: the Prometheus Operator names a ServiceMonitor's job after
+the Service (the chart sets no jobLabel), so by default the Service's name.
+*/}}
+{{- define "oms-branch-operator.alertJob" -}}
+{{- default (include "oms-branch-operator.fullname" .) .Values.prometheusRule.job }}
+{{- end }}
+
+{{/* PromQL label matchers selecting this release's targets, for every alert expression. */}}
+{{- define "oms-branch-operator.alertSelector" -}}
+job="{{ include "oms-branch-operator.alertJob" . }}",namespace="{{ .Release.Namespace }}"
+{{- end }}

@@ -13,11 +13,7 @@ from typing import Any
 
 from branch_operator.cli.publish import add_event_arguments
 from branch_operator.config import Settings
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+from branch_operator.ops.logformat import LOG_FORMATS, setup_logging
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -118,6 +114,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="branch-operator", description=__doc__)
     p.add_argument("--log-level", default=os.environ.get("OMS_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-format", choices=LOG_FORMATS, default=os.environ.get("OMS_LOG_FORMAT", "text"),
+                   help="text, or json: one JSON object per line (default $OMS_LOG_FORMAT, else text)")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the operator against a cluster (in-cluster config or kubeconfig)")
@@ -161,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     return int(args.fn(args))
 
 

@@ -118,7 +118,11 @@ class Emitter:
         messages = list(messages)
         for message in messages:
             if message.record is not None:
-                audit_log.info(message.data)
+                record = message.record
+                # The text line is the record itself; in JSON logs these fields make it searchable too.
+                audit_log.info(message.data, extra={
+                    "audit_id": record.audit_id, "action": str(record.action), "namespace": record.namespace,
+                    "branch": record.branch, "event_id": record.correlation_id})
                 for observer in self.audit_observers:
                     observer(message.record)
         await self.republish(messages)

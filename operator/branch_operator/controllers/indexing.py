@@ -158,7 +158,8 @@ class EventProcessor:
                 if await self._repair(obj, event, status):
                     # This started was committed, but applying the result kept for it failed last time.
                     return Result(Outcome.APPLIED, namespace, name, phase, phase)
-                log.info("event %s already applied to %s/%s", event.id, namespace, name)
+                log.info("event %s already applied to %s/%s", event.id, namespace, name,
+                         extra={"namespace": namespace, "branch": name, "event_id": event.id})
                 return Result(Outcome.DUPLICATE, namespace, name, phase, phase)
 
             if plan.outcome is PlanOutcome.APPLIED:
@@ -181,7 +182,8 @@ class EventProcessor:
             return _Committed(obj, updated, status, plan, messages)
 
         async def conflicted(_conflict: BaseException) -> None:
-            log.info("status of %s/%s changed underneath; re-reading", namespace, name)
+            log.info("status of %s/%s changed underneath; re-reading", namespace, name,
+                     extra={"namespace": namespace, "branch": name, "event_id": event.id})
 
         done = await retry(
             attempt, on=Conflict, attempts=MAX_CONFLICT_RETRIES, after_failure=conflicted,
@@ -212,7 +214,8 @@ class EventProcessor:
                      "type": event.type},
         )
         await self.emitter.audit(record)
-        log.warning("event %s for unknown branch %r in %s", event.id, event.data.branch_name, namespace)
+        log.warning("event %s for unknown branch %r in %s", event.id, event.data.branch_name, namespace,
+                    extra={"namespace": namespace, "event_id": event.id, "audit_id": record.audit_id})
         return Result(Outcome.UNKNOWN_BRANCH, namespace, audit_ids=[record.audit_id])
 
     async def _acquire(self, obj: Obj, event: IndexingEvent, lock_type: LockType) -> str:

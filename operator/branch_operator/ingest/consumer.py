@@ -265,7 +265,7 @@ class IndexingConsumer:
             return await self._retry(msg, delivered, f"{type(exc).__name__}: {exc}", event.id,
                                      event.data.branch_name)
         except Exception as exc:  # a bug must not crash-loop the operator, nor lose the message
-            log.exception("processing event %s failed", event.id)
+            log.exception("processing event %s failed", event.id, extra={"event_id": event.id})
             return await self._retry(msg, delivered, f"{type(exc).__name__}: {exc}", event.id,
                                      event.data.branch_name)
         if result.outcome is Outcome.WAIT:
@@ -309,7 +309,8 @@ class IndexingConsumer:
             return await self._dead_letter(msg, RETRIES_EXHAUSTED, reason, delivered, event_id=event_id,
                                            branch_name=branch_name)
         delay = REDELIVERY.delay(delivered)
-        log.warning("event %s: %s; redelivery %d in %.1fs", event_id, reason, delivered + 1, delay)
+        log.warning("event %s: %s; redelivery %d in %.1fs", event_id, reason, delivered + 1, delay,
+                    extra={"event_id": event_id})
         with contextlib.suppress(Exception):  # if the nak is lost, ack_wait redelivers anyway
             await msg.nak(delay=delay)
         self._notify(event_id, None, Disposition.RETRY)

@@ -13,7 +13,9 @@ the audit record the processor wrote for that event id; a duplicate writes none,
 ``unknown`` until the consumer offers a receipt hook (``IndexingConsumer.received``: ``(event_id, kind)``),
 which :meth:`OperatorMetrics.attach` uses when it exists.
 
-Each operator instance has its own registry, so several can run in one process (tests, ``dev``).
+Each operator instance has its own registry, so several can run in one process (tests, ``dev``). The
+registry also carries prometheus_client's process and platform collectors (``process_*``, ``python_info``)
+and ``build_info``; ``*_created`` series are switched off (they double the series and no rule reads them).
 """
 
 from __future__ import annotations
@@ -22,12 +24,23 @@ import asyncio
 import collections
 import contextlib
 import logging
+import platform
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from branch_operator import __version__
 from branch_operator.contracts.dlq import UNKNOWN_SUBJECT
 from branch_operator.domain.audit import AuditAction, AuditRecord
 
@@ -54,8 +67,12 @@ def event_kind(value: Any) -> str:
 
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # Process-wide in prometheus_client (read at every scrape); every registry here wants it off.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
             return Counter(f"{PREFIX}_{name}", doc, list(labels), registry=r)
@@ -94,6 +111,8 @@ class OperatorMetrics:
                                           "Messages delivered but not yet acknowledged.", ["consumer"])
         self.nats_connected = gauge("nats_connected", "1 while connected to NATS.")
         self.ready = gauge("ready", "Readiness checks (1 = ok).", ["check"])
+        self.build_info = gauge("build_info", "Always 1; the labels say what runs.", ["version", "python_version"])
+        self.build_info.labels(__version__, platform.python_version()).set(1)
         self.leader = gauge("leader", "1 on the replica in charge (it holds the Lease, or runs alone), else 0.")
         self.loop_lag_seconds = Histogram(
             f"{PREFIX}_event_loop_lag_seconds", "How late a 50 ms timer fired: time the process could run "

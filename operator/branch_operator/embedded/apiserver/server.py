@@ -7,15 +7,21 @@ is cached), and every buffer that could grow with traffic is bounded.
 
 The modules beside this one each have one job: ``apiserver_ops`` (write semantics), ``apiserver_store``
 (objects, history, watch fan-out), ``apiserver_registry`` (resources and discovery), ``apiserver_schema``
-(CRD schemas), ``leases`` (what a Lease write must look like), ``apiserver_patch``, ``apiserver_selectors``
-and ``apiserver_errors``.
+(CRD schemas), ``cel`` (their ``x-kubernetes-validations`` rules), ``admission`` and ``webhooks`` (validating
+admission webhooks: which writes they see, and the HTTPS calls), ``leases`` (what a Lease write must look
+like), ``apiserver_patch``, ``apiserver_selectors`` and ``apiserver_errors``.
 
-Not emulated: authentication/authorisation, admission webhooks, conversion between versions, field
+Every create, update, patch and delete the HTTP API receives passes through ``_admitted``, the one admission
+point; the in-process helpers (``create_object`` ...) bypass webhooks.
+
+Not emulated: authentication/authorisation (webhooks see ``system:admin``), mutating admission webhooks,
+webhooks reached through ``clientConfig.service`` (there are no Services; such a call fails, and
+``failurePolicy`` decides), conversion between versions, field
 ownership of server-side apply (it acts as a merge patch), strategic-merge list semantics (lists are
 replaced), DELETE of collections, ``/openapi`` documents (kubectl needs ``--validate=false``), Table output
 for kubectl (it prints client-side), protobuf bodies (kubectl's typed commands such as ``kubectl create
-configmap`` get 415; ``kubectl apply/create -f`` send JSON and work), CEL rules other than
-``self.x == oldSelf.x`` transition rules (skipped with a warning).
+configmap`` get 415; ``kubectl apply/create -f`` send JSON and work), the CEL libraries Kubernetes adds
+beyond strings and sets (lists, regex, quantity, IP, URL), and CEL type checking when a CRD is created.
 """
 
 from __future__ import annotations

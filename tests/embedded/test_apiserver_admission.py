@@ -340,6 +340,13 @@ async def test_selectors_and_rules_choose_what_is_reviewed(cluster: Api, webhook
     assert status == 400
     # Cluster-scoped resources are outside a "Namespaced" rule.
     assert (await cluster.post(NAMESPACES, {"metadata": {"name": "other", "labels": {"review": "yes"}}}))[0] == 201
+    # Webhook configurations are never reviewed, even by a webhook that asks for everything and refuses it.
+    everything = [{"apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"], "operations": ["*"]}]
+    refusing = {**config["webhooks"][0], "rules": everything, "objectSelector": {}, "namespaceSelector": {}}
+    reviews = len(webhook.reviews)
+    await cluster.ok("PATCH", f"{VWC}/oms-test", {"webhooks": [refusing]})
+    await cluster.ok("DELETE", f"{VWC}/oms-test")
+    assert len(webhook.reviews) == reviews
 
 
 # ---------------------------------------------------------------------------------------- real kopf

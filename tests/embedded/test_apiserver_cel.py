@@ -159,7 +159,14 @@ async def test_a_rule_that_does_not_compile_refuses_the_crd(api: Api) -> None:
         {"rule": "self.a =="}]}}}  # fmt: skip
     status, body = await api.post(CRDS, crd(schema=bad))
     assert status == 422, body
-    assert "x-kubernetes-validations[0].rule: compilation failed" in body["message"]
+    field = "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule"
+    [problem] = body["details"]["causes"]
+    assert problem["field"] == field
+    assert problem["message"].startswith(
+        f'{field}: Invalid value: apiextensions.ValidationRule{{Rule:"self.a ==", Message:"", MessageExpression:"", '
+        'Reason:(*apiextensions.FieldValueErrorReason)(nil), FieldPath:"", OptionalOldSelf:(*bool)(nil)}: '
+        "compilation failed: ERROR: <input>:1:"
+    ), problem["message"]
 
 
 def test_every_rule_of_the_operators_crds_compiles_and_runs() -> None:

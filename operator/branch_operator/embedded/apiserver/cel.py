@@ -23,6 +23,7 @@ What kube-apiserver does and this module copies:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -59,7 +60,26 @@ add_stdlib_to_context(_CONTEXT, ["strings", "sets"])
 
 
 class RuleError(ValueError):
-    """A rule of the schema does not compile."""
+    """A rule of the schema does not compile: ``field`` is where, ``detail`` kube-apiserver's ``Invalid value``."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
+def _go_rule(spec: dict[str, Any]) -> str:
+    """The rule as kube-apiserver prints the Go struct in a compilation error."""
+
+    def text(key: str) -> str:
+        return json.dumps(str(spec.get(key) or ""))
+
+    reason = f'"{spec["reason"]}"' if spec.get("reason") else "(*apiextensions.FieldValueErrorReason)(nil)"
+    return (
+        f"apiextensions.ValidationRule{{Rule:{text('rule')}, Message:{text('message')}, "
+        f"MessageExpression:{text('messageExpression')}, Reason:{reason}, FieldPath:{text('fieldPath')}, "
+        "OptionalOldSelf:(*bool)(nil)}"
+    )
 
 
 class Rule:
@@ -84,7 +104,9 @@ class Rule:
             expression = spec.get("messageExpression")
             self.message_program = cel.compile(str(expression)) if expression else None
         except ValueError as e:
-            raise RuleError(f"{where}: compilation failed: {e}") from e
+            message = str(e)
+            message = message[message.index("ERROR:") :] if "ERROR:" in message else message
+            raise RuleError(where, f"Invalid value: {_go_rule(spec)}: compilation failed: {message}") from e
         self.transition = bool(_OLD_SELF_RE.search(self.rule))
         self.field_path = str(spec.get("fieldPath") or "").lstrip(".")
         message = str(spec.get("message") or "").strip()

@@ -183,7 +183,10 @@ class Registry:
                 try:
                     schema = CompiledSchema(schema_doc)
                 except SchemaError as e:
-                    problems.append((f"spec.versions[{i}].schema.openAPIV3Schema", f"Invalid value: {e}"))
+                    if e.field is not None:
+                        problems.append((f"spec.versions[{i}].schema.{e.field}", str(e)))
+                    else:
+                        problems.append((f"spec.versions[{i}].schema.openAPIV3Schema", f"Invalid value: {e}"))
                     continue
             subresources = version.get("subresources") or {}
             types.append(

@@ -30,7 +30,14 @@ ROOT_EXEMPT = frozenset({"apiVersion", "kind", "metadata"})
 
 
 class SchemaError(ValueError):
-    """The CRD's schema cannot be compiled (bad pattern, unknown type, ...)."""
+    """The CRD's schema cannot be compiled (bad pattern, unknown type, ...).
+
+    ``field``: the path below the version's ``schema`` the real server reports it at, when that is known.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def _json_copy(value: Any) -> Any:
@@ -508,7 +515,7 @@ class CompiledSchema:
         try:
             self.rules = cel.compile_rules(schema)
         except cel.RuleError as e:
-            raise SchemaError(str(e)) from e
+            raise SchemaError(e.detail, e.field) from e
 
     def admit(self, obj: dict[str, Any], old: dict[str, Any] | None) -> tuple[dict[str, Any], list[Cause]]:
         """Prune, default and validate the sections of ``obj`` that differ (by identity) from ``old``.

@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+from branch_operator.embedded.apiserver import admission
 from branch_operator.embedded.apiserver.errors import (
     ApiError,
     already_exists,
@@ -71,6 +72,7 @@ class Cluster:
         self.registry = Registry(history_size=history_size, event_retention=event_retention)
         self.rv = 0
         self.watch_queue_size = watch_queue_size
+        self.gate = admission.Gate(self.registry)
         namespaces = self.resource("", "v1", "namespaces")
         for name in ("default", "kube-system"):
             self.create(namespaces, None, {"metadata": {"name": name}})
@@ -208,7 +210,6 @@ class Cluster:
                     break
             meta["name"] = name
         self._validate_name(rt, name)
-        key = (ns, str(name))
         for field in (
             "resourceVersion",
             "deletionTimestamp",
@@ -225,7 +226,9 @@ class Cluster:
         if rt.status_subresource:
             obj.pop("status", None)
         obj = self._admit(rt, obj, None)
-        # Validation comes first, as on the real server: an invalid duplicate is 422, not 409.
+        obj = self.gate.check(rt, "CREATE", obj, None, subresource=None, dry_run=dry_run) or obj
+        key = (ns, obj["metadata"]["name"])
+        # Validation and admission come first, as on the real server: an invalid duplicate is 422, not 409.
         if key in store.objects:
             raise already_exists(rt.plural, rt.group, key[1])
         if dry_run:
@@ -353,12 +356,13 @@ class Cluster:
                 meta["labels"] = {**(meta.get("labels") or {}), _NAMESPACE_LABEL: name}
 
         obj = self._admit(rt, obj, old, subresource=subresource)
+        if rt.generation and subresource != "status" and self._spec_changed(rt, obj, old):
+            obj["metadata"] = {**obj["metadata"], "generation": int(old_meta.get("generation", 0)) + 1}
+        obj = self.gate.check(rt, "UPDATE", obj, old, subresource=subresource, dry_run=dry_run) or obj
         if obj == old:
             return current  # A no-op write: no new resourceVersion, no watch event, like the real server.
 
         new_meta = dict(obj["metadata"])
-        if rt.generation and subresource != "status" and self._spec_changed(rt, obj, old):
-            new_meta["generation"] = int(old_meta.get("generation", 0)) + 1
         if dry_run:
             obj["metadata"] = new_meta
             return Stored(obj, current.rv)
@@ -402,6 +406,7 @@ class Cluster:
                         f"{field} in object meta: {meta.get(field)}"
                     )
                     raise conflict(rt.plural, rt.group, name, why)
+        self.gate.check(rt, "DELETE", None, current.obj, subresource=None, dry_run=dry_run)
         key = (meta.get("namespace", ""), name)
         if meta.get("finalizers"):
             # Finalizers hold the object: it is only marked, and goes once the last finalizer is removed.
@@ -455,6 +460,9 @@ class Cluster:
             obj = self._admit_crd(rt, obj, old)
         elif rt.group == "coordination.k8s.io" and rt.plural == "leases":
             obj = admit_lease(obj)
+        elif rt.group == admission.GROUP and rt.plural == admission.PLURAL:
+            obj = admission.default_configuration(obj)
+            admission.validate_configuration(obj)
         return obj
 
     @staticmethod

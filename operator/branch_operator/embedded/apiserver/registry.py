@@ -88,6 +88,10 @@ _BUILTINS: list[tuple[str, str, str, str, str, bool, tuple[str, ...], tuple[str,
         "CustomResourceDefinition", False, ("crd", "crds"), ("api-extensions",), True, True,
     ),
     ("coordination.k8s.io", "v1", "leases", "lease", "Lease", True, (), (), False, False),
+    (
+        "admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", "validatingwebhookconfiguration",
+        "ValidatingWebhookConfiguration", False, (), ("api-extensions",), False, True,
+    ),
 ]  # fmt: skip
 
 EVENT_RESOURCES = frozenset({("", "events"), ("events.k8s.io", "events")})
@@ -179,7 +183,10 @@ class Registry:
                 try:
                     schema = CompiledSchema(schema_doc)
                 except SchemaError as e:
-                    problems.append((f"spec.versions[{i}].schema.openAPIV3Schema", f"Invalid value: {e}"))
+                    if e.field is not None:
+                        problems.append((f"spec.versions[{i}].schema.{e.field}", str(e)))
+                    else:
+                        problems.append((f"spec.versions[{i}].schema.openAPIV3Schema", f"Invalid value: {e}"))
                     continue
             subresources = version.get("subresources") or {}
             types.append(

@@ -1,4 +1,4 @@
-"""Structural schemas of custom resources: pruning, defaulting, validation and simple CEL rules.
+"""Structural schemas of custom resources: pruning, defaulting, validation and CEL rules (``cel.py``).
 
 A CRD version's ``openAPIV3Schema`` is compiled once into a tree of :class:`_Node` objects; requests
 then walk only the sections of an object that changed. A hand-written walker is used instead of the
@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
+from branch_operator.embedded.apiserver import cel
 from branch_operator.embedded.apiserver.errors import cause
 from branch_operator.embedded.apiserver.patch import json_equal
-
-logger = logging.getLogger(__name__)
 
 Cause = dict[str, str]
 
@@ -32,7 +30,14 @@ ROOT_EXEMPT = frozenset({"apiVersion", "kind", "metadata"})
 
 
 class SchemaError(ValueError):
-    """The CRD's schema cannot be compiled (bad pattern, unknown type, ...)."""
+    """The CRD's schema cannot be compiled (bad pattern, unknown type, ...).
+
+    ``field``: the path below the version's ``schema`` the real server reports it at, when that is known.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def _json_copy(value: Any) -> Any:
@@ -140,7 +145,6 @@ class _Node:
         "nullable",
         "properties",
         "required",
-        "rules",
         "validate",
     )
 
@@ -153,7 +157,6 @@ class _Node:
         self.nullable = bool(schema.get("nullable", False))
         self.has_default = "default" in schema
         self.default = schema.get("default")
-        self.rules: list[dict[str, Any]] = list(schema.get("x-kubernetes-validations") or ())
 
         props = schema.get("properties")
         self.properties: dict[str, _Node] | None = (
@@ -498,77 +501,7 @@ def _combinator_checks(schema: dict[str, Any], where: str) -> list[Validator]:
     return checks
 
 
-# ---------------------------------------------------------------------------------------------- CEL
-
-# Only comparisons of two fields, ``self[.a.b] == oldSelf[.a.b]`` (a transition rule, either order, checked
-# on update) and ``self.a == self.b`` / ``self.a != self.b`` (checked on create and update), are evaluated.
-# Any other rule is skipped, with one warning per distinct rule text: a full CEL interpreter is out of
-# scope for a test double, and skipping is safer than rejecting objects the real server would accept.
-_CEL_SIDE = r"(self|oldSelf)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
-_CEL_CMP_RE = re.compile(rf"^\s*{_CEL_SIDE}\s*(==|!=)\s*{_CEL_SIDE}\s*$")
-_warned_rules: set[str] = set()
-
 _ABSENT: Any = object()
-
-
-def _dig(value: Any, path: Iterable[str]) -> Any:
-    for key in path:
-        if not isinstance(value, dict) or key not in value:
-            return _ABSENT
-        value = value[key]
-    return value
-
-
-class _Rule:
-    __slots__ = ("equal", "field", "message", "node_path", "rule", "sides", "transition")
-
-    def __init__(self, node_path: tuple[str, ...], spec: dict[str, Any], sides: list[tuple[bool, list[str]]],
-                 equal: bool):
-        self.node_path = node_path
-        self.rule: str = spec["rule"]
-        self.sides = sides  # [(is_old, path), (is_old, path)]
-        self.equal = equal  # == rather than !=
-        self.transition = any(is_old for is_old, _ in sides)
-        field_path = str(spec.get("fieldPath") or "").lstrip(".")
-        self.field = ".".join([*node_path, *([field_path] if field_path else [])])
-        message = spec.get("message")
-        self.message = f'{self.field}: Invalid value: "object": {message or "failed rule: " + self.rule}'
-
-    def holds(self, new: Any, old: Any) -> bool:
-        lhs, rhs = (_dig(old if is_old else new, path) for is_old, path in self.sides)
-        if self.transition and lhs is _ABSENT and rhs is _ABSENT:
-            return True
-        if lhs is _ABSENT or rhs is _ABSENT:
-            return False  # the real server fails the rule: "no such key"
-        return json_equal(lhs, rhs) is self.equal
-
-
-def _warn_once(rule: str, why: str) -> None:
-    if rule not in _warned_rules:
-        _warned_rules.add(rule)
-        logger.warning("Embedded API server skips the CEL rule %r: %s", rule, why)
-
-
-def _collect_rules(node: _Node, path: tuple[str, ...], out: list[_Rule], *, reachable: bool) -> None:
-    for spec in node.rules:
-        rule = str(spec.get("rule", ""))
-        m = _CEL_CMP_RE.match(rule)
-        if not reachable:
-            _warn_once(rule, "rules under arrays or maps are not supported")
-        elif m is None or (m[3] == "==" and {m[1], m[4]} != {"self", "oldSelf"}) or (
-                m[3] == "!=" and {m[1], m[4]} != {"self"}):
-            _warn_once(rule, "only `self.x == oldSelf.x` and `self.x != self.y` rules are supported")
-        else:
-            sides = [
-                (m[1] == "oldSelf", [p for p in m[2].split(".") if p]),
-                (m[4] == "oldSelf", [p for p in m[5].split(".") if p]),
-            ]
-            out.append(_Rule(path, spec, sides, equal=m[3] == "=="))
-    for key, child in (node.properties or {}).items():
-        _collect_rules(child, (*path, key), out, reachable=reachable)
-    for sub in (node.items, node.additional):
-        if sub is not None:
-            _collect_rules(sub, path, out, reachable=False)
 
 
 # ---------------------------------------------------------------------------------------- the schema
@@ -579,8 +512,10 @@ class CompiledSchema:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         self.root = _Node(schema, "openAPIV3Schema")
-        self.rules: list[_Rule] = []
-        _collect_rules(self.root, (), self.rules, reachable=True)
+        try:
+            self.rules = cel.compile_rules(schema)
+        except cel.RuleError as e:
+            raise SchemaError(e.detail, e.field) from e
 
     def admit(self, obj: dict[str, Any], old: dict[str, Any] | None) -> tuple[dict[str, Any], list[Cause]]:
         """Prune, default and validate the sections of ``obj`` that differ (by identity) from ``old``.
@@ -625,16 +560,12 @@ class CompiledSchema:
             child = properties.get(key, root.additional)
             if child is not None:
                 child.validate(value, key, errs)
-        for rule in self.rules:
-            if rule.transition and old is None:
-                continue
-            section = rule.node_path[0] if rule.node_path else None
-            if old is not None and section is not None and result.get(section, _ABSENT) is old.get(section, _ABSENT):
-                continue
-            new_node = _dig(result, rule.node_path)
-            old_node = _dig(old, rule.node_path) if old is not None else None
-            if new_node is _ABSENT or old_node is _ABSENT:
-                continue
-            if not rule.holds(new_node, old_node):
-                errs.append(cause("FieldValueInvalid", rule.field, rule.message))
+        if self.rules:
+            if any(c["reason"] in cel.BLOCKING_REASONS for c in errs):
+                errs.append(cel.BLOCKED_NOTE)
+            else:
+                untouched = frozenset(
+                    k for k, v in result.items() if old is not None and old.get(k, _ABSENT) is v
+                )
+                errs.extend(cel.evaluate(self.rules, result, old, untouched))
         return result, errs

@@ -7,15 +7,21 @@ is cached), and every buffer that could grow with traffic is bounded.
 
 The modules beside this one each have one job: ``apiserver_ops`` (write semantics), ``apiserver_store``
 (objects, history, watch fan-out), ``apiserver_registry`` (resources and discovery), ``apiserver_schema``
-(CRD schemas), ``leases`` (what a Lease write must look like), ``apiserver_patch``, ``apiserver_selectors``
-and ``apiserver_errors``.
+(CRD schemas), ``cel`` (their ``x-kubernetes-validations`` rules), ``admission`` and ``webhooks`` (validating
+admission webhooks: which writes they see, and the HTTPS calls), ``leases`` (what a Lease write must look
+like), ``apiserver_patch``, ``apiserver_selectors`` and ``apiserver_errors``.
 
-Not emulated: authentication/authorisation, admission webhooks, conversion between versions, field
+Every create, update, patch and delete the HTTP API receives passes through ``_admitted``, the one admission
+point; the in-process helpers (``create_object`` ...) bypass webhooks.
+
+Not emulated: authentication/authorisation (webhooks see ``system:admin``), mutating admission webhooks,
+webhooks reached through ``clientConfig.service`` (there are no Services; such a call fails, and
+``failurePolicy`` decides), conversion between versions, field
 ownership of server-side apply (it acts as a merge patch), strategic-merge list semantics (lists are
 replaced), DELETE of collections, ``/openapi`` documents (kubectl needs ``--validate=false``), Table output
 for kubectl (it prints client-side), protobuf bodies (kubectl's typed commands such as ``kubectl create
-configmap`` get 415; ``kubectl apply/create -f`` send JSON and work), CEL rules other than
-``self.x == oldSelf.x`` transition rules (skipped with a warning).
+configmap`` get 415; ``kubectl apply/create -f`` send JSON and work), the CEL libraries Kubernetes adds
+beyond strings and sets (lists, regex, quantity, IP, URL), and CEL type checking when a CRD is created.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import pathlib
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,11 +42,12 @@ import yaml
 from aiohttp import web
 from multidict import MultiMapping
 
+from branch_operator.embedded.apiserver import webhooks
 from branch_operator.embedded.apiserver.errors import ApiError, bad_request
 from branch_operator.embedded.apiserver.ops import APPLY_PATCH, MERGE_PATCH, PATCH_TYPES, Cluster
 from branch_operator.embedded.apiserver.registry import ResourceType
 from branch_operator.embedded.apiserver.selectors import combine, parse_field_selector, parse_label_selector
-from branch_operator.embedded.apiserver.store import Watcher, dumps
+from branch_operator.embedded.apiserver.store import Stored, Watcher, dumps
 
 __all__ = ["EmbeddedApiServer", "RequestRecord"]
 
@@ -399,8 +407,8 @@ class EmbeddedApiServer:
         if method == "POST":
             if name is not None or (rt.namespaced and namespace is None):
                 raise ApiError(405, f"POST is not supported on {path}")
-            stored = cluster.create(rt, namespace, _parse(raw_body, request.content_type), dry_run=dry_run)
-            return self._ok(stored.raw, status=201)
+            body = _parse(raw_body, request.content_type)
+            return await self._admitted(query, lambda: cluster.create(rt, namespace, body, dry_run=dry_run), 201)
         if name is None:
             raise ApiError(405, f"{method} is not supported on collections")
         if method == "PATCH":
@@ -408,19 +416,39 @@ class EmbeddedApiServer:
             if content_type not in PATCH_TYPES:
                 raise ApiError(415, f"the media type {content_type!r} is not supported for PATCH")
             patch = _parse(raw_body, content_type)
-            stored = cluster.patch(rt, namespace, name, content_type, patch, subresource=subresource, dry_run=dry_run)
-            return self._ok(stored.raw)
+            sub = subresource
+            return await self._admitted(
+                query, lambda: cluster.patch(rt, namespace, name, content_type, patch, subresource=sub, dry_run=dry_run)
+            )
         if method == "PUT":
             body = _parse(raw_body, request.content_type)
-            return self._ok(cluster.replace(rt, namespace, name, body, subresource=subresource, dry_run=dry_run).raw)
+            return await self._admitted(
+                query, lambda: cluster.replace(rt, namespace, name, body, subresource=subresource, dry_run=dry_run)
+            )
         if method == "DELETE":
             if subresource is not None:
                 raise ApiError(405, "DELETE is not supported on subresources")
             # DeleteOptions are optional: a body in an undecodable format is ignored rather than refused.
             decodable = raw_body and request.content_type in _BODY_TYPES
             options = _parse(raw_body, request.content_type) if decodable else None
-            return self._ok(cluster.delete(rt, namespace, name, options, dry_run=dry_run).raw)
+            return await self._admitted(
+                query, lambda: cluster.delete(rt, namespace, name, options, dry_run=dry_run), options=options
+            )
         raise ApiError(405, f"the method {method} is not supported")
+
+    async def _admitted(
+        self, query: MultiMapping[str], write: Callable[[], Stored], status: int = 200, options: Any = None
+    ) -> web.Response:
+        """The one admission point of the write path: the write, behind the validating webhooks it matches."""
+        request_options = dict(options) if isinstance(options, dict) else {}
+        request_options.pop("kind", None), request_options.pop("apiVersion", None)
+        if "fieldManager" in query:
+            request_options["fieldManager"] = query["fieldManager"]
+        stored, warnings = await webhooks.admit(self.cluster.gate, write, request_options)
+        response = self._ok(stored.raw, status)
+        for header, value in webhooks.warning_headers(warnings):
+            response.headers.add(header, value)
+        return response
 
     @staticmethod
     def _ok(raw: bytes, status: int = 200) -> web.Response:

@@ -14,6 +14,7 @@ import pytest
 from branch_operator.api.models import AutoMergePolicy
 
 from .. import k8s_tools
+from ..argocd_health import health
 from ..waiting import wait_for
 from .conftest import Oms
 
@@ -69,7 +70,10 @@ async def test_policies_are_ready_or_stalled_and_their_transitions_are_events(om
 
     await kubectl.wait("automergepolicy/good", "Ready")
     await kubectl.wait("automergepolicy/good-copy", "Stalled")
-    stalled = _conditions(await _policy(oms, "good-copy"))
+    rejected = await _policy(oms, "good-copy")
+    assert health("AutoMergePolicy", rejected) == ("Degraded", rejected["status"]["conditions"][0]["message"])
+    assert health("AutoMergePolicy", await _policy(oms, "good"))[0] == "Healthy"
+    stalled = _conditions(rejected)
     assert stalled["Ready"]["status"] == "False" and stalled["Ready"]["reason"] == "ConflictingPolicy"
     assert stalled["Stalled"]["message"] == stalled["Accepted"]["message"]
     code, _, err = await kubectl.run("wait", "--for=condition=Ready", "automergepolicy/good-copy", "--timeout=1s")
@@ -114,8 +118,12 @@ async def test_a_branch_is_reconciling_while_indexed_and_ready_once_merged(oms: 
 
     await oms.publish("started", oms.event("started", "feature/gitops", "idx-1"))
     await kubectl.wait("branch/gitops", "Reconciling")
-    locked = _conditions(await oms.branch("gitops"))
-    assert (locked["Ready"]["status"], locked["Stalled"]["status"]) == ("False", "False")
+    locked = await oms.branch("gitops")
+    assert (_conditions(locked)["Ready"]["status"], _conditions(locked)["Stalled"]["status"]) == ("False", "False")
+    assert health("Branch", locked) == ("Progressing", "Indexing run idx-1 started; branch locked for write.")
+    [lock] = await oms.kube.list_objects("branchlocks", oms.namespace)
+    status, message = health("BranchLock", lock)
+    assert status == "Healthy" and message.startswith("INDEXING lock on gitops held by ")
 
     await oms.publish("completed", oms.event("completed", "feature/gitops", "idx-1"))
     merged = await oms.wait_branch("gitops", lambda o: (o.get("status") or {}).get("merge", {}).get(
@@ -123,8 +131,23 @@ async def test_a_branch_is_reconciling_while_indexed_and_ready_once_merged(oms: 
     assert merged["status"]["phase"] == "ACTIVE"
     await kubectl.wait("branch/gitops", "Ready")
     await kubectl.wait("branch/gitops", "Reconciling=false")
-    ready = _conditions(await oms.branch("gitops"))["Ready"]
+    active = await oms.branch("gitops")
+    ready = _conditions(active)["Ready"]
     assert ready["reason"] == "Active" and ready["message"].startswith("Merged into main")
+    assert health("Branch", active) == ("Healthy", ready["message"])
+
+
+async def test_a_ready_branch_waiting_on_its_policy_is_ready_and_healthy(oms: Oms, tmp_path: pathlib.Path) -> None:
+    kubectl = Kubectl(oms, tmp_path)
+    await oms.create_policy("default", minRecordsIndexed=10)
+    await oms.create_branch("waiting", "feature/waiting")
+    await oms.run_indexing("feature/waiting", "idx-1", records=1)
+    blocked = await oms.wait_branch("waiting", lambda o: (o.get("status") or {}).get("merge", {}).get(
+        "decision") == "Blocked", what="waiting blocked")
+    assert blocked["status"]["phase"] == "READY"
+    await kubectl.wait("branch/waiting", "Ready")
+    status, message = health("Branch", await oms.branch("waiting"))
+    assert status == "Healthy" and message.startswith("Indexed; auto-merge Blocked: ")
 
 
 async def test_a_failed_branch_is_stalled(oms: Oms, tmp_path: pathlib.Path) -> None:
@@ -137,3 +160,4 @@ async def test_a_failed_branch_is_stalled(oms: Oms, tmp_path: pathlib.Path) -> N
     conditions = _conditions(await oms.branch("broken"))
     assert conditions["Ready"]["status"] == "False" and conditions["Ready"]["reason"] == "Error"
     assert "failed" in conditions["Stalled"]["message"]
+    assert health("Branch", await oms.branch("broken")) == ("Degraded", conditions["Stalled"]["message"])

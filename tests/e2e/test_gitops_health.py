@@ -161,3 +161,17 @@ async def test_a_failed_branch_is_stalled(oms: Oms, tmp_path: pathlib.Path) -> N
     assert conditions["Ready"]["status"] == "False" and conditions["Ready"]["reason"] == "Error"
     assert "failed" in conditions["Stalled"]["message"]
     assert health("Branch", await oms.branch("broken")) == ("Degraded", conditions["Stalled"]["message"])
+
+
+async def test_a_spec_edit_is_observed_without_a_phase_change(oms: Oms, tmp_path: pathlib.Path) -> None:
+    kubectl = Kubectl(oms, tmp_path)
+    await oms.create_branch("edited", "feature/edited")
+    await kubectl.wait("branch/edited", "Ready")
+    await oms.kube.patch("branches", oms.namespace, "edited", {"spec": {"autoMerge": False}})
+    # Waits for generation 2: Ready=True of generation 1 does not count.
+    await kubectl.wait("branch/edited", "Ready")
+    edited = await oms.branch("edited")
+    assert edited["metadata"]["generation"] == 2 and edited["status"]["observedGeneration"] == 2
+    assert edited["status"]["phase"] == "ACTIVE"
+    ready = _conditions(edited)["Ready"]
+    assert (ready["status"], ready["observedGeneration"], ready["message"]) == ("True", 2, "The branch is active.")

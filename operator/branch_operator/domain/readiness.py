@@ -31,7 +31,7 @@ from typing import Any, Literal
 from branch_operator.api.models import ConditionType, Phase
 from branch_operator.domain.conditions import ConditionStatus, find_condition, set_condition
 
-__all__ = ["PolicyTransition", "branch_readiness", "policy_readiness", "policy_transition"]
+__all__ = ["PolicyTransition", "branch_readiness", "observed_branch_status", "policy_readiness", "policy_transition"]
 
 _READY, _RECONCILING, _STALLED = ConditionType.READY, ConditionType.RECONCILING, ConditionType.STALLED
 
@@ -60,6 +60,33 @@ def branch_readiness(
                         observed_generation)
     return set_condition(out, _STALLED, stalled, reason if stalled == "True" else "NotStalled",
                          message if stalled == "True" else f"The branch is {phase.value}.", now, observed_generation)
+
+
+def observed_branch_status(
+    status: Mapping[str, Any], generation: int | None, now: datetime,
+) -> dict[str, Any] | None:
+    """The patch that makes a Branch's readiness speak for ``generation``, or None when it already does.
+
+    A spec edit (``autoMerge``, ``targetBranch``) moves no phase, yet kstatus and ``kubectl wait`` treat
+    conditions of an older generation as not yet known. A Branch written before these conditions existed
+    gets them here too. The phase stays; each condition keeps its message.
+    """
+    try:
+        phase = Phase(str(status.get("phase")))
+    except ValueError:
+        return None
+    conditions = status.get("conditions") or []
+    ready = find_condition(conditions, _READY)
+    if ready is not None and status.get("observedGeneration") == generation and (
+            ready.get("observedGeneration") == generation):
+        return None
+    message = str(ready.get("message") or "") if ready is not None else ""
+    out = branch_readiness(conditions, phase, message=message or f"The branch is {phase.value}.", now=now,
+                           observed_generation=generation)
+    patch: dict[str, Any] = {"conditions": out}
+    if generation is not None:
+        patch["observedGeneration"] = generation
+    return patch
 
 
 def policy_readiness(

@@ -790,7 +790,7 @@ def test_merged_patch_moves_the_branch_to_active() -> None:
     assert patch["merge"]["mergedAt"] == "2024-01-01T10:00:00Z"
     assert patch["merge"]["mergeId"] == "merge-abc"
     assert patch["merge"]["announcedAt"] is None
-    assert [c["type"] for c in patch["conditions"]] == ["Indexed", "Mergeable"]
+    assert [c["type"] for c in patch["conditions"]] == ["Indexed", "Mergeable", "Ready", "Reconciling", "Stalled"]
     mergeable = find_condition(patch["conditions"], "Mergeable")
     assert mergeable is not None and (mergeable["status"], mergeable["reason"]) == ("False", "Merged")
     after = apply({"phase": "READY", "conditions": existing}, patch)

@@ -35,8 +35,12 @@ def test_a_new_branch_starts_active_with_every_condition_known() -> None:
         "Validated": ("Unknown", "NotIndexed", 4),
         "Locked": ("False", "NoLock", 4),
         "Mergeable": ("False", "NotReady", 4),
+        "Ready": ("True", "Active", 4),
+        "Reconciling": ("False", "NotReconciling", 4),
+        "Stalled": ("False", "NotStalled", 4),
     }
-    assert [c["type"] for c in patch["conditions"]] == ["Indexed", "Validated", "Locked", "Mergeable"]
+    assert [c["type"] for c in patch["conditions"]] == [
+        "Indexed", "Validated", "Locked", "Mergeable", "Ready", "Reconciling", "Stalled"]
 
 
 def test_a_new_branch_without_a_generation_records_none() -> None:
@@ -46,7 +50,12 @@ def test_a_new_branch_without_a_generation_records_none() -> None:
 
 
 def test_a_merge_moves_the_branch_back_to_active() -> None:
-    assert merged_status(NOW) == {"phase": "ACTIVE", "phaseTransitionTime": "2024-01-01T12:00:00Z"}
+    patch = merged_status(NOW, [], message="Merged into main.", observed_generation=3)
+    assert {k: v for k, v in patch.items() if k != "conditions"} == {
+        "phase": "ACTIVE", "phaseTransitionTime": "2024-01-01T12:00:00Z", "observedGeneration": 3}
+    assert _conditions(patch) == {
+        "Ready": ("True", "Active", 3), "Reconciling": ("False", "NotReconciling", 3),
+        "Stalled": ("False", "NotStalled", 3)}
 
 
 @pytest.mark.parametrize(("from_phase", "to_phase"), sorted(ALLOWED_MANUAL_TRANSITIONS, key=str))

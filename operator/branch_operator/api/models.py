@@ -91,6 +91,11 @@ class ConditionType(enum.StrEnum):
     LOCKED = "Locked"
     MERGEABLE = "Mergeable"
     ACCEPTED = "Accepted"  # on AutoMergePolicies: the policy is valid and in force
+    # kstatus conventions (what Flux, Argo CD and `kubectl wait` read), on Branches and AutoMergePolicies:
+    # Ready has positive polarity, Reconciling and Stalled are abnormal-true.
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
 
 
 class _Model(BaseModel):

@@ -148,7 +148,8 @@ class EventProcessor:
                 name = other
                 raise Again from None
             status = BranchStatusModel.model_validate(obj.get("status") or {})
-            plan = plan_indexing_event(status, event, now=self.clock(), may_wait=may_wait)
+            plan = plan_indexing_event(status, event, now=self.clock(), may_wait=may_wait,
+                                       observed_generation=(obj.get("metadata") or {}).get("generation"))
             phase = _phase(status.phase) or Phase.ACTIVE.value
             if plan.outcome is PlanOutcome.WAIT:
                 return Result(Outcome.WAIT, namespace, name, phase, phase)

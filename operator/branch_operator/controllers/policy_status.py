@@ -1,5 +1,6 @@
-"""AutoMergePolicy status: the ``Accepted`` condition, ``observedGeneration``, matched and governed
-branch counts and ``lastEvaluationTime``, kept true one namespace at a time.
+"""AutoMergePolicy status: the ``Accepted`` condition, the kstatus ``Ready``/``Reconciling``/``Stalled``
+conditions, ``observedGeneration``, matched and governed branch counts and ``lastEvaluationTime``, kept
+true one namespace at a time, and an Event when a policy is accepted, rejected or changed.
 
 A namespace is recomputed when a policy's spec changes or a Branch appears, disappears or changes
 what policies match on (name, target, labels), and a status is written only when it changes. The
@@ -17,6 +18,7 @@ from typing import Any
 from branch_operator.api.models import AutoMergePolicy
 from branch_operator.clients.kube import KubeClient, NotFound
 from branch_operator.domain.merge.trace import policy_status_patch, policy_statuses
+from branch_operator.domain.readiness import policy_transition
 
 __all__ = ["REFRESH_DEBOUNCE_SECONDS", "GenerationTracker", "PolicyStatusKeeper"]
 
@@ -123,11 +125,19 @@ class PolicyStatusKeeper:
             view = views.get(meta["name"])
             if view is None:
                 continue
-            patch = policy_status_patch(view, obj.get("status") or {}, generation=meta.get("generation"), now=now)
+            current = obj.get("status") or {}
+            patch = policy_status_patch(view, current, generation=meta.get("generation"), now=now)
             if patch is None:
                 continue
+            transition = policy_transition(
+                current, uid=str(meta.get("uid") or ""), generation=meta.get("generation"), accepted=view.accepted,
+                reason=view.reason, message=view.message)
             try:
-                await self.kube.patch_status(AutoMergePolicy.PLURAL, namespace, meta["name"], patch,
-                                             resource_version=None)
+                written = await self.kube.patch_status(AutoMergePolicy.PLURAL, namespace, meta["name"], patch,
+                                                       resource_version=None)
             except NotFound:
                 continue
+            if transition is not None:
+                # After the write, so an Event never announces a verdict the status does not show.
+                await self.kube.post_event(written, type_=transition.type_, reason=transition.reason,
+                                           message=transition.message, once_per=transition.key)

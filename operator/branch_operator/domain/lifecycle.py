@@ -91,6 +91,7 @@ from branch_operator.api.models import (
 from branch_operator.domain.audit import AuditAction
 from branch_operator.domain.conditions import ConditionStatus, bounded_errors, describe_errors, set_condition
 from branch_operator.domain.indexing_event import IndexingEventLike, ValidationLike, event_key
+from branch_operator.domain.readiness import branch_readiness
 from branch_operator.domain.timefmt import format_duration, rfc3339, to_utc
 
 __all__ = [
@@ -353,7 +354,10 @@ def plan_indexing_event(
 
     def applied(release: ReleaseLocks, type_: Literal["Normal", "Warning"], reason: str, message: str,
                 action: AuditAction, *, acquire: bool = False, notify: bool = False) -> EventPlan:
-        patch["conditions"] = conditions
+        patch["conditions"] = branch_readiness(conditions, to_phase, message=message, now=now,
+                                               observed_generation=observed_generation)
+        if observed_generation is not None:
+            patch["observedGeneration"] = observed_generation
         return EventPlan(outcome=Outcome.APPLIED, kind=kind, event_id=event.id, indexing_id=indexing_id,
                          from_phase=from_phase, to_phase=to_phase, status_patch=patch, release_locks=release,
                          event_type=type_, event_reason=reason, event_message=message, audit_action=action,
@@ -598,10 +602,13 @@ def manual_transition_status(
         ("Unknown", "EvaluationPending", "Waiting for the auto-merge policy evaluation.")
         if to_phase is Phase.READY else ("False", "SetByAdmin", f"{note}.")
     )
+    conditions = set_condition(conditions, _COND_MERGEABLE, *mergeable, now, observed_generation)
     return {
         "phase": to_phase.value,
         "phaseTransitionTime": rfc3339(now),
-        "conditions": set_condition(conditions, _COND_MERGEABLE, *mergeable, now, observed_generation),
+        "conditions": branch_readiness(conditions, to_phase, message=f"{note}.", now=now,
+                                       observed_generation=observed_generation),
+        **_observed(observed_generation),
     }
 
 
@@ -630,7 +637,9 @@ def abandoned_run_status(
         "phase": Phase.ERROR.value,
         "phaseTransitionTime": rfc3339(now),
         "indexing": {"result": IndexingResult.ABANDONED.value},
-        "conditions": list(conditions),
+        "conditions": branch_readiness(conditions, Phase.ERROR, message=f"{note}.", now=now,
+                                       observed_generation=observed_generation),
+        **_observed(observed_generation),
     }
 
 
@@ -654,13 +663,31 @@ def initial_status(generation: int | None, now: datetime) -> dict[str, Any]:
         "phase": Phase.ACTIVE.value,
         "phaseTransitionTime": rfc3339(now),
         "observedGeneration": generation,
-        "conditions": conditions,
+        "conditions": branch_readiness(conditions, Phase.ACTIVE, message="The branch is active.", now=now,
+                                       observed_generation=generation),
     }
 
 
-def merged_status(now: datetime) -> dict[str, Any]:
-    """The phase part of the ``status`` patch that records a carried-out merge: READY -> ACTIVE."""
-    return {"phase": Phase.ACTIVE.value, "phaseTransitionTime": rfc3339(now)}
+def merged_status(
+    now: datetime, conditions: Sequence[Mapping[str, Any]], *, message: str, observed_generation: int | None,
+) -> dict[str, Any]:
+    """The phase part of the ``status`` patch that records a carried-out merge: READY -> ACTIVE.
+
+    ``conditions`` is the list the merge patch writes; it comes back with the ACTIVE phase's readiness.
+    """
+    return {
+        "phase": Phase.ACTIVE.value,
+        "phaseTransitionTime": rfc3339(now),
+        "conditions": branch_readiness(conditions, Phase.ACTIVE, message=message, now=now,
+                                       observed_generation=observed_generation),
+        **_observed(observed_generation),
+    }
+
+
+def _observed(generation: int | None) -> dict[str, Any]:
+    # Written with the status it describes: an observedGeneration ahead of its conditions would tell
+    # kstatus and `kubectl wait` that they are current when they are not.
+    return {} if generation is None else {"observedGeneration": generation}
 
 
 # --------------------------------------------------------------------------------------- small helpers

@@ -32,11 +32,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from branch_operator.api.models import AutoMergePolicySpec, ConditionType, MergeDecision
+from branch_operator.api.models import AutoMergePolicySpec, ConditionType, MergeDecision, Phase
 from branch_operator.domain.conditions import ConditionStatus, find_condition, set_condition, truncate
 from branch_operator.domain.lifecycle import merged_status
 from branch_operator.domain.merge.decision import MergeEvaluation
 from branch_operator.domain.merge.selection import PolicyRef, policy_matches, review_policies, select_policy
+from branch_operator.domain.readiness import branch_readiness, policy_readiness
 from branch_operator.domain.timefmt import rfc3339
 
 __all__ = [
@@ -165,7 +166,15 @@ def merge_status_patch(
         ),
     }
     if merged:
-        patch.update(merged_status(now))
+        patch.update(merged_status(now, patch["conditions"], message=message,
+                                   observed_generation=observed_generation))
+    else:
+        # Still READY: the evaluation is a look at the current generation, so readiness says so too.
+        patch["conditions"] = branch_readiness(
+            patch["conditions"], Phase.READY, message=f"Indexed; auto-merge {decision.value}: {message}",
+            now=now, observed_generation=observed_generation)
+        if observed_generation is not None:
+            patch["observedGeneration"] = observed_generation
     return patch
 
 
@@ -264,9 +273,11 @@ def policy_status_patch(
 ) -> dict[str, Any] | None:
     """The status patch for one policy, or None when it would change nothing but timestamps."""
     status: ConditionStatus = "True" if view.accepted else "False"
+    message = truncate(view.message, _MAX_MESSAGE)
     conditions = set_condition(
-        current_status.get("conditions") or [], ConditionType.ACCEPTED, status, view.reason,
-        truncate(view.message, _MAX_MESSAGE), now, generation)
+        current_status.get("conditions") or [], ConditionType.ACCEPTED, status, view.reason, message, now, generation)
+    conditions = policy_readiness(conditions, accepted=view.accepted, reason=view.reason, message=message, now=now,
+                                  observed_generation=generation)
     patch = {
         "observedGeneration": generation,
         "matchedBranches": view.matched,

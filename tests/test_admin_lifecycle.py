@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from branch_operator.clients.notify import Notifier, WebhookSink, webhook_payload
-from branch_operator.controllers.locks import expires_at, last_renewal, stamp_patch
+from branch_operator.controllers.locks import expires_at, expiry_patch, last_renewal, stamp_patch
 from branch_operator.domain.incidents import Incident, blocked_since, merge_failed_incident
 from branch_operator.embedded.natsserver import free_port
 
@@ -29,6 +29,16 @@ def test_stamp_uses_the_creation_time() -> None:
                                                              "renewedAt": "2025-06-26T10:00:00Z"}
     assert stamp_patch(lock(renewedAt="2025-06-26T10:01:00Z"), T0) == {"acquiredAt": "2025-06-26T10:00:00Z"}
     assert stamp_patch(lock(acquiredAt="2025-06-26T10:00:00Z"), T0) is None
+
+
+def test_expiry_patch_keeps_expires_at_in_line_with_the_lease() -> None:
+    assert expiry_patch(lock(acquiredAt="2025-06-26T10:00:00Z")) == {"expiresAt": "2025-06-26T10:01:00Z"}
+    assert expiry_patch(lock(renewedAt="2025-06-26T10:05:00Z", expiresAt="2025-06-26T10:01:00Z")) == {
+        "expiresAt": "2025-06-26T10:06:00Z"}
+    assert expiry_patch(lock(renewedAt="2025-06-26T10:05:00Z", expiresAt="2025-06-26T10:06:00.000Z")) == {}
+    forever = lock(expiresAt="2025-06-26T10:01:00Z")
+    del forever["spec"]["ttlSeconds"]
+    assert expiry_patch(forever) == {"expiresAt": None}  # the TTL was removed: no expiry to show
 
 
 def test_a_lock_without_a_ttl_is_not_stamped() -> None:

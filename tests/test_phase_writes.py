@@ -21,6 +21,8 @@ PHASE_KEYS = frozenset({"phase", "phaseTransitionTime"})
 NOT_WRITES = {
     # A stand-in object that only tells the reconciler to read the Branch itself.
     (Path("controllers/merge.py"), "reconcile_key"),
+    # `kubectl branch why -o json`: a printed report that quotes the phase, never written to the API.
+    (Path("kubectl_branch/render.py"), "why_document"),
 }
 
 

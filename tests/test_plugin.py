@@ -51,7 +51,7 @@ def test_render_describe_of_a_fresh_branch() -> None:
     text = describe_branch({"metadata": {"name": "b", "namespace": "oms", "creationTimestamp": "2025-06-26T11:00:00Z",
                                          "annotations": {"oms.dev/set-state": "ERROR"}},
                             "spec": {"branchName": "feature/b"}}, [], [], NOW)
-    assert "Phase:          <none>" in text and "Created:        2025-06-26T11:00:00Z (1h ago)" in text
+    assert "Phase:          <none>" in text and "Created:        2025-06-26T11:00:00Z (60m ago)" in text
     assert "Pending admin requests:\n  oms.dev/set-state: ERROR" in text
     assert "Conditions:\n  <none>" in text and "Merge:\n  <not evaluated>" in text and "Events:\n  <none>" in text
 
@@ -68,7 +68,7 @@ def test_lock_rows_show_expiry() -> None:
             "spec": {"branch": "b", "lockType": "WRITE", "holder": "svc", "ttlSeconds": 600, "reason": "edit\nnow"},
             "status": {"acquiredAt": "2025-06-26T11:00:00Z", "renewedAt": "2025-06-26T11:55:00Z"}}
     assert lock_rows([lock], all_namespaces=False, now=NOW) == [
-        ["l", "b", "WRITE", "svc", "1h", "5m", "600s", "in 5m", "edit now"]]
+        ["l", "b", "WRITE", "svc", "60m", "5m", "600s", "in 5m", "edit now"]]
     lock["status"]["renewedAt"] = "2025-06-26T11:00:00Z"
     assert lock_rows([lock], all_namespaces=True, now=NOW)[0][8] == "overdue"
     assert human_duration(59) == "59s" and human_duration(3 * 86400 + 5) == "3d"

@@ -265,11 +265,12 @@ def test_branchlock_and_policy_columns() -> None:
             "metadata": {"name": "feature-user-schema-write-1a2b", "namespace": "oms",
                          "creationTimestamp": _ts(NOW - timedelta(minutes=2, seconds=30))},
             "spec": {"branch": "feature-user-schema", "lockType": "WRITE", "holder": "oms-editor", "ttlSeconds": 300},
-            "status": {"acquiredAt": _ts(NOW), "renewedAt": _ts(NOW)}}
+            "status": {"acquiredAt": _ts(NOW), "renewedAt": _ts(NOW), "expiresAt": _ts(NOW + timedelta(minutes=5))}}
     BranchLock.model_validate(lock)
     header, rows = kubectl_get("oms.dev_branchlocks.yaml", [lock])
-    assert header == ["NAME", "BRANCH", "TYPE", "HOLDER", "AGE"]
-    assert rows == [["feature-user-schema-write-1a2b", "feature-user-schema", "WRITE", "oms-editor", "2m30s"]]
+    assert header == ["NAME", "BRANCH", "TYPE", "HOLDER", "TTL", "EXPIRES", "AGE"]
+    assert rows == [["feature-user-schema-write-1a2b", "feature-user-schema", "WRITE", "oms-editor", "300",
+                     _ts(NOW + timedelta(minutes=5)), "2m30s"]]
     policy = {"metadata": {"name": "default", "creationTimestamp": _ts(NOW - timedelta(days=3, hours=4))},
               "spec": {"enabled": True, "priority": 0, "dryRun": False}}
     header, rows = kubectl_get("oms.dev_automergepolicies.yaml", [policy])

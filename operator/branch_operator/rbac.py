@@ -24,7 +24,7 @@ RULES: tuple[Rule, ...] = (
     Rule("oms.dev", "branches/status", ("patch",)),
     # Its own INDEXING locks (a create conflict reads the existing one back), released and expired locks.
     Rule("oms.dev", "branchlocks", ("get", "list", "watch", "create", "delete")),
-    Rule("oms.dev", "branchlocks/status", ("patch",)),  # acquiredAt / renewedAt stamps
+    Rule("oms.dev", "branchlocks/status", ("patch",)),  # acquiredAt / renewedAt stamps, expiresAt
     Rule("oms.dev", "automergepolicies", ("list", "watch")),  # kopf's watch feeds an in-memory index
     Rule("oms.dev", "automergepolicies/status", ("patch",)),
     # Kubernetes Events on Branches, posted by kopf and by the operator; the operator counts repeats of one

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from branch_operator.api.models import FINALIZER, LockType
 from branch_operator.domain.locks import lock_body
+from branch_operator.domain.timefmt import parse_time
 from branch_operator.embedded.env import EmbeddedEnv, OperatorHandle
 from branch_operator.embedded.natsserver import free_port
 from branch_operator.kubectl_branch import cli as plugin
@@ -460,6 +461,29 @@ async def test_renewal_extends_a_lock(oms: Oms) -> None:
     expired = (await wait_for(lambda: oms.audits_for("feature/renewed", "lock.expired"), what="lock.expired"))[0]
     assert expired.details["renewed_at"].startswith(renewed_at.strftime("%Y-%m-%dT%H:%M:%S"))
     assert datetime.now(UTC) >= renewed_at + timedelta(seconds=1) - timedelta(milliseconds=50)
+
+
+async def test_expires_at_follows_stamp_and_renewal(oms: Oms) -> None:
+    branch = await oms.create_branch("expiring", "feature/expiring")
+    lock = await write_lock(oms, branch, key="exp", ttl_seconds=3600)
+    name = lock["metadata"]["name"]
+
+    async def expiry() -> tuple[datetime, datetime] | None:
+        st = (await oms.kube.get("branchlocks", oms.namespace, name)).get("status") or {}
+        if not st.get("expiresAt"):
+            return None
+        return parse_time(st["expiresAt"]), parse_time(st.get("renewedAt"))  # type: ignore[return-value]
+
+    first, renewed = await wait_for(expiry, what="status.expiresAt written with the stamp")
+    assert first == renewed + timedelta(seconds=3600)
+    later = (datetime.now(UTC) + timedelta(minutes=10)).replace(microsecond=0)
+    await oms.kube.patch_status("branchlocks", oms.namespace, name, {"renewedAt": later.strftime("%Y-%m-%dT%H:%M:%SZ")},
+                                resource_version=None)
+
+    async def moved() -> datetime | None:
+        got = await expiry()
+        return got[0] if got and got[0] == later + timedelta(seconds=3600) else None
+    await wait_for(moved, what="status.expiresAt moved by the renewal")
 
 
 async def test_deleting_a_branch_releases_and_audits_its_locks(oms: Oms) -> None:

@@ -101,7 +101,9 @@ class ConditionType(enum.StrEnum):
 class _Model(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields tolerated when reading objects."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    # A docstring under a field is its description in the CRD (what `kubectl explain` prints).
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore",
+                              use_attribute_docstrings=True)
 
     def wire(self) -> dict[str, Any]:
         """The object as the API server stores it (camelCase, no unset optionals)."""
@@ -117,11 +119,17 @@ class Condition(_Model):
     """The standard Kubernetes condition shape (metav1.Condition)."""
 
     type: Annotated[str, Field(max_length=316, pattern=CONDITION_TYPE_PATTERN)]
+    """The condition's type in CamelCase, e.g. Mergeable; unique in the list."""
     status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
     observed_generation: Annotated[int | None, Field(ge=0)] = None
+    """The metadata.generation the condition was set for."""
     last_transition_time: datetime
+    """When the status last changed from one value to another."""
     reason: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
+    """A CamelCase word saying why the condition has its status, e.g. ValidationFailed."""
     message: Annotated[str, Field(max_length=32768)] = ""
+    """Details for a person reading it; may be empty."""
 
 
 # --------------------------------------------------------------------------------------------- Branch
@@ -153,52 +161,78 @@ class BranchSpec(_Model):
 
 class ValidationStatus(_Model):
     passed: bool
+    """Whether the indexing run passed Funnel's schema validation."""
     errors: Annotated[list[Annotated[str, Field(max_length=MAX_ERROR_LENGTH)]], Field(max_length=MAX_ERRORS)] = []
+    """Funnel's validation errors, the first 50 of at most 1024 characters each."""
     errors_total: Annotated[int | None, Field(
         ge=0, description="How many errors Funnel reported, when more than errors holds (the first ones)")] = None
 
 
 class IndexingStatus(_Model):
     indexing_id: Annotated[str | None, Field(max_length=253)] = None
+    """Funnel's id of the run (data.indexing_id of its events)."""
     event_id: Annotated[str | None, Field(max_length=253, description="CloudEvent id last applied")] = None
     started_at: datetime | None = None
+    """When Funnel started the run (data.started_at of the started event)."""
     completed_at: datetime | None = None
+    """When the run completed or failed (from the completed or failed event)."""
     duration_seconds: Annotated[float | None, Field(ge=0)] = None
+    """How long the run took, in seconds, as Funnel reported it."""
     records_indexed: Annotated[int | None, Field(ge=0)] = None
+    """How many records the run indexed."""
     result: IndexingResult | None = None
+    """success, failed, or abandoned (an admin force-released the run's INDEXING lock); unset while it runs."""
     validation: ValidationStatus | None = None
+    """The run's validation result."""
 
 
 class MergeCheck(_Model):
     """One auto-merge check of the decision trace (see docs/policies.md)."""
 
     name: Annotated[str, Field(min_length=1, max_length=63)]
+    """The check, e.g. validation, conflicts, locks, window (docs/policies.md lists every one)."""
     passed: bool
+    """Whether the check let the merge through."""
     reason: Annotated[BlockReason | None, Field(description="What a failure of this check is reported as")] = None
     evidence: Annotated[str, Field(max_length=1024)] = ""
+    """What the check looked at, in one line, e.g. run idx-7 indexed 1250 records."""
 
 
 class ManualMergeRequest(_Model):
     """The last break-glass request (annotation oms.dev/merge-request) for this indexing result, and its outcome."""
 
     reason: Annotated[str, Field(max_length=1024)]
+    """The annotation's value: why the merge was asked for."""
     requested_by: Annotated[str | None, Field(max_length=253)] = None
+    """Who asked (annotation oms.dev/requested-by)."""
     outcome: MergeDecision | None = None
+    """What became of the request: Merged, Blocked, Failed, ...; unset while pending."""
     message: Annotated[str | None, Field(max_length=4096)] = None
+    """Why the request had that outcome."""
     at: datetime | None = None
+    """When the operator decided the request."""
 
 
 class MergeStatus(_Model):
     decision: MergeDecision | None = None
+    """The last auto-merge decision: Merged, Blocked, Deferred, WouldMerge (dry run) or Failed."""
     reasons: Annotated[list[BlockReason], Field(max_length=16)] = []
+    """Every reason the branch is not merging; empty when it merged."""
     message: Annotated[str | None, Field(max_length=4096)] = None
+    """The decision in one sentence, for a person."""
     policy: Annotated[str | None, Field(max_length=253)] = None
+    """The AutoMergePolicy that governed the decision (the highest priority match)."""
     merged_at: datetime | None = None
+    """When the branch was merged."""
     target_branch: Annotated[str | None, Field(max_length=MAX_BRANCH_NAME)] = None
+    """The branch it was merged into."""
     evaluated_at: datetime | None = None
+    """When the decision was made."""
     policy_generation: Annotated[int | None, Field(ge=0)] = None
+    """The governing policy's metadata.generation at the decision."""
     event_id: Annotated[str | None, Field(max_length=253, description="Indexing CloudEvent id decided on")] = None
     checks: Annotated[list[MergeCheck], Field(max_length=16)] = []
+    """One entry per check of the governing policy, with its evidence (the decision trace)."""
     next_evaluation_time: Annotated[
         datetime | None, Field(description="When the decision may change by the clock alone (window, freeze, expiry)")
     ] = None
@@ -213,15 +247,20 @@ class Conflict(_Model):
     """A merge conflict reported by OMS."""
 
     path: Annotated[str, Field(max_length=1024)]
+    """Where OMS found the conflict, e.g. an object type or property path."""
     message: Annotated[str, Field(max_length=MAX_ERROR_LENGTH)] = ""
+    """What conflicts, as OMS reported it."""
 
 
 class OutboxMessage(_Model):
     """A NATS message to publish (audit record, notification) with its de-duplication id."""
 
     subject: Annotated[str, Field(min_length=1, max_length=253)]
+    """The NATS subject to publish to."""
     msg_id: Annotated[str, Field(min_length=1, max_length=512)]
+    """The Nats-Msg-Id header: JetStream drops a second message with the same id."""
     data: Annotated[str, Field(max_length=32768)]
+    """The message body (JSON)."""
 
 
 class Outbox(_Model):
@@ -230,21 +269,24 @@ class Outbox(_Model):
     Written in the same status update as the state change they describe, published after it, and
     re-published (same ids, dropped by JetStream as duplicates) when the event is redelivered — so a
     crash between the state change and the publish loses nothing and doubles nothing. The next event to
-    replace it publishes it once more first, while ``writtenAt`` is inside JetStream's duplicate window.
+    replace it publishes it once more first, while writtenAt is inside JetStream's duplicate window.
     """
 
     key: Annotated[str, Field(min_length=1, max_length=253, description="the CloudEvent id these messages belong to")]
     messages: Annotated[list[OutboxMessage], Field(max_length=32)] = []
+    """The messages owed, in publishing order."""
     written_at: Annotated[datetime | None, Field(description="When the status write holding it was made")] = None
 
 
 class AdminActionStatus(_Model):
-    """The last administrator request the operator handled (``oms.dev/force-unlock``, ``oms.dev/set-state``)."""
+    """The last administrator request the operator handled (oms.dev/force-unlock, oms.dev/set-state)."""
 
     action: Annotated[str, Field(max_length=63, description="force-unlock or set-state")]
     requested_by: Annotated[str, Field(max_length=253, description="oms.dev/requested-by, else the last manager")]
     reason: Annotated[str, Field(max_length=1024)] = ""
+    """Why the admin asked (annotation oms.dev/reason)."""
     at: datetime
+    """When the operator handled the request."""
     result: Annotated[str, Field(max_length=1024, description="What the operator did")] = ""
     request_id: Annotated[str | None, Field(max_length=63, description="oms.dev/request-id, if one was set")] = None
 
@@ -258,27 +300,40 @@ class PendingResult(_Model):
     """
 
     event_id: Annotated[str, Field(min_length=1, max_length=253)]
+    """The CloudEvent id of the kept result."""
     indexing_id: Annotated[str, Field(min_length=1, max_length=253)]
+    """The run the result belongs to."""
     subject: Annotated[str, Field(min_length=1, max_length=253)]
+    """The NATS subject the result arrived on."""
     event: Annotated[str, Field(max_length=65536, description="the CloudEvent, structured JSON")]
     received_at: datetime | None = None
+    """When the operator received it."""
 
 
 class BranchStatus(_Model):
     phase: Phase | None = None
+    """The branch's state: ACTIVE, LOCKED_FOR_WRITE (indexing), READY (indexed, awaiting merge) or ERROR."""
     phase_transition_time: datetime | None = None
+    """When the branch entered its current phase."""
     observed_generation: Annotated[int | None, Field(ge=0)] = None
+    """The metadata.generation the operator last acted on."""
     indexing: IndexingStatus | None = None
+    """The last indexing run, as Funnel reported it."""
     merge: MergeStatus | None = None
+    """The last auto-merge decision and every reason for it."""
     conflicts: Annotated[list[Conflict], Field(max_length=256)] = []
+    """Merge conflicts, written by OMS; any blocks auto-merge while the policy says blockOnConflicts."""
     last_admin_action: AdminActionStatus | None = None
     conditions: Annotated[list[Condition], Field(max_length=16)] = []
+    """Indexed, Validated, Locked and Mergeable."""
     recent_event_ids: Annotated[
         list[Annotated[str, Field(max_length=253)]],
         Field(max_length=MAX_RECENT_EVENTS, description="CloudEvent ids recently applied (idempotency)"),
     ] = []
     outbox: Outbox | None = None
+    """Audit records and notifications owed for the last event applied (published after the status write)."""
     pending_result: PendingResult | None = None
+    """A completed or failed event that arrived before its run's started event, kept until it does."""
 
 
 class Branch(_Model):
@@ -310,15 +365,25 @@ class BranchLockSpec(_Model):
         Field(min_length=1, max_length=253, description="Kubernetes name of the locked Branch (same namespace)"),
     ]
     lock_type: LockType
+    """INDEXING (taken by the operator while Funnel indexes), WRITE or MERGE (taken by other services)."""
     holder: Annotated[str, Field(min_length=1, max_length=253)]
+    """Who holds the lock, e.g. funnel or oms-editor."""
     reason: Annotated[str, Field(max_length=1024)] = ""
+    """Why the lock is held, for a person."""
     indexing_id: Annotated[str | None, Field(max_length=253)] = None
+    """For INDEXING locks: the run that holds it."""
     ttl_seconds: Annotated[int | None, Field(ge=1, le=7 * 24 * 3600)] = None
+    """The lease: the operator releases the lock this many seconds after its last renewal (status.renewedAt);
+    without it the lock never expires."""
 
 
 class BranchLockStatus(_Model):
     acquired_at: datetime | None = None
+    """When the lease started (the lock's creation), stamped by the operator."""
     renewed_at: datetime | None = None
+    """The holder's last renewal; the holder patches it to keep the lock, like a Lease's renewTime."""
+    expires_at: datetime | None = None
+    """When the lock expires unless renewed (renewedAt + ttlSeconds), kept up to date by the operator."""
 
 
 class BranchLock(_Model):
@@ -330,6 +395,10 @@ class BranchLock(_Model):
         {"name": "Branch", "type": "string", "jsonPath": ".spec.branch"},
         {"name": "Type", "type": "string", "jsonPath": ".spec.lockType"},
         {"name": "Holder", "type": "string", "jsonPath": ".spec.holder"},
+        {"name": "TTL", "type": "integer", "jsonPath": ".spec.ttlSeconds"},
+        # A string, not a date: the API server prints a date column as the age since it, and a time in the
+        # future (every live lock's expiry) as <invalid>.
+        {"name": "Expires", "type": "string", "jsonPath": ".status.expiresAt"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 
@@ -342,13 +411,18 @@ class BranchLock(_Model):
 
 class LabelSelectorRequirement(_Model):
     key: Annotated[str, Field(min_length=1, max_length=317)]
+    """The label key the requirement applies to."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """In, NotIn, Exists or DoesNotExist."""
     values: list[Annotated[str, Field(max_length=63)]] = []
+    """The label values for In and NotIn; empty for Exists and DoesNotExist."""
 
 
 class LabelSelector(_Model):
     match_labels: dict[str, str] = {}
+    """Labels the Branch must have, each with exactly this value."""
     match_expressions: list[LabelSelectorRequirement] = []
+    """Label requirements the Branch must meet, all of them."""
 
 
 # Go-style, each number short enough to say at most 31 days (2678400s): an absurd one is refused up front.
@@ -361,6 +435,7 @@ class MergeWindow(_Model):
     """When merging is allowed or denied, like an Argo CD sync window."""
 
     kind: Literal["allow", "deny"]
+    """allow: merges only inside such windows; deny: never inside one (deny wins)."""
     schedule: Annotated[
         str, Field(min_length=1, max_length=128, description="Cron (5 fields) for the window starts, e.g. 0 9 * * 1-5")
     ]
@@ -371,14 +446,17 @@ class MergeWindow(_Model):
 
 
 class MergeFreeze(_Model):
-    """No auto-merge for any matching branch while set (until ``until``, if given)."""
+    """No auto-merge for any matching branch while set (until the time in until, if given)."""
 
     reason: Annotated[str, Field(min_length=1, max_length=1024)]
+    """Why merging is frozen, shown in the Frozen reason."""
     until: datetime | None = None
+    """When the freeze lifts by itself (RFC 3339); without it, only removing the freeze lifts it."""
 
 
 class AutoMergePolicySpec(_Model):
     enabled: bool = True
+    """Whether the policy merges at all; false blocks the branches it governs with AutoMergeDisabled."""
     require_validation: Annotated[bool, Field(description="Block when indexing validation failed")] = True
     block_on_conflicts: Annotated[bool, Field(description="Block when OMS reports conflicts")] = True
     timeout_hours: Annotated[
@@ -387,6 +465,7 @@ class AutoMergePolicySpec(_Model):
               description="Auto-merge only within this many hours of indexing completion (at most 10 years)"),
     ] = 24
     branch_selector: LabelSelector | None = None
+    """Label selector on Branches; with branchNamePatterns, a branch must match both."""
     branch_name_patterns: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=MAX_BRANCH_NAME)]],
         Field(description="Globs on spec.branchName, e.g. feature/*"),
@@ -415,12 +494,16 @@ class AutoMergePolicySpec(_Model):
 
 class AutoMergePolicyStatus(_Model):
     observed_generation: Annotated[int | None, Field(ge=0)] = None
+    """The metadata.generation the status describes."""
     matched_branches: Annotated[int | None, Field(ge=0)] = None
+    """Branches the policy matches."""
     governed_branches: Annotated[
         int | None, Field(ge=0, description="Matched branches this policy wins (highest priority)")
     ] = None
     last_evaluation_time: datetime | None = None
+    """When the operator last evaluated the policy."""
     conditions: Annotated[list[Condition], Field(max_length=16)] = []
+    """Accepted: the policy is valid and in force (invalid or conflicting policies are ignored whole)."""
 
 
 class AutoMergePolicy(_Model):

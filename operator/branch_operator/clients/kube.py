@@ -15,13 +15,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from branch_operator import __version__
@@ -285,6 +286,34 @@ class KubeClient:
             result = await self._call(lambda: self.custom.list_cluster_custom_object(
                 GROUP, VERSION, plural, **kwargs))
         return cast(list[Obj], result.get("items", []))
+
+    async def list_with_version(
+        self, plural: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> tuple[list[Obj], str]:
+        """The objects and the list's resourceVersion, where a watch of the same selection starts."""
+        kwargs: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
+        if namespace:
+            result = await self._call(lambda: self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, **kwargs))
+        else:
+            result = await self._call(lambda: self.custom.list_cluster_custom_object(
+                GROUP, VERSION, plural, **kwargs))
+        return cast(list[Obj], result.get("items", [])), str((result.get("metadata") or {}).get("resourceVersion", ""))
+
+    async def watch_objects(
+        self, plural: str, namespace: str | None, *, resource_version: str, label_selector: str | None = None
+    ) -> AsyncIterator[tuple[str, Obj]]:
+        """(ADDED|MODIFIED|DELETED, object) from ``resource_version`` on, reconnecting as the server closes
+        the stream, until the caller stops iterating."""
+        kwargs: dict[str, Any] = {"resource_version": resource_version, "allow_watch_bookmarks": False}
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        func: Any = self.custom.list_namespaced_custom_object if namespace else self.custom.list_cluster_custom_object
+        args = (GROUP, VERSION, namespace, plural) if namespace else (GROUP, VERSION, plural)
+        async with k8s_watch.Watch().stream(func, *args, **kwargs) as stream:
+            async for event in stream:
+                if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                    yield str(event["type"]), cast(Obj, event.get("raw_object") or event.get("object"))
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: Mapping[str, Any], *, resource_version: str | None

@@ -2,7 +2,8 @@
 
 - ``status.acquiredAt`` / ``status.renewedAt``: stamped by the operator the first time it sees a lock
   with a TTL without them (acquiredAt = the lock's creationTimestamp, when it really came to exist). Holders renew
-  by patching ``status.renewedAt`` (RFC 3339), like a Lease's renewTime.
+  by patching ``status.renewedAt`` (RFC 3339), like a Lease's renewTime. ``status.expiresAt`` follows
+  each stamp and renewal (what ``kubectl get branchlocks`` shows as EXPIRES).
 - A lock with ``spec.ttlSeconds`` expires ``ttlSeconds`` after its last renewal (else its acquisition);
   the operator then deletes it (precondition: the resourceVersion it judged, so a renewal that races the
   deletion wins) and records ``lock.expired``, a Warning Event on the Branch and an incident. Locks
@@ -82,6 +83,17 @@ def stamp_patch(lock: Mapping[str, Any], now: datetime) -> dict[str, Any] | None
     return patch
 
 
+def expiry_patch(lock: Mapping[str, Any]) -> dict[str, Any]:
+    """``status.expiresAt`` brought in line with the lease (empty: already right), for ``kubectl get``'s
+    EXPIRES column: a printer column can only show a field, not add ttlSeconds to renewedAt."""
+    deadline = expires_at(lock)
+    current = (lock.get("status") or {}).get("expiresAt")
+    if deadline is None:
+        return {"expiresAt": None} if current else {}
+    wanted = rfc3339(deadline)
+    return {} if parse_time(current) == deadline else {"expiresAt": wanted}
+
+
 # ------------------------------------------------------------------------------------------------ I/O
 
 
@@ -115,7 +127,9 @@ class LockLifecycle:
         self._gauge()
         if meta.get("deletionTimestamp"):
             return
-        patch = stamp_patch(lock, self.clock())
+        stamp = stamp_patch(lock, self.clock())
+        stamped = {**lock, "status": {**(lock.get("status") or {}), **(stamp or {})}}
+        patch = {**(stamp or {}), **expiry_patch(stamped)} or None
         if patch is not None:
             try:
                 # With the resourceVersion: a holder's own renewedAt written meanwhile is not overwritten.

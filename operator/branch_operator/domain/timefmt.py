@@ -6,7 +6,7 @@ and writes times the same way. The duration formats differ on purpose, one per a
 - :func:`format_duration` (``"1h 2m 3s"``, ``"4.5s"``): prose, in condition and Event messages.
 - :func:`compact_duration` (``"1h30m"``): the policy duration syntax, the inverse of
   :func:`branch_operator.domain.windows.parse_duration`.
-- :func:`human_duration` (``"3d"``): kubectl's short ages, the largest unit that fits.
+- :func:`human_duration` (``"3d5h"``): kubectl's short ages, exactly as ``kubectl get`` prints them.
 """
 
 from __future__ import annotations
@@ -67,9 +67,34 @@ def compact_duration(value: timedelta) -> str:
 
 
 def human_duration(seconds: float) -> str:
-    """kubectl's short ages: 45s, 5m, 3h, 2d (the largest unit that fits, like `kubectl get`)."""
-    secs = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs // size}{unit}"
-    return f"{max(secs, 0)}s"
+    """kubectl's short ages (k8s.io/apimachinery ``duration.HumanDuration``), branch for branch.
+
+    Two units while the second one still says something (``7m5s``, ``3h20m``, ``3d5h``, ``2y45d``),
+    one unit otherwise (``95s``, ``150m``, ``30h``, ``400d``); a second into the future is clock skew
+    (``0s``), more than that is ``<invalid>``.
+    """
+    secs = int(seconds)  # Go's int(d.Seconds()) truncates toward zero
+    if secs < -1:
+        return "<invalid>"
+    if secs < 0:
+        return "0s"
+    if secs < 60 * 2:
+        return f"{secs}s"
+    minutes = secs // 60
+    if minutes < 10:
+        return f"{minutes}m" if secs % 60 == 0 else f"{minutes}m{secs % 60}s"
+    if minutes < 60 * 3:
+        return f"{minutes}m"
+    hours = secs // 3600
+    if hours < 8:
+        return f"{hours}h" if minutes % 60 == 0 else f"{hours}h{minutes % 60}m"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return f"{hours // 24}d" if hours % 24 == 0 else f"{hours // 24}d{hours % 24}h"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        days = (hours // 24) % 365
+        return f"{hours // 24 // 365}y" if days == 0 else f"{hours // 24 // 365}y{days}d"
+    return f"{hours // 24 // 365}y"

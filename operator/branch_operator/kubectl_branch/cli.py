@@ -34,6 +34,7 @@ from branch_operator.api.models import (
     ANNOTATION_REQUEST_ID,
     ANNOTATION_REQUESTED_BY,
     ANNOTATION_SET_STATE,
+    LABEL_BRANCH,
     Branch,
     BranchLock,
     Phase,
@@ -42,13 +43,15 @@ from branch_operator.cli.publish import add_event_arguments
 from branch_operator.clients.kube import KubeClient, KubeError, NotFound, Transient
 from branch_operator.config import Settings
 from branch_operator.domain.locks import label_value
-from branch_operator.kubectl_branch import render
+from branch_operator.kubectl_branch import output, render
+from branch_operator.kubectl_branch.listing import Listing
 
 # Re-exported for callers of the first version of this module.
 branch_rows = render.branch_rows
 render_table = render.render_table
 
 USAGE, FAILED, OK = 2, 1, 0
+INTERRUPTED = 1  # kubectl's interrupt handler exits 1 after Ctrl-C
 
 
 class PluginError(Exception):
@@ -64,6 +67,7 @@ class Context:
         self.args = args
         self.out = out
         self.err = err
+        self.fmt = output.parse_output(getattr(args, "output", None))
         self._kube: KubeClient | None = None
 
     async def kube(self) -> KubeClient:
@@ -84,6 +88,13 @@ class Context:
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out)
+
+    def emit(self, text: str) -> None:
+        """Structured output; a JSONPath template prints exactly what it says (no newline added), as kubectl."""
+        if self.fmt.kind == "jsonpath":
+            self.out.write(text)
+        else:
+            self.print(text)
 
 
 def current_namespace(kubeconfig: str | None, context: str | None) -> str:
@@ -167,15 +178,27 @@ def _now() -> datetime:
 
 async def cmd_list(ctx: Context) -> int:
     kube = await ctx.kube()
-    ns = None if ctx.args.all_namespaces else ctx.namespace
-    branches = await kube.list_branches(ns)
+    all_ns = bool(ctx.args.all_namespaces)
+    ns = None if all_ns else ctx.namespace
+    branches, version = await kube.list_with_version(Branch.PLURAL, ns, ctx.args.selector)
     locks = await kube.list_objects(BranchLock.PLURAL, ns)
-    header = (["NAMESPACE"] if ctx.args.all_namespaces else []) + render.BRANCH_HEADER
-    rows = render.branch_rows(branches, locks, all_namespaces=ctx.args.all_namespaces, now=_now())
-    if not rows:
-        print(f"No branches found in {'any namespace' if ns is None else ns + ' namespace'}.", file=ctx.err)
+    wide = ctx.fmt.kind == "wide"
+    header = (["NAMESPACE"] if all_ns else []) + (render.BRANCH_WIDE if wide else render.BRANCH_HEADER)
+
+    def rows(objs: list[dict[str, Any]], held: list[dict[str, Any]]) -> list[list[str]]:
+        return render.branch_rows(objs, held, all_namespaces=all_ns, now=_now(), wide=wide)
+
+    table = Listing(ctx, header, [output.with_kind(b, Branch.KIND) for b in _by_name(branches)], rows(branches, locks))
+    if not table.show(f"No branches found in {'any namespace' if ns is None else ns + ' namespace'}."):
         return OK
-    ctx.print(render.render_table(header, rows))
+
+    async def row(obj: dict[str, Any]) -> list[str]:
+        meta = obj["metadata"]
+        held = await kube.list_locks(meta.get("namespace", ""), label_value(meta["name"]))
+        return rows([obj], [lk for lk in held if (lk.get("spec") or {}).get("branch") == meta["name"]])[0]
+
+    await table.follow(kube.watch_objects(Branch.PLURAL, ns, resource_version=version,
+                                          label_selector=ctx.args.selector), Branch.KIND, row)
     return OK
 
 
@@ -183,14 +206,20 @@ async def cmd_describe(ctx: Context) -> int:
     branch = await _get_branch(ctx, ctx.args.name)
     locks = await _branch_locks(ctx, branch)
     events = render.sort_events(await _events(ctx, branch))
-    ctx.print(render.describe_branch(branch, locks, events, _now()))
+    if ctx.fmt.structured:
+        items = ([output.with_kind(branch, Branch.KIND)] + [output.with_kind(lk, BranchLock.KIND) for lk in locks]
+                 + [output.with_kind(e, "Event") for e in events])
+        ctx.emit(output.render_structured(ctx.fmt, output.as_list(items)))
+    else:
+        ctx.print(render.describe_branch(branch, locks, events, _now()))
     return OK
 
 
 async def cmd_why(ctx: Context) -> int:
     branch = await _get_branch(ctx, ctx.args.name)
-    if ctx.args.output == "json":
-        ctx.print(json.dumps((branch.get("status") or {}).get("merge") or {}, indent=2))
+    if ctx.fmt.structured:
+        named = [output.with_kind(branch, Branch.KIND)]
+        ctx.emit(output.render_structured(ctx.fmt, render.why_document(branch), named))
     else:
         ctx.print(render.explain_merge(branch, _now()))
     return OK
@@ -198,21 +227,38 @@ async def cmd_why(ctx: Context) -> int:
 
 async def cmd_locks(ctx: Context) -> int:
     kube = await ctx.kube()
+    all_ns = not ctx.args.name and bool(ctx.args.all_namespaces)
+    ns = None if all_ns else ctx.namespace
+    selector = ctx.args.selector
     if ctx.args.name:
         branch = await _get_branch(ctx, ctx.args.name)
-        locks = await _branch_locks(ctx, branch)
-        all_ns = False
-    else:
-        all_ns = bool(ctx.args.all_namespaces)
-        locks = await kube.list_objects(BranchLock.PLURAL, None if all_ns else ctx.namespace)
-    if not locks:
-        where = (f"branch {ctx.args.name}" if ctx.args.name
-                 else "any namespace" if all_ns else f"{ctx.namespace} namespace")
-        print(f"No locks held on {where}.", file=ctx.err)
+        # The branch label selects on the server; spec.branch is the truth (a label can be edited).
+        selector = ",".join(filter(None, [f"{LABEL_BRANCH}={label_value(ctx.args.name)}", selector]))
+    locks, version = await kube.list_with_version(BranchLock.PLURAL, ns, selector)
+    if ctx.args.name:
+        locks = [lk for lk in locks if (lk.get("spec") or {}).get("branch") == branch["metadata"]["name"]]
+    wide = ctx.fmt.kind == "wide"
+    header = (["NAMESPACE"] if all_ns else []) + (render.LOCK_WIDE if wide else render.LOCK_HEADER)
+
+    def rows(objs: list[dict[str, Any]]) -> list[list[str]]:
+        return render.lock_rows(objs, all_namespaces=all_ns, now=_now(), wide=wide)
+
+    where = (f"branch {ctx.args.name}" if ctx.args.name
+             else "any namespace" if all_ns else f"{ctx.namespace} namespace")
+    table = Listing(ctx, header, [output.with_kind(lk, BranchLock.KIND) for lk in _by_name(locks)], rows(locks))
+    if not table.show(f"No locks held on {where}."):
         return OK
-    header = (["NAMESPACE"] if all_ns else []) + render.LOCK_HEADER
-    ctx.print(render.render_table(header, render.lock_rows(locks, all_namespaces=all_ns, now=_now())))
+
+    async def row(obj: dict[str, Any]) -> list[str]:
+        return rows([obj])[0]
+
+    await table.follow(kube.watch_objects(BranchLock.PLURAL, ns, resource_version=version, label_selector=selector),
+                       BranchLock.KIND, row)
     return OK
+
+
+def _by_name(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(objs, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
 
 
 # ----------------------------------------------------------------------------------- admin commands
@@ -380,6 +426,16 @@ def _common(p: argparse.ArgumentParser, *, sub: bool) -> None:
     p.add_argument("--kubeconfig", default=keep, help="kubeconfig file")
 
 
+def _read_flags(p: argparse.ArgumentParser, *, watch: bool) -> None:
+    p.add_argument("-o", "--output", metavar="FORMAT",
+                   help=f"output format: {'|'.join(output.FORMATS)} (default: the table or text)")
+    if not watch:
+        return
+    p.add_argument("-l", "--selector", help="label selector, e.g. team=search,tier!=canary (passed to the API)")
+    p.add_argument("-w", "--watch", action="store_true", help="after the listing, print a row for every change")
+    p.add_argument("--watch-only", action="store_true", help="print a row for every change, not the listing")
+
+
 def _admin_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", required=True, help="why (recorded in status, the Event and the audit trail)")
     p.add_argument("--requested-by", help="who is asking (default: kubeconfig user and OS user)")
@@ -398,14 +454,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    command("list", cmd_list, "branches: phase, records, validation, mergeable, blocking reasons, locks, age", ["ls"])
+    ls = command("list", cmd_list, "branches: phase, records, validation, mergeable, blocking reasons, locks, age",
+                 ["ls"])
+    _read_flags(ls, watch=True)
     d = command("describe", cmd_describe, "status, conditions, last indexing run, locks and recent Events")
     d.add_argument("name")
+    _read_flags(d, watch=False)
     w = command("why", cmd_why, "the merge decision and every reason")
     w.add_argument("name")
-    w.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    _read_flags(w, watch=False)
     lk = command("locks", cmd_locks, "locks of one branch, or of every branch in the namespace")
     lk.add_argument("name", nargs="?")
+    _read_flags(lk, watch=True)
     u = command("unlock", cmd_unlock, "force-release a branch's locks (all, or --lock NAME|TYPE); releasing "
                 "the INDEXING lock of a running run ends that run: the branch goes to ERROR and the run's "
                 "later results are ignored as stale")
@@ -452,12 +512,19 @@ async def run(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None
                                                                    "merge", "audit"):
         print(f"error: -A/--all-namespaces does not apply to {args.command}", file=err)
         return USAGE
-    ctx = Context(args, out, err)
+    try:
+        ctx = Context(args, out, err)
+    except output.OutputError as exc:
+        print(f"error: {exc}", file=err)
+        return USAGE
     try:
         return int(await args.fn(ctx))
     except PluginError as exc:
         print(f"error: {exc}", file=err)
         return exc.code
+    except output.TemplateFailed as exc:
+        print(f"error: {exc}", file=err)
+        return FAILED
     except Transient as exc:
         print(f"error: cannot reach the Kubernetes API server: {exc}", file=err)
         return FAILED
@@ -474,7 +541,10 @@ async def run(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None
 def main(argv: Sequence[str] | None = None) -> int:
     # The NATS client logs every failed connection attempt with a traceback; the plugin says it in one line.
     logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
-    return asyncio.run(run(sys.argv[1:] if argv is None else argv))
+    try:
+        return asyncio.run(run(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # Ctrl-C ends `-w` (or any wait): kubectl's exit status, no traceback
+        return INTERRUPTED
 
 
 def run_captured(argv: Sequence[str]) -> tuple[int, str, str]:

@@ -50,7 +50,7 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def branch_rows(branches: Iterable[Obj], locks: Iterable[Obj], *, all_namespaces: bool,
-                now: datetime) -> list[list[str]]:
+                now: datetime, wide: bool = False) -> list[list[str]]:
     held: dict[tuple[str, str], int] = {}
     for lock in locks:
         key = (lock["metadata"].get("namespace", ""), (lock.get("spec") or {}).get("branch", ""))
@@ -69,11 +69,15 @@ def branch_rows(branches: Iterable[Obj], locks: Iterable[Obj], *, all_namespaces
             str(held.get((meta.get("namespace", ""), meta["name"]), 0)),
             age(meta.get("creationTimestamp"), now),
         ]
+        if wide:
+            merge = st.get("merge") or {}
+            row += [spec.get("targetBranch", "main"), merge.get("decision") or "", merge.get("policy") or ""]
         rows.append(([meta.get("namespace", "")] if all_namespaces else []) + row)
     return rows
 
 
 BRANCH_HEADER = ["NAME", "BRANCH", "PHASE", "RECORDS", "VALID", "MERGEABLE", "REASONS", "LOCKS", "AGE"]
+BRANCH_WIDE = [*BRANCH_HEADER, "TARGET", "DECISION", "POLICY"]
 
 
 def merge_reasons_cell(status: Obj) -> str:
@@ -84,13 +88,16 @@ def merge_reasons_cell(status: Obj) -> str:
         return ""
     text = json.dumps(merge["reasons"], separators=(",", ":"), ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 LOCK_HEADER = ["NAME", "BRANCH", "TYPE", "HOLDER", "ACQUIRED", "RENEWED", "TTL", "EXPIRES", "REASON"]
+LOCK_WIDE = [*LOCK_HEADER, "INDEXING-ID", "OWNER"]
 
 
 # ------------------------------------------------------------------------------------------- locks
 
 
-def lock_rows(locks: Iterable[Obj], *, all_namespaces: bool, now: datetime) -> list[list[str]]:
+def lock_rows(locks: Iterable[Obj], *, all_namespaces: bool, now: datetime, wide: bool = False) -> list[list[str]]:
     rows = []
     for lk in sorted(locks, key=lambda o: (o["metadata"].get("namespace", ""), (o.get("spec") or {}).get("branch", ""),
                                            o["metadata"]["name"])):
@@ -106,6 +113,9 @@ def lock_rows(locks: Iterable[Obj], *, all_namespaces: bool, now: datetime) -> l
         row = [meta["name"], spec.get("branch", ""), spec.get("lockType", ""), spec.get("holder", ""),
                age(acquired, now), age(renewed, now), f"{ttl}s" if ttl else "-", expires,
                _one_line(spec.get("reason") or "", 60)]
+        if wide:
+            owners = meta.get("ownerReferences") or []
+            row += [spec.get("indexingId") or "", ",".join(f"{o.get('kind')}/{o.get('name')}" for o in owners)]
         rows.append(([meta.get("namespace", "")] if all_namespaces else []) + row)
     return rows
 
@@ -265,6 +275,18 @@ def explain_merge(branch: Obj, now: datetime) -> str:
     if phase != "READY" and decision not in ("Merged",):
         out.append(f"(The decision above was recorded earlier; the branch is {phase} now.)")
     return "\n".join(out)
+
+
+def why_document(branch: Obj) -> dict[str, Any]:
+    """`why -o json|yaml`: ``status.merge`` as it is, plus the branch's identity, its phase, one hint per
+    blocking reason (``hints``: reason -> what to do) and the Mergeable condition."""
+    meta, spec, st = branch["metadata"], branch.get("spec") or {}, branch.get("status") or {}
+    merge = dict(st.get("merge") or {})
+    return {**merge, "name": meta["name"], "namespace": meta.get("namespace", ""),
+            "branchName": spec.get("branchName", ""), "targetBranch": spec.get("targetBranch", "main"),
+            "phase": st.get("phase") or "",
+            "hints": {str(r): REASON_HINTS[str(r)] for r in merge.get("reasons") or [] if str(r) in REASON_HINTS},
+            "mergeable": condition(st, "Mergeable")}
 
 
 # ------------------------------------------------------------------------------------------- audit

@@ -37,6 +37,7 @@ from multidict import MultiMapping
 
 from branch_operator.embedded.apiserver.errors import ApiError, bad_request
 from branch_operator.embedded.apiserver.ops import APPLY_PATCH, MERGE_PATCH, PATCH_TYPES, Cluster
+from branch_operator.embedded.apiserver.patch import check_patch_request
 from branch_operator.embedded.apiserver.registry import ResourceType
 from branch_operator.embedded.apiserver.selectors import combine, parse_field_selector, parse_label_selector
 from branch_operator.embedded.apiserver.store import Watcher, dumps
@@ -246,7 +247,9 @@ class EmbeddedApiServer:
         rt = self._rt(group, version, plural)
         if rt is None:
             return []
-        predicate = combine(parse_label_selector(label_selector), parse_field_selector(field_selector))
+        predicate = combine(
+            parse_label_selector(label_selector), parse_field_selector(field_selector, rt.field_labels)
+        )
         return [_copy(self.cluster.raw(rt, s)) for s in self.cluster.select(rt, namespace, predicate)]
 
     def create_object(
@@ -267,10 +270,14 @@ class EmbeddedApiServer:
         *,
         subresource: str | None = None,
         patch_type: str = MERGE_PATCH,
+        field_manager: str | None = None,
     ) -> dict[str, Any]:
         rt = self.cluster.resource(group, version, plural)
         patch = json.loads(dumps(patch))
-        return _copy(self.cluster.patch(rt, namespace, name, patch_type, patch, subresource=subresource).raw)
+        stored = self.cluster.patch(
+            rt, namespace, name, patch_type, patch, subresource=subresource, field_manager=field_manager
+        )
+        return _copy(stored.raw)
 
     def delete_object(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any]:
         rt = self.cluster.resource(group, version, plural)
@@ -384,7 +391,7 @@ class EmbeddedApiServer:
                 return await self._watch(request, rt, namespace, query)
             predicate = combine(
                 parse_label_selector(query.get("labelSelector")),
-                parse_field_selector(query.get("fieldSelector")),
+                parse_field_selector(query.get("fieldSelector"), rt.field_labels),
             )
             limit = _int_param(query, "limit")
             return self._ok(
@@ -399,10 +406,14 @@ class EmbeddedApiServer:
             raise ApiError(405, f"{method} is not supported on collections")
         if method == "PATCH":
             content_type = request.content_type
-            if content_type not in PATCH_TYPES:
-                raise ApiError(415, f"the media type {content_type!r} is not supported for PATCH")
+            field_manager, force = query.get("fieldManager"), query.get("force") in _TRUE
+            # Before the body is read, as the real handler does: a wrong media type is 415 whatever the body.
+            check_patch_request(rt.custom, content_type, field_manager, force)
             patch = _parse(raw_body, content_type)
-            stored = cluster.patch(rt, namespace, name, content_type, patch, subresource=subresource, dry_run=dry_run)
+            stored = cluster.patch(
+                rt, namespace, name, content_type, patch,
+                subresource=subresource, dry_run=dry_run, field_manager=field_manager, force=force,
+            )  # fmt: skip
             return self._ok(stored.raw)
         if method == "PUT":
             body = _parse(raw_body, request.content_type)
@@ -431,7 +442,8 @@ class EmbeddedApiServer:
         self, request: web.BaseRequest, rt: ResourceType, namespace: str | None, query: MultiMapping[str]
     ) -> web.StreamResponse:
         predicate = combine(
-            parse_label_selector(query.get("labelSelector")), parse_field_selector(query.get("fieldSelector"))
+            parse_label_selector(query.get("labelSelector")),
+            parse_field_selector(query.get("fieldSelector"), rt.field_labels),
         )
         timeout = _int_param(query, "timeoutSeconds")
         bookmarks = query.get("allowWatchBookmarks") in _TRUE

@@ -234,3 +234,29 @@ async def test_not_found_already_exists_conflict_as_kubectl_shows_them(
         'branches.oms.dev "a": the object has been modified; please apply your changes to the latest version '
         "and try again",
     )
+
+
+# ------------------------------------------------------------------------------------ protobuf bodies
+
+
+async def test_kubectl_typed_create_commands_send_protobuf(
+    server: EmbeddedApiServer, kubectl: Kubectl, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "ca.pem").write_bytes(b"\x00\xffbinary")
+    commands = [
+        ("create", "namespace", "team", "--save-config"),
+        ("-n", "team", "create", "secret", "generic", "s", "--from-literal=password=p w", "--type=example/x",
+         f"--from-file=ca.crt={tmp_path / 'ca.pem'}"),
+        ("-n", "team", "create", "configmap", "c", "--from-literal=a=1", "--from-literal=b=2"),
+    ]  # fmt: skip
+    for args in commands:
+        rc, out, err = await kubectl(*args)
+        assert rc == 0, (args, err)
+    namespace = server.get_object("", "v1", "namespaces", None, "team")
+    assert namespace is not None and namespace["status"] == {"phase": "Active"}
+    assert "kubectl.kubernetes.io/last-applied-configuration" in namespace["metadata"]["annotations"]
+    secret = server.get_object("", "v1", "secrets", "team", "s")
+    assert secret is not None and secret["type"] == "example/x"
+    assert secret["data"] == {"password": "cCB3", "ca.crt": "AP9iaW5hcnk="}
+    configmap = server.get_object("", "v1", "configmaps", "team", "c")
+    assert configmap is not None and configmap["data"] == {"a": "1", "b": "2"}

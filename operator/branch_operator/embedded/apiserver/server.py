@@ -13,8 +13,8 @@ and ``apiserver_errors``.
 Not emulated: authentication/authorisation, admission webhooks, conversion between versions, field
 ownership of server-side apply (it acts as a merge patch), strategic-merge list semantics (lists are
 replaced), DELETE of collections, ``/openapi`` documents (kubectl needs ``--validate=false``), Table output
-for kubectl (it prints client-side), protobuf bodies (kubectl's typed commands such as ``kubectl create
-configmap`` get 415; ``kubectl apply/create -f`` send JSON and work), CEL rules other than
+for kubectl (it prints client-side), protobuf bodies of other types than Namespace, Secret, ConfigMap (``kubectl create
+deployment`` gets 415; ``kubectl apply/create -f`` send JSON and work), CEL rules other than
 ``self.x == oldSelf.x`` transition rules (skipped with a warning).
 """
 
@@ -38,6 +38,8 @@ from multidict import MultiMapping
 from branch_operator.embedded.apiserver.errors import ApiError, bad_request
 from branch_operator.embedded.apiserver.ops import APPLY_PATCH, MERGE_PATCH, PATCH_TYPES, Cluster
 from branch_operator.embedded.apiserver.patch import check_patch_request
+from branch_operator.embedded.apiserver.protobuf import PROTOBUF
+from branch_operator.embedded.apiserver.protobuf import decode as decode_protobuf
 from branch_operator.embedded.apiserver.registry import ResourceType
 from branch_operator.embedded.apiserver.selectors import combine, parse_field_selector, parse_label_selector
 from branch_operator.embedded.apiserver.store import Watcher, dumps
@@ -543,8 +545,10 @@ def _int_param(query: MultiMapping[str], name: str) -> int:
 def _parse(raw: bytes | None, content_type: str) -> Any:
     if not raw:
         raise bad_request("the request needs a body")
+    if content_type == PROTOBUF:
+        return decode_protobuf(raw)  # kubectl's typed commands (create namespace/secret/configmap)
     if content_type not in _BODY_TYPES:
-        # Protobuf/CBOR (kubectl's typed commands) cannot be decoded without the Go type schemas.
+        # CBOR, and protobuf of the types protobuf.py has no field table for, need the Go type schemas.
         raise ApiError(
             415,
             f"the body of the request was in an unknown format ({content_type}) - "

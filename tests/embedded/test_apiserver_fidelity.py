@@ -250,7 +250,7 @@ async def test_kubectl_typed_create_commands_send_protobuf(
         ("-n", "team", "create", "configmap", "c", "--from-literal=a=1", "--from-literal=b=2"),
     ]  # fmt: skip
     for args in commands:
-        rc, out, err = await kubectl(*args)
+        rc, _, err = await kubectl(*args)
         assert rc == 0, (args, err)
     namespace = server.get_object("", "v1", "namespaces", None, "team")
     assert namespace is not None and namespace["status"] == {"phase": "Active"}

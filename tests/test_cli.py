@@ -48,9 +48,9 @@ def test_crds_command_matches_committed_files(tmp_path: Path) -> None:
 
 
 class DevServer:
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [str(BIN / "branch-operator"), "dev"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [str(BIN / "branch-operator"), "dev", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         self.info: dict[str, str] = {}
@@ -62,7 +62,7 @@ class DevServer:
 
     def wait_info(self, timeout: float = 60) -> dict[str, str]:
         deadline = time.monotonic() + timeout
-        while len(self.info) < 3:
+        while len(self.info) < 4:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.proc.poll() is not None:
                 raise AssertionError(f"dev did not print its endpoints: {self.info}, rc={self.proc.poll()}")
@@ -71,7 +71,7 @@ class DevServer:
             except queue.Empty:
                 continue
             key, _, value = line.partition("=")
-            if key in ("api", "nats", "kubeconfig"):
+            if key in ("api", "nats", "kubeconfig", "export KUBECONFIG"):
                 self.info[key] = value
         return self.info
 
@@ -107,6 +107,7 @@ def _wait_phase(api: k8s.CustomObjectsApi, name: str, phase: str, timeout: float
 def test_dev_publish_and_kubectl_branch_list(dev: dict[str, str]) -> None:
     """The dev workflow of the README: kubernetes client + `branch-operator publish` + `kubectl branch list`."""
     assert dev["api"].startswith("http://") and dev["nats"].startswith("nats://")
+    assert dev["export KUBECONFIG"] == dev["kubeconfig"]
     api = k8s.CustomObjectsApi(k8s_config.new_client_from_config(config_file=dev["kubeconfig"]))
     api.create_namespaced_custom_object("oms.dev", "v1alpha1", "default", "branches", {
         "apiVersion": "oms.dev/v1alpha1", "kind": "Branch", "metadata": {"name": "cli-branch"},
@@ -134,6 +135,38 @@ def test_dev_publish_and_kubectl_branch_list(dev: dict[str, str]) -> None:
 
     all_ns = run(str(BIN / "kubectl-branch"), "--kubeconfig", dev["kubeconfig"], "-A", "list")
     assert all_ns.stdout.splitlines()[0].split()[0] == "NAMESPACE"
+
+
+def test_dev_without_operator_serves_a_separately_run_operator() -> None:
+    """`dev --no-operator` + `branch-operator run` pointed at it, as the README shows."""
+    server = DevServer("--no-operator")
+    operator: subprocess.Popen[str] | None = None
+    try:
+        info = server.wait_info()
+        assert info["export KUBECONFIG"] == info["kubeconfig"]
+        api = k8s.CustomObjectsApi(k8s_config.new_client_from_config(config_file=info["kubeconfig"]))
+        assert api.list_cluster_custom_object("oms.dev", "v1alpha1", "automergepolicies")["items"] == []
+        api.create_namespaced_custom_object("oms.dev", "v1alpha1", "default", "branches", {
+            "apiVersion": "oms.dev/v1alpha1", "kind": "Branch", "metadata": {"name": "solo-branch"},
+            "spec": {"branchName": "feature/solo", "autoMerge": False}})
+        # No operator yet: nothing gives the Branch a phase.
+        assert not (api.get_namespaced_custom_object(
+            "oms.dev", "v1alpha1", "default", "branches", "solo-branch").get("status") or {}).get("phase")
+        env = {**os.environ, "OMS_HEALTH_PORT": "0"}
+        operator = subprocess.Popen(
+            [str(BIN / "branch-operator"), "run", "--kubeconfig", info["kubeconfig"], "--nats", info["nats"]],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        _wait_phase(api, "solo-branch", "ACTIVE", timeout=60)
+        published = run(str(BIN / "branch-operator"), "publish", "started", "feature/solo", "--indexing-id",
+                        "idx-solo", env={**os.environ, "NATS_URL": info["nats"]})
+        assert published.returncode == 0, published.stderr
+        _wait_phase(api, "solo-branch", "LOCKED_FOR_WRITE")
+        operator.send_signal(signal.SIGTERM)
+        assert operator.wait(timeout=30) == 0
+    finally:
+        if operator is not None and operator.poll() is None:
+            operator.kill()
+        assert server.stop() == 0
 
 
 def test_kubectl_branch_without_cluster_fails_clearly(tmp_path: Path) -> None:

@@ -53,10 +53,11 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     async def main() -> None:
         env = EmbeddedEnv(api_port=args.api_port, nats_port=args.nats_port)
         await env.start()
-        operator = OperatorHandle(env.settings(), env.kubeconfig)
+        operator = None if args.no_operator else OperatorHandle(env.settings(), env.kubeconfig)
         stop = asyncio.Event()
         try:
-            await operator.start()
+            if operator is not None:
+                await operator.start()
             # After kopf started: its own signal handlers would stop only the operator, not this command.
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -64,9 +65,15 @@ def _cmd_dev(args: argparse.Namespace) -> int:
             print(f"api={env.api_url}", flush=True)
             print(f"nats={env.nats_url}", flush=True)
             print(f"kubeconfig={env.kubeconfig}", flush=True)
+            print(f"export KUBECONFIG={env.kubeconfig}", flush=True)
+            if operator is None:
+                # The health port defaults to 8080: a second operator on this machine needs its own (or 0).
+                run = f"OMS_HEALTH_PORT=0 branch-operator run --kubeconfig {env.kubeconfig} --nats {env.nats_url}"
+                print(f"# run: {run}", flush=True)
             await stop.wait()
         finally:
-            await operator.stop()
+            if operator is not None:
+                await operator.stop()
             await env.stop()
 
     asyncio.run(main())
@@ -131,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="embedded API server + NATS + operator, kept running")
     dev.add_argument("--api-port", type=int, default=0, help="0 = any free port")
     dev.add_argument("--nats-port", type=int, default=0, help="0 = any free port")
+    dev.add_argument("--no-operator", action="store_true",
+                     help="only the API server (with the CRDs) and NATS: run `branch-operator run` yourself")
     dev.set_defaults(fn=_cmd_dev)
 
     crds = sub.add_parser("crds", help="print the CRDs rendered from the API models")

@@ -14,9 +14,10 @@ What kube-apiserver does and this module copies:
 * transition rules (those naming ``oldSelf``) run only on updates, and only where the old value exists
   (correlated by map key; list elements are not correlated, so transition rules under lists do not run);
 * ratcheting: a rule without ``oldSelf`` does not run on a value that the update left unchanged;
-* failures read ``<path>: Invalid value: "<type>": <message>`` (``Forbidden``/``Required``/``Duplicate``
-  with ``reason``), at the rule's ``fieldPath`` if it has one; ``messageExpression`` wins over
-  ``message``, and falls back to it when it fails; an evaluation error reads
+* failures read ``<path>: Invalid value: "<type>": <message>`` (the cause holds the message without the
+  path; ``Forbidden``/``Required``/``Duplicate`` with ``reason``), at the rule's ``fieldPath`` if it has
+  one; ``messageExpression`` wins over ``message``, and falls back to it when it fails; an evaluation
+  error reads
   ``<path>: Invalid value: "<type>": <error> evaluating rule: <rule>``;
 * no rule runs while the object has blocking schema errors (their causes plus one note saying so).
 """
@@ -48,7 +49,7 @@ BLOCKING_REASONS = frozenset(
 BLOCKED_NOTE = cause(
     "FieldValueInvalid",
     "<nil>",
-    '<nil>: Invalid value: "null": some validation rules were not checked because the object was invalid; '
+    'Invalid value: "null": some validation rules were not checked because the object was invalid; '
     "correct the existing errors to complete validation",
 )
 
@@ -124,12 +125,12 @@ class Rule:
             result = self.program.execute(context)
         except Exception as e:  # The bindings raise KeyError, ValueError, RuntimeError, ZeroDivisionError ...
             detail = f"{_describe(e)} evaluating rule: {self.rule}"
-            return cause("FieldValueInvalid", path, f"{path}: {self._invalid(detail)}")
+            return cause("FieldValueInvalid", path, self._invalid(detail))
         if result is True:
             return None
         if result is not False:
             detail = f"rule did not evaluate to a bool (got {type(result).__name__}) evaluating rule: {self.rule}"
-            return cause("FieldValueInvalid", path, f"{path}: {self._invalid(detail)}")
+            return cause("FieldValueInvalid", path, self._invalid(detail))
         message = self.message
         if self.message_program is not None:
             try:
@@ -140,12 +141,12 @@ class Rule:
                 message = rendered.strip()
         field = f"{path}.{self.field_path}" if self.field_path else path
         if self.reason == "FieldValueForbidden":
-            return cause(self.reason, field, f"{field}: Forbidden: {message}")
+            return cause(self.reason, field, f"Forbidden: {message}")
         if self.reason == "FieldValueRequired":
-            return cause(self.reason, field, f"{field}: Required value: {message}")
+            return cause(self.reason, field, f"Required value: {message}")
         if self.reason == "FieldValueDuplicate":
-            return cause(self.reason, field, f'{field}: Duplicate value: "{self.type_name}"')
-        return cause("FieldValueInvalid", field, f"{field}: {self._invalid(message)}")
+            return cause(self.reason, field, f'Duplicate value: "{self.type_name}"')
+        return cause("FieldValueInvalid", field, self._invalid(message))
 
     def _invalid(self, detail: str) -> str:
         return f'Invalid value: "{self.type_name}": {detail}'

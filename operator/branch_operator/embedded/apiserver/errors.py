@@ -101,13 +101,16 @@ def conflict(plural: str, group: str, name: str, why: str | None = None) -> ApiE
 
 
 def cause(reason: str, field: str, message: str) -> dict[str, str]:
-    """A ``StatusCause``; ``message`` is the whole ``field: ...`` line, as the real server renders it."""
+    """A ``StatusCause``. ``message`` is the error's body without the field (``Required value``), as the real
+    server sends it: kubectl prints ``field: message`` itself, so a field in the message would show twice."""
     return {"reason": reason, "message": message, "field": field}
 
 
 def invalid(kind: str, group: str, name: str, causes: list[dict[str, str]]) -> ApiError:
+    """422 Invalid as ``apierrors.NewInvalid`` builds it: the Status message joins ``field: message`` lines,
+    without repeating identical ones."""
     what = f"{kind}.{group}" if group else kind
-    lines = [c["message"] for c in causes]
+    lines = list(dict.fromkeys(f"{c['field']}: {c['message']}" if c["field"] else c["message"] for c in causes))
     summary = lines[0] if len(lines) == 1 else "[" + ", ".join(lines) + "]"
     details = _details(name, group, kind)
     details["causes"] = causes

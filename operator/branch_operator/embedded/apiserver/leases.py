@@ -80,11 +80,11 @@ def admit_lease(obj: dict[str, Any]) -> dict[str, Any]:
     duration = spec.get("leaseDurationSeconds")
     if duration is not None and duration <= 0:
         causes.append(cause("FieldValueInvalid", "spec.leaseDurationSeconds",
-                            f"spec.leaseDurationSeconds: Invalid value: {duration}: must be greater than 0"))
+                            f"Invalid value: {duration}: must be greater than 0"))
     transitions = spec.get("leaseTransitions")
     if transitions is not None and transitions < 0:
         causes.append(cause("FieldValueInvalid", "spec.leaseTransitions",
-                            f"spec.leaseTransitions: Invalid value: {transitions}: must be greater than or equal to 0"))
+                            f"Invalid value: {transitions}: must be greater than or equal to 0"))
     if causes:
         raise invalid("Lease", "coordination.k8s.io", str((obj.get("metadata") or {}).get("name", "")), causes)
     return {**obj, "spec": spec}

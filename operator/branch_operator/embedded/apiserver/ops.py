@@ -28,16 +28,22 @@ from branch_operator.embedded.apiserver.errors import (
     not_found,
 )
 from branch_operator.embedded.apiserver.leases import admit_lease
-from branch_operator.embedded.apiserver.patch import json_patch, merge_patch, strip_strategic_directives
+from branch_operator.embedded.apiserver.patch import (
+    APPLY_PATCH,
+    JSON_PATCH,
+    MERGE_PATCH,
+    PATCH_TYPES,
+    STRATEGIC_PATCH,
+    check_patch_request,
+    json_patch,
+    merge_patch,
+    strip_strategic_directives,
+)
 from branch_operator.embedded.apiserver.registry import Registry, ResourceType
 from branch_operator.embedded.apiserver.selectors import Predicate
 from branch_operator.embedded.apiserver.store import Key, Stored, Watcher, dumps
 
-MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
-STRATEGIC_PATCH = "application/strategic-merge-patch+json"
-APPLY_PATCH = "application/apply-patch+yaml"
-PATCH_TYPES = frozenset({MERGE_PATCH, JSON_PATCH, STRATEGIC_PATCH, APPLY_PATCH})
+__all__ = ["APPLY_PATCH", "JSON_PATCH", "MERGE_PATCH", "PATCH_TYPES", "STRATEGIC_PATCH", "Cluster"]
 
 # Metadata only the server sets; writes to the main resource cannot change them.
 _SYSTEM_META = (
@@ -174,7 +180,7 @@ class Cluster:
             what, regex = "RFC 1123 subdomain", _SUBDOMAIN
         if not ok:
             message = (
-                f"metadata.name: Invalid value: {json.dumps(name)}: a lowercase {what} must consist of lower case "
+                f"Invalid value: {json.dumps(name)}: a lowercase {what} must consist of lower case "
                 f"alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character "
                 f"(regex used for validation is '{regex}')"
             )
@@ -202,7 +208,7 @@ class Cluster:
         if not name:
             prefix = meta.get("generateName")
             if not prefix or not isinstance(prefix, str):
-                message = "metadata.name: Required value: name or generateName is required"
+                message = "Required value: name or generateName is required"
                 raise invalid(rt.kind, rt.group, "", [cause("FieldValueRequired", "metadata.name", message)])
             for _ in range(16):
                 name = prefix + "".join(random.choices(_GENERATE_ALPHABET, k=5))
@@ -259,7 +265,7 @@ class Cluster:
             )
         if rt.custom and not meta.get("resourceVersion"):
             # Custom resources refuse unconditional updates (AllowUnconditionalUpdate is false for them).
-            message = "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+            message = "Invalid value: 0x0: must be specified for an update"
             raise invalid(rt.kind, rt.group, name, [cause("FieldValueInvalid", "metadata.resourceVersion", message)])
         return self._update(rt, current, body, subresource=subresource, dry_run=dry_run)
 
@@ -273,7 +279,10 @@ class Cluster:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        field_manager: str | None = None,
+        force: bool = False,
     ) -> Stored:
+        check_patch_request(rt.custom, patch_type, field_manager, force)
         current = rt.store.objects.get(self.key(rt, namespace, name))
         if current is None:
             if patch_type == APPLY_PATCH and subresource is None and isinstance(patch, dict):
@@ -284,18 +293,12 @@ class Cluster:
         old = current.obj
         if patch_type == JSON_PATCH:
             candidate = json_patch(old, patch)
-        elif patch_type in (MERGE_PATCH, APPLY_PATCH, STRATEGIC_PATCH):
+        else:
             if not isinstance(patch, dict):
                 raise bad_request("a merge patch must be a JSON object")
             if patch_type == STRATEGIC_PATCH:
                 patch = strip_strategic_directives(patch)
             candidate = merge_patch(old, patch)
-        else:
-            raise ApiError(
-                415,
-                f"the body of the request was in an unknown format - accepted media types include: "
-                f"{', '.join(sorted(PATCH_TYPES))}",
-            )
         if not isinstance(candidate, dict):
             raise ApiError(422, "the patch turned the object into a non-object")
         return self._update(rt, current, candidate, subresource=subresource, dry_run=dry_run)
@@ -342,7 +345,7 @@ class Cluster:
                 added = [f for f in meta.get("finalizers") or () if f not in (old_meta.get("finalizers") or ())]
                 if added:
                     message = (
-                        "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being "
+                        "Forbidden: no new finalizers can be added if the object is being "
                         f"deleted, found new finalizers {json.dumps(added)}"
                     )
                     raise invalid(
@@ -479,7 +482,7 @@ class Cluster:
         _, problems = self.registry.types_from_crd(obj)
         name = _meta(obj).get("name", "")
         if problems:
-            causes = [cause("FieldValueInvalid", field, f"{field}: {msg}") for field, msg in problems]
+            causes = [cause("FieldValueInvalid", field, msg) for field, msg in problems]
             raise invalid(rt.kind, rt.group, name, causes)
         spec = obj["spec"]
         names = dict(spec["names"])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from branch_operator.embedded.apiserver.schema import CompiledSchema, SchemaError
+from branch_operator.embedded.apiserver.selectors import FieldLabels, builtin_field_labels, custom_field_labels
 from branch_operator.embedded.apiserver.store import ObjectStore
 
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
@@ -29,6 +30,7 @@ class ResourceType:
     custom: bool = False  # served from a CRD: schema applies, PUT needs a resourceVersion
     schema: CompiledSchema | None = None
     crd_name: str | None = None
+    field_labels: FieldLabels | None = None  # what ``fieldSelector=`` may name; None: any path
 
     @property
     def api_version(self) -> str:
@@ -118,6 +120,7 @@ class Registry:
                     categories=cats,
                     status_subresource=status,
                     generation=gen,
+                    field_labels=builtin_field_labels(group, plural),
                 )
             )
 
@@ -205,6 +208,7 @@ class Registry:
                     custom=True,
                     schema=schema,
                     crd_name=name,
+                    field_labels=custom_field_labels(version.get("selectableFields")),
                 )
             )
         return (types, []) if not problems else ([], problems)

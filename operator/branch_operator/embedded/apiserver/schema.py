@@ -124,7 +124,7 @@ def _int_or_string(v: Any) -> bool:
 
 
 def _invalid(path: str, value: Any, detail: str) -> Cause:
-    return cause("FieldValueInvalid", path, f"{path}: Invalid value: {_render(value)}: {detail}")
+    return cause("FieldValueInvalid", path, f"Invalid value: {_render(value)}: {detail}")
 
 
 class _Node:
@@ -286,7 +286,7 @@ class _Node:
                         cause(
                             "FieldValueTypeInvalid",
                             path,
-                            f'{path}: Invalid value: "null": {path} in body must be of type {type_name}: "null"',
+                            f'Invalid value: "null": {path} in body must be of type {type_name}: "null"',
                         )
                     )
                 return
@@ -296,7 +296,7 @@ class _Node:
                     cause(
                         "FieldValueTypeInvalid",
                         path,
-                        f'{path}: Invalid value: "{t}": {path} in body must be of type {type_name}: "{t}"',
+                        f'Invalid value: "{t}": {path} in body must be of type {type_name}: "{t}"',
                     )
                 )
                 return
@@ -326,7 +326,7 @@ def _enum_check(enum: list[Any]) -> Validator:
                 cause(
                     "FieldValueNotSupported",
                     path,
-                    f"{path}: Unsupported value: {_render(value)}: supported values: {supported}",
+                    f"Unsupported value: {_render(value)}: supported values: {supported}",
                 )
             )
 
@@ -351,7 +351,7 @@ def _string_check(schema: dict[str, Any], where: str, *, guard: bool) -> Validat
         if guard and value.__class__ is not str:
             return
         if max_length is not None and len(value) > max_length:
-            errs.append(cause("FieldValueTooLong", path, f"{path}: Too long: may not be longer than {max_length}"))
+            errs.append(cause("FieldValueTooLong", path, f"Too long: may not be longer than {max_length}"))
         if min_length is not None and len(value) < min_length:
             errs.append(_invalid(path, value, f"{path} in body should be at least {min_length} chars long"))
         if pattern is not None and not pattern.search(value):
@@ -406,7 +406,7 @@ def _array_check(schema: dict[str, Any], items: _Node | None, *, guard: bool) ->
             errs.append(_invalid(path, value, f"{path} in body should have at least {min_items} items"))
         if max_items is not None and len(value) > max_items:
             errs.append(
-                cause("FieldValueTooMany", path, f"{path}: Too many: {len(value)}: must have at most {max_items} items")
+                cause("FieldValueTooMany", path, f"Too many: {len(value)}: must have at most {max_items} items")
             )
         if validate_item is not None:
             for i, item in enumerate(value):
@@ -417,7 +417,7 @@ def _array_check(schema: dict[str, Any], items: _Node | None, *, guard: bool) ->
                 key = [item.get(k) for k in map_keys] if list_type == "map" and isinstance(item, dict) else item
                 if any(json_equal(key, s) for s in seen):
                     errs.append(
-                        cause("FieldValueDuplicate", f"{path}[{i}]", f"{path}[{i}]: Duplicate value: {_render(key)}")
+                        cause("FieldValueDuplicate", f"{path}[{i}]", f"Duplicate value: {_render(key)}")
                     )
                 seen.append(key)
 
@@ -440,7 +440,7 @@ def _object_check(
         for key in required:
             if key not in value:
                 field = _join(path, key)
-                errs.append(cause("FieldValueRequired", field, f"{field}: Required value"))
+                errs.append(cause("FieldValueRequired", field, "Required value"))
         if min_properties is not None and len(value) < min_properties:
             errs.append(_invalid(path, value, f"{path} in body should have at least {min_properties} properties"))
         if max_properties is not None and len(value) > max_properties:
@@ -448,7 +448,7 @@ def _object_check(
                 cause(
                     "FieldValueTooMany",
                     path,
-                    f"{path}: Too many: {len(value)}: must have at most {max_properties} items",
+                    f"Too many: {len(value)}: must have at most {max_properties} items",
                 )
             )
         if has_children:
@@ -553,7 +553,7 @@ class CompiledSchema:
         errs: list[Cause] = []
         for key in root.required:
             if key not in result:
-                errs.append(cause("FieldValueRequired", key, f"{key}: Required value"))
+                errs.append(cause("FieldValueRequired", key, "Required value"))
         for key, value in result.items():
             if key in ROOT_EXEMPT or (old is not None and old.get(key, _ABSENT) is value):
                 continue

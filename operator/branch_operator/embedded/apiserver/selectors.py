@@ -72,7 +72,7 @@ def parse_label_selector(selector: str | None) -> Predicate | None:
     return matches
 
 
-def _field_value(obj: dict[str, Any], path: list[str]) -> str:
+def _field_value(obj: dict[str, Any], path: tuple[str, ...]) -> str:
     value: Any = obj
     for key in path:
         if not isinstance(value, dict):
@@ -85,19 +85,72 @@ def _field_value(obj: dict[str, Any], path: list[str]) -> str:
     return str(value)
 
 
-def parse_field_selector(selector: str | None) -> Predicate | None:
-    """Equality-based field selectors on any dotted path (``metadata.name``, ``involvedObject.uid``, ...).
+# A field label and the path of the value it selects; ``None`` as a resource's table: any dotted path.
+FieldLabels = dict[str, tuple[str, ...]]
 
-    The real server only allows a per-resource set of fields; accepting any path is a superset.
+_META_FIELDS: FieldLabels = {"metadata.name": ("metadata", "name"), "metadata.namespace": ("metadata", "namespace")}
+_CORE_EVENT_FIELDS: FieldLabels = {
+    **{f"involvedObject.{f}": ("involvedObject", f)
+       for f in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")},
+    "reason": ("reason",),
+    "reportingComponent": ("reportingComponent",),
+    "source": ("source", "component"),
+    "type": ("type",),
+}  # fmt: skip
+_EVENTS_V1_FIELDS: FieldLabels = {
+    **{f"regarding.{f}": ("regarding", f)
+       for f in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")},
+    "reason": ("reason",),
+    "reportingController": ("reportingController",),
+    "type": ("type",),
+}  # fmt: skip
+# Each built-in type's own field labels (its ``ToSelectableFields`` and field label conversion), beyond
+# ``metadata.name``/``metadata.namespace``; other built-ins have only those two.
+_BUILTIN_FIELDS: dict[tuple[str, str], FieldLabels] = {
+    ("", "namespaces"): {"status.phase": ("status", "phase")},
+    ("", "events"): _CORE_EVENT_FIELDS,
+    ("", "secrets"): {"type": ("type",)},
+    ("events.k8s.io", "events"): _EVENTS_V1_FIELDS,
+}
+
+
+def builtin_field_labels(group: str, plural: str) -> FieldLabels:
+    labels = {**_META_FIELDS, **_BUILTIN_FIELDS.get((group, plural), {})}
+    if (group, plural) == ("", "namespaces"):
+        del labels["metadata.namespace"]  # its conversion function knows only these two
+    return labels
+
+
+def custom_field_labels(selectable_fields: Any) -> FieldLabels:
+    """``metadata.name``/``metadata.namespace`` plus the CRD version's ``selectableFields`` (``.spec.color``)."""
+    labels = dict(_META_FIELDS)
+    for entry in selectable_fields or ():
+        json_path = str((entry or {}).get("jsonPath", "")).lstrip(".")
+        if json_path:
+            labels[json_path] = tuple(json_path.split("."))
+    return labels
+
+
+def parse_field_selector(selector: str | None, labels: FieldLabels | None = None) -> Predicate | None:
+    """Equality-based field selectors (``=``, ``==``, ``!=``) on the field labels a resource supports.
+
+    Any other field is refused with the real server's 400; ``labels=None`` allows any dotted path.
     """
     if not selector:
         return None
-    requirements: list[tuple[list[str], bool, str]] = []
+    requirements: list[tuple[tuple[str, ...], bool, str]] = []
     for part in _split_requirements(selector):
         m = _FIELD_RE.match(part)
         if not m:
             raise bad_request(f"invalid field selector: {part.strip()!r}")
-        requirements.append((m["key"].split("."), m["op"] != "!=", m["value"]))
+        key = m["key"]
+        if labels is None:
+            path = tuple(key.split("."))
+        elif (found := labels.get(key)) is not None:
+            path = found
+        else:
+            raise bad_request(f"field label not supported: {key}")
+        requirements.append((path, m["op"] != "!=", m["value"]))
 
     def matches(obj: dict[str, Any]) -> bool:
         return all((_field_value(obj, path) == value) == equal for path, equal, value in requirements)

@@ -19,9 +19,10 @@ webhooks reached through ``clientConfig.service`` (there are no Services; such a
 ``failurePolicy`` decides), conversion between versions, field
 ownership of server-side apply (it acts as a merge patch), strategic-merge list semantics (lists are
 replaced), DELETE of collections, ``/openapi`` documents (kubectl needs ``--validate=false``), Table output
-for kubectl (it prints client-side), protobuf bodies (kubectl's typed commands such as ``kubectl create
-configmap`` get 415; ``kubectl apply/create -f`` send JSON and work), the CEL libraries Kubernetes adds
-beyond strings and sets (lists, regex, quantity, IP, URL), and CEL type checking when a CRD is created.
+for kubectl (it prints client-side), protobuf bodies of other types than Namespace, Secret and ConfigMap
+(``kubectl create deployment`` gets 415; ``kubectl apply/create -f`` send JSON and work), the CEL libraries
+Kubernetes adds beyond strings and sets (lists, regex, quantity, IP, URL), and CEL type checking when a CRD
+is created.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ from multidict import MultiMapping
 from branch_operator.embedded.apiserver import webhooks
 from branch_operator.embedded.apiserver.errors import ApiError, bad_request
 from branch_operator.embedded.apiserver.ops import APPLY_PATCH, MERGE_PATCH, PATCH_TYPES, Cluster
+from branch_operator.embedded.apiserver.patch import check_patch_request
+from branch_operator.embedded.apiserver.protobuf import PROTOBUF
+from branch_operator.embedded.apiserver.protobuf import decode as decode_protobuf
 from branch_operator.embedded.apiserver.registry import ResourceType
 from branch_operator.embedded.apiserver.selectors import combine, parse_field_selector, parse_label_selector
 from branch_operator.embedded.apiserver.store import Stored, Watcher, dumps
@@ -260,7 +264,9 @@ class EmbeddedApiServer:
         rt = self._rt(group, version, plural)
         if rt is None:
             return []
-        predicate = combine(parse_label_selector(label_selector), parse_field_selector(field_selector))
+        predicate = combine(
+            parse_label_selector(label_selector), parse_field_selector(field_selector, rt.field_labels)
+        )
         return [_copy(self.cluster.raw(rt, s)) for s in self.cluster.select(rt, namespace, predicate)]
 
     def create_object(
@@ -281,10 +287,14 @@ class EmbeddedApiServer:
         *,
         subresource: str | None = None,
         patch_type: str = MERGE_PATCH,
+        field_manager: str | None = None,
     ) -> dict[str, Any]:
         rt = self.cluster.resource(group, version, plural)
         patch = json.loads(dumps(patch))
-        return _copy(self.cluster.patch(rt, namespace, name, patch_type, patch, subresource=subresource).raw)
+        stored = self.cluster.patch(
+            rt, namespace, name, patch_type, patch, subresource=subresource, field_manager=field_manager
+        )
+        return _copy(stored.raw)
 
     def delete_object(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any]:
         rt = self.cluster.resource(group, version, plural)
@@ -398,7 +408,7 @@ class EmbeddedApiServer:
                 return await self._watch(request, rt, namespace, query)
             predicate = combine(
                 parse_label_selector(query.get("labelSelector")),
-                parse_field_selector(query.get("fieldSelector")),
+                parse_field_selector(query.get("fieldSelector"), rt.field_labels),
             )
             limit = _int_param(query, "limit")
             return self._ok(
@@ -413,13 +423,17 @@ class EmbeddedApiServer:
             raise ApiError(405, f"{method} is not supported on collections")
         if method == "PATCH":
             content_type = request.content_type
-            if content_type not in PATCH_TYPES:
-                raise ApiError(415, f"the media type {content_type!r} is not supported for PATCH")
+            field_manager, force = query.get("fieldManager"), query.get("force") in _TRUE
+            # Before the body is read, as the real handler does: a wrong media type is 415 whatever the body.
+            check_patch_request(rt.custom, content_type, field_manager, force)
             patch = _parse(raw_body, content_type)
             sub = subresource
             return await self._admitted(
-                query, lambda: cluster.patch(rt, namespace, name, content_type, patch, subresource=sub, dry_run=dry_run)
-            )
+                query, lambda: cluster.patch(
+                    rt, namespace, name, content_type, patch,
+                    subresource=sub, dry_run=dry_run, field_manager=field_manager, force=force,
+                ),
+            )  # fmt: skip
         if method == "PUT":
             body = _parse(raw_body, request.content_type)
             return await self._admitted(
@@ -465,7 +479,8 @@ class EmbeddedApiServer:
         self, request: web.BaseRequest, rt: ResourceType, namespace: str | None, query: MultiMapping[str]
     ) -> web.StreamResponse:
         predicate = combine(
-            parse_label_selector(query.get("labelSelector")), parse_field_selector(query.get("fieldSelector"))
+            parse_label_selector(query.get("labelSelector")),
+            parse_field_selector(query.get("fieldSelector"), rt.field_labels),
         )
         timeout = _int_param(query, "timeoutSeconds")
         bookmarks = query.get("allowWatchBookmarks") in _TRUE
@@ -565,8 +580,10 @@ def _int_param(query: MultiMapping[str], name: str) -> int:
 def _parse(raw: bytes | None, content_type: str) -> Any:
     if not raw:
         raise bad_request("the request needs a body")
+    if content_type == PROTOBUF:
+        return decode_protobuf(raw)  # kubectl's typed commands (create namespace/secret/configmap)
     if content_type not in _BODY_TYPES:
-        # Protobuf/CBOR (kubectl's typed commands) cannot be decoded without the Go type schemas.
+        # CBOR, and protobuf of the types protobuf.py has no field table for, need the Go type schemas.
         raise ApiError(
             415,
             f"the body of the request was in an unknown format ({content_type}) - "

@@ -6,8 +6,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from branch_operator.embedded.apiserver.jsonpath import JsonPathError
 from branch_operator.embedded.apiserver.schema import CompiledSchema, SchemaError
 from branch_operator.embedded.apiserver.store import ObjectStore
+from branch_operator.embedded.apiserver.tables import CrdPrinter, Printer, printer_for
 
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 SUBRESOURCE_VERBS = ["get", "patch", "update"]
@@ -29,6 +31,11 @@ class ResourceType:
     custom: bool = False  # served from a CRD: schema applies, PUT needs a resourceVersion
     schema: CompiledSchema | None = None
     crd_name: str | None = None
+    crd_printer: Printer | None = None  # the CRD version's additionalPrinterColumns
+
+    @property
+    def printer(self) -> Printer:
+        return printer_for(self.group, self.plural, self.crd_printer)
 
     @property
     def api_version(self) -> str:
@@ -181,6 +188,12 @@ class Registry:
                 except SchemaError as e:
                     problems.append((f"spec.versions[{i}].schema.openAPIV3Schema", f"Invalid value: {e}"))
                     continue
+            columns = version.get("additionalPrinterColumns") or []
+            try:
+                printer = CrdPrinter(list(columns))
+            except (JsonPathError, TypeError, ValueError, AttributeError) as e:
+                problems.append((f"spec.versions[{i}].additionalPrinterColumns", f"Invalid value: {e}"))
+                continue
             subresources = version.get("subresources") or {}
             types.append(
                 ResourceType(
@@ -198,6 +211,7 @@ class Registry:
                     custom=True,
                     schema=schema,
                     crd_name=name,
+                    crd_printer=printer,
                 )
             )
         return (types, []) if not problems else ([], problems)

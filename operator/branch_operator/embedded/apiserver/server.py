@@ -8,7 +8,7 @@ is cached), and every buffer that could grow with traffic is bounded.
 The modules beside this one each have one job: ``apiserver_ops`` (write semantics), ``apiserver_store``
 (objects, history, watch fan-out), ``apiserver_registry`` (resources and discovery), ``apiserver_schema``
 (CRD schemas), ``leases`` (what a Lease write must look like), ``apiserver_patch``, ``apiserver_selectors``
-and ``apiserver_errors``.
+and ``apiserver_errors``; ``tables`` (with ``jsonpath``) serves kubectl's Table output.
 
 Not emulated: authentication/authorisation, admission webhooks, conversion between versions, field
 ownership of server-side apply (it acts as a merge patch), strategic-merge list semantics (lists are

@@ -1,191 +1,34 @@
-"""The CRDs' printer columns, evaluated the way the API server and kubectl do, against sample objects.
+"""The CRDs' printer columns as on-call sees them: the real ``kubectl get`` (1.33) against the embedded API
+server with the real CRDs, whose Table output follows kube-apiserver's (tests/embedded/test_apiserver_tables.py).
 
-The embedded API server does not serve Table output (kubectl prints NAME/AGE client-side there), so this
-test re-implements the server's part in miniature: apiextensions' table convertor (JSONPath with missing
-keys allowed, first result only, a typed cell per column type, ``date`` as a human duration) and kubectl's
-printing (upper-case headers, nil cells empty). The JSONPath subset here fails loudly on syntax it does not
-know, so a new column cannot pass by being misread. It then checks that ``kubectl get branches`` shows
-what the README says, and that ``kubectl branch list`` agrees with it.
+The server's clock is pinned (creation times and "now") so the ages are the README's; everything else is
+what kubectl prints from the server's cells.
 """
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import yaml
 
 from branch_operator.api.models import Branch, BranchLock
+from branch_operator.embedded.apiserver import ops, tables
+from branch_operator.embedded.apiserver.server import EmbeddedApiServer
+from branch_operator.embedded.env import install_crds
 from branch_operator.kubectl_branch.render import BRANCH_HEADER, branch_rows
+
+from .embedded.kubectl_run import Kubectl, parse_table
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2025, 6, 26, 10, 35, tzinfo=UTC)
-MISSING = object()
-
-
-# ----------------------------------------------------------------------------- kubectl JSONPath subset
-
-
-_TOKEN = re.compile(r"""\.(?P<field>[A-Za-z_][\w-]*)
-                       |\[\?\(@\.(?P<fpath>[\w.-]+)\s*(?P<op>==|!=)\s*(?P<q>["'])(?P<lit>.*?)(?P=q)\)\]
-                       |\[(?P<index>-?\d+)\]
-                       |\[\*\]""", re.X)
-
-
-def parse_jsonpath(path: str) -> list[tuple[str, Any]]:
-    """``.status.conditions[?(@.type=="Mergeable")].status`` -> steps; anything else is an error."""
-    steps: list[tuple[str, Any]] = []
-    pos = 0
-    while pos < len(path):
-        m = _TOKEN.match(path, pos)
-        if m is None:
-            raise ValueError(f"unsupported JSONPath syntax at {path[pos:]!r} in {path!r}")
-        if m["field"]:
-            steps.append(("field", m["field"]))
-        elif m["fpath"]:
-            steps.append(("filter", (m["fpath"].split("."), m["op"], m["lit"])))
-        elif m["index"] is not None:
-            steps.append(("index", int(m["index"])))
-        else:
-            steps.append(("all", None))
-        pos = m.end()
-    return steps
-
-
-def _get(value: Any, keys: list[str]) -> Any:
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            return MISSING
-        value = value[key]
-    return value
-
-
-def find_results(obj: Any, path: str) -> list[Any]:
-    """client-go's FindResults with AllowMissingKeys(true): the values the path reaches, in order."""
-    current = [obj]
-    for kind, arg in parse_jsonpath(path):
-        nxt: list[Any] = []
-        for value in current:
-            if kind == "field":
-                got = _get(value, [arg])
-                if got is not MISSING:
-                    nxt.append(got)
-            elif kind == "index" and isinstance(value, list) and -len(value) <= arg < len(value):
-                nxt.append(value[arg])
-            elif kind == "all" and isinstance(value, list):
-                nxt.extend(value)
-            elif kind == "filter" and isinstance(value, list):
-                keys, op, lit = arg
-                for item in value:
-                    got = _get(item, keys)
-                    if got is not MISSING and (str(got) == lit) == (op == "=="):
-                        nxt.append(item)
-        current = nxt
-    return current
-
-
-# ------------------------------------------------------------------------------- the server's cells
-
-
-def human_duration(delta: timedelta) -> str:
-    """k8s.io/apimachinery/pkg/util/duration.HumanDuration."""
-    seconds = int(delta.total_seconds())
-    if seconds < -1:
-        return "<invalid>"
-    if seconds < 0:
-        return "0s"
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 10:
-        return f"{minutes}m" if seconds % 60 == 0 else f"{minutes}m{seconds % 60}s"
-    if minutes < 180:
-        return f"{minutes}m"
-    hours = seconds // 3600
-    if hours < 8:
-        return f"{hours}h" if minutes % 60 == 0 else f"{hours}h{minutes % 60}m"
-    if hours < 48:
-        return f"{hours}h"
-    if hours < 24 * 8:
-        return f"{hours // 24}d" if hours % 24 == 0 else f"{hours // 24}d{hours % 24}h"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24}d"
-    return f"{hours // 24 // 365}y"
-
-
-def go_json(value: Any) -> str:
-    """encoding/json.Marshal: compact, non-ASCII kept, and <, >, & escaped as \\u003c, \\u003e, \\u0026."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def cell(column: dict[str, Any], obj: dict[str, Any], now: datetime) -> Any:
-    """apiextensions-apiserver's tableconvertor: first result only; a typed cell, or None."""
-    results = find_results(obj, column["jsonPath"])
-    if not results:
-        return None
-    value = results[0]
-    kind = column["type"]
-    if kind == "string":
-        # jsonpath PrintResults: strings raw, lists/maps as compact JSON (Go's json.Marshal), other scalars in
-        # their JSON/Go spelling.
-        if isinstance(value, list | dict):
-            return go_json(value)
-        return value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
-    if value is None:
-        return None
-    if kind == "integer" and isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    if kind == "number" and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind == "boolean" and isinstance(value, bool):
-        return value
-    if kind == "date" and isinstance(value, str):
-        try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return "<invalid>"
-        return human_duration(now - when)
-    return None
-
-
-def kubectl_text(value: Any) -> str:
-    """kubectl's table printer: nil prints nothing, Go's fmt for the rest (bools lower case)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
-def crd_columns(filename: str) -> list[dict[str, Any]]:
-    crd = yaml.safe_load((ROOT / "crds" / filename).read_text())
-    return list(crd["spec"]["versions"][0]["additionalPrinterColumns"])
-
-
-def kubectl_get(filename: str, objs: list[dict[str, Any]], now: datetime = NOW) -> tuple[list[str], list[list[str]]]:
-    columns = crd_columns(filename)
-    header = ["NAME", *(c["name"].upper() for c in columns)]
-    rows = [[o["metadata"]["name"], *(kubectl_text(cell(c, o, now)) for c in columns)] for o in objs]
-    return header, rows
-
-
-# ------------------------------------------------------------------------------------------ samples
-
-
-def branch(name: str, branch_name: str, status: dict[str, Any] | None = None, age: timedelta = timedelta(minutes=5),
-           ) -> dict[str, Any]:
-    obj = {"apiVersion": "oms.dev/v1alpha1", "kind": "Branch",
-           "metadata": {"name": name, "namespace": "oms", "creationTimestamp": _ts(NOW - age)},
-           "spec": {"branchName": branch_name, "targetBranch": "main", "autoMerge": True}}
-    if status is not None:
-        obj["status"] = status
-        Branch.model_validate(obj)  # the samples are objects the operator could have written
-    return obj
+GROUP, VERSION, NS = "oms.dev", "v1alpha1", "oms"
 
 
 def _ts(when: datetime) -> str:
@@ -196,6 +39,16 @@ def _cond(ctype: str, status: str, reason: str) -> dict[str, Any]:
     return {"type": ctype, "status": status, "reason": reason, "message": "", "lastTransitionTime": _ts(NOW)}
 
 
+def branch(name: str, branch_name: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Branch",
+                           "metadata": {"name": name, "namespace": NS},
+                           "spec": {"branchName": branch_name, "targetBranch": "main", "autoMerge": True}}  # fmt: skip
+    if status is not None:
+        obj["status"] = status
+        Branch.model_validate(obj)  # the samples are objects the operator could have written
+    return obj
+
+
 MERGED = branch("feature-user-schema", "feature/user-schema", {
     "phase": "ACTIVE",
     "indexing": {"indexingId": "idx-123", "recordsIndexed": 1250, "result": "success",
@@ -204,7 +57,7 @@ MERGED = branch("feature-user-schema", "feature/user-schema", {
     "conditions": [_cond("Indexed", "True", "IndexingSucceeded"), _cond("Validated", "True", "ValidationPassed"),
                    _cond("Locked", "False", "LockReleased"), _cond("Mergeable", "False", "Merged")],
     "merge": {"decision": "Merged", "reasons": [], "policy": "default-feature-branches"},
-})
+})  # fmt: skip
 BLOCKED = branch("feature-invalid", "feature/invalid", {
     "phase": "READY",
     "indexing": {"indexingId": "idx-7", "recordsIndexed": 0, "result": "success",
@@ -213,46 +66,116 @@ BLOCKED = branch("feature-invalid", "feature/invalid", {
     # Every reason, not just the first: on-call sees all of them in `kubectl get branches`.
     "merge": {"decision": "Blocked", "reasons": ["ValidationFailed", "InsufficientRecords", "LockHeld"],
               "policy": "default-feature-branches"},
-}, age=timedelta(hours=3, minutes=20))
-NEW = branch("just-created", "feature/new", age=timedelta(seconds=42))
+})  # fmt: skip
+NEW = branch("just-created", "feature/new")
+LOCK = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "BranchLock",
+        "metadata": {"name": "feature-user-schema-write-1a2b", "namespace": NS},
+        "spec": {"branch": "feature-user-schema", "lockType": "WRITE", "holder": "oms-editor", "ttlSeconds": 300},
+        "status": {"acquiredAt": _ts(NOW), "renewedAt": _ts(NOW),
+                   "expiresAt": _ts(NOW + timedelta(minutes=5))}}  # fmt: skip
+POLICY = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "AutoMergePolicy",
+          "metadata": {"name": "default", "namespace": NS}, "spec": {"enabled": True, "priority": 0, "dryRun": False}}
 
 
-def test_kubectl_get_branches_shows_what_the_readme_says() -> None:
-    readme = (ROOT / "README.md").read_text().splitlines()
-    at = next(i for i, line in enumerate(readme) if line.startswith("kubectl get branches"))
-    readme_header, readme_rows = readme[at + 1].split(), [readme[at + 2].split(), readme[at + 3].split()]
-    header, rows = kubectl_get("oms.dev_branches.yaml", [MERGED, BLOCKED])
-    assert header == readme_header
-    # The merged branch, and a blocked READY branch showing every reason it is not merging.
-    assert rows == readme_rows
+class Clock:
+    """The server's clock: what ``creationTimestamp`` is stamped with, and what ages are measured against."""
+
+    def __init__(self) -> None:
+        self.created = NOW
+        self.now = NOW
+
+    def __call__(self) -> str:
+        return _ts(self.created)
 
 
-def test_branch_columns_on_other_objects() -> None:
-    header, rows = kubectl_get("oms.dev_branches.yaml", [BLOCKED, NEW])
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
+    clock = Clock()
+    monkeypatch.setattr(ops, "now_rfc3339", clock)
+    monkeypatch.setattr(tables, "time", SimpleNamespace(time=lambda: clock.now.timestamp()))
+    yield clock
+
+
+@pytest_asyncio.fixture
+async def server(clock: Clock) -> AsyncIterator[EmbeddedApiServer]:
+    async with EmbeddedApiServer() as server:
+        await install_crds(server.url)
+        server.create_object("", "v1", "namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                      "metadata": {"name": NS}})  # fmt: skip
+        yield server
+
+
+def create(server: EmbeddedApiServer, clock: Clock, plural: str, obj: dict[str, Any], age: timedelta) -> None:
+    clock.created = NOW - age
+    body = {k: v for k, v in obj.items() if k != "status"}
+    server.create_object(GROUP, VERSION, plural, body, namespace=NS)
+    if "status" in obj:
+        name = obj["metadata"]["name"]
+        server.patch_object(GROUP, VERSION, plural, NS, name, {"status": obj["status"]}, subresource="status")
+
+
+def readme_block(command: str) -> tuple[list[str], list[list[str]]]:
+    """The example output the README shows after ``command``, as (header, rows)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(command))
+    block = []
+    for line in lines[at + 1 :]:
+        if line.startswith("kubectl ") or line.startswith("```"):
+            break
+        block.append(line)
+    return parse_table("\n".join(block))
+
+
+def by_column(header: list[str], row: list[str]) -> dict[str, str]:
+    return dict(zip(header, row, strict=True))
+
+
+async def test_kubectl_get_branches_shows_what_the_readme_says(
+    server: EmbeddedApiServer, clock: Clock, tmp_path: Path
+) -> None:
+    create(server, clock, "branches", MERGED, timedelta(minutes=5))
+    create(server, clock, "branches", BLOCKED, timedelta(hours=3, minutes=20))
+    readme_header, readme_rows = readme_block("kubectl get branches")
+    assert len(readme_rows) == 2
+    kubectl = Kubectl(server, tmp_path, namespace=NS)
+    for resource in ("branches", "br"):
+        header, rows = parse_table(await kubectl("get", resource, "--sort-by=.status.phase"))
+        assert header == readme_header
+        # The merged branch, and a blocked READY branch showing every reason it is not merging.
+        assert rows == readme_rows
+
+
+async def test_branch_columns_on_other_objects(server: EmbeddedApiServer, clock: Clock, tmp_path: Path) -> None:
+    create(server, clock, "branches", BLOCKED, timedelta(hours=3, minutes=20))
+    create(server, clock, "branches", NEW, timedelta(seconds=42))
+    header, rows = parse_table(await Kubectl(server, tmp_path, namespace=NS)("get", "branches"))
     assert header == ["NAME", "BRANCH", "PHASE", "RECORDS", "VALID", "MERGEABLE", "REASONS", "AGE"]
     # 0 records and a failed validation are values, not blanks; a blocked branch shows every reason.
     assert rows[0] == ["feature-invalid", "feature/invalid", "READY", "0", "false", "False",
-                       '["ValidationFailed","InsufficientRecords","LockHeld"]', "3h20m"]
+                       '["ValidationFailed","InsufficientRecords","LockHeld"]', "3h20m"]  # fmt: skip
     # Not yet initialised by the operator: only what the spec and metadata say.
     assert rows[1] == ["just-created", "feature/new", "", "", "", "", "", "42s"]
+
+
+def crd_columns(filename: str) -> list[dict[str, Any]]:
+    crd = yaml.safe_load((ROOT / "crds" / filename).read_text())
+    return list(crd["spec"]["versions"][0]["additionalPrinterColumns"])
 
 
 def test_branch_column_types_and_paths_match_the_model() -> None:
     columns = {c["name"]: c for c in crd_columns("oms.dev_branches.yaml")}
     assert {n: (c["type"], c["jsonPath"]) for n, c in columns.items()} == {
-        c["name"]: (c["type"], c["jsonPath"]) for c in Branch.PRINTER_COLUMNS}
-    # A typed cell only shows when the value has that type: each column's JSON type must match.
-    assert cell(columns["Records"], MERGED, NOW) == 1250
-    assert cell(columns["Valid"], MERGED, NOW) is True
-    assert cell(columns["Mergeable"], BLOCKED, NOW) == "False"
-    assert cell(columns["Reasons"], BLOCKED, NOW) == '["ValidationFailed","InsufficientRecords","LockHeld"]'
-    assert cell(columns["Reasons"], MERGED, NOW) == "[]"
-    assert cell(columns["Reasons"], NEW, NOW) is None
+        c["name"]: (c["type"], c["jsonPath"]) for c in Branch.PRINTER_COLUMNS
+    }
 
 
-def test_kubectl_branch_list_agrees_with_kubectl_get() -> None:
-    objs = sorted([MERGED, BLOCKED, NEW], key=lambda o: o["metadata"]["name"])  # the API server lists by name
-    header, rows = kubectl_get("oms.dev_branches.yaml", objs)
+async def test_kubectl_branch_list_agrees_with_kubectl_get(
+    server: EmbeddedApiServer, clock: Clock, tmp_path: Path
+) -> None:
+    for obj, age in ((MERGED, timedelta(minutes=5)), (BLOCKED, timedelta(hours=1)), (NEW, timedelta(seconds=1))):
+        create(server, clock, "branches", obj, age)
+    header, rows = parse_table(await Kubectl(server, tmp_path, namespace=NS)("get", "branches"))
+    objs = server.list_objects(GROUP, VERSION, "branches", NS)
     plugin_rows = branch_rows(objs, [], all_namespaces=False, now=NOW)
     shared = [h for h in header if h in BRANCH_HEADER and h != "AGE"]
     assert "REASONS" in shared
@@ -260,38 +183,33 @@ def test_kubectl_branch_list_agrees_with_kubectl_get() -> None:
         assert [get_row[header.index(h)] for h in shared] == [list_row[BRANCH_HEADER.index(h)] for h in shared]
 
 
-def test_branchlock_and_policy_columns() -> None:
-    lock = {"apiVersion": "oms.dev/v1alpha1", "kind": "BranchLock",
-            "metadata": {"name": "feature-user-schema-write-1a2b", "namespace": "oms",
-                         "creationTimestamp": _ts(NOW - timedelta(minutes=2, seconds=30))},
-            "spec": {"branch": "feature-user-schema", "lockType": "WRITE", "holder": "oms-editor", "ttlSeconds": 300},
-            "status": {"acquiredAt": _ts(NOW), "renewedAt": _ts(NOW), "expiresAt": _ts(NOW + timedelta(minutes=5))}}
-    BranchLock.model_validate(lock)
-    header, rows = kubectl_get("oms.dev_branchlocks.yaml", [lock])
+async def test_branchlock_and_policy_columns(server: EmbeddedApiServer, clock: Clock, tmp_path: Path) -> None:
+    BranchLock.model_validate(LOCK)
+    create(server, clock, "branchlocks", LOCK, timedelta(minutes=2, seconds=30))
+    create(server, clock, "automergepolicies", POLICY, timedelta(days=3, hours=4))
+    kubectl = Kubectl(server, tmp_path, namespace=NS)
+
+    header, rows = parse_table(await kubectl("get", "brl", "-l", "oms.dev/branch!=nothing"))
     assert header == ["NAME", "BRANCH", "TYPE", "HOLDER", "TTL", "EXPIRES", "AGE"]
-    assert rows == [["feature-user-schema-write-1a2b", "feature-user-schema", "WRITE", "oms-editor", "300",
-                     _ts(NOW + timedelta(minutes=5)), "2m30s"]]
-    policy = {"metadata": {"name": "default", "creationTimestamp": _ts(NOW - timedelta(days=3, hours=4))},
-              "spec": {"enabled": True, "priority": 0, "dryRun": False}}
-    header, rows = kubectl_get("oms.dev_automergepolicies.yaml", [policy])
-    assert header[:4] == ["NAME", "ENABLED", "PRIORITY", "DRYRUN"]
-    assert rows[0][:4] == ["default", "true", "0", "false"] and rows[0][-1] == "3d4h"
+    lock = by_column(header, rows[0])
+    assert lock == {
+        "NAME": "feature-user-schema-write-1a2b", "BRANCH": "feature-user-schema", "TYPE": "WRITE",
+        "HOLDER": "oms-editor", "TTL": "300", "EXPIRES": _ts(NOW + timedelta(minutes=5)), "AGE": "2m30s"}  # fmt: skip
+
+    header, rows = parse_table(await kubectl("get", "amp"))
+    assert header == ["NAME", "ENABLED", "PRIORITY", "DRYRUN", "ACCEPTED", "MATCHED", "AGE"]
+    # Not yet reconciled: no Accepted condition, no match count — empty cells, not zeros.
+    assert rows == [["default", "true", "0", "false", "", "", "3d4h"]]
 
 
-@pytest.mark.parametrize("path", [crd for crd in ("oms.dev_branches.yaml", "oms.dev_branchlocks.yaml",
-                                                  "oms.dev_automergepolicies.yaml")])
-def test_every_column_path_is_understood(path: str) -> None:
-    for column in crd_columns(path):
-        assert parse_jsonpath(column["jsonPath"]), column
-
-
-def test_jsonpath_subset() -> None:
-    obj = {"a": {"list": [{"type": "X", "v": 1}, {"type": "Y", "v": 2}, {"type": "Y", "v": 3}]}}
-    assert find_results(obj, '.a.list[?(@.type=="Y")].v') == [2, 3]
-    assert find_results(obj, ".a.list[0].v") == [1]
-    assert find_results(obj, ".a.list[*].type") == ["X", "Y", "Y"]
-    assert find_results(obj, ".a.missing.deeper") == []
-    with pytest.raises(ValueError, match="unsupported"):
-        parse_jsonpath(".a..b")
-    assert human_duration(timedelta(minutes=5)) == "5m" and human_duration(timedelta(minutes=7, seconds=5)) == "7m5s"
-    assert human_duration(timedelta(hours=30)) == "30h" and human_duration(timedelta(days=400)) == "400d"
+async def test_kubectl_get_oms_prints_every_kind_with_its_columns(
+    server: EmbeddedApiServer, clock: Clock, tmp_path: Path
+) -> None:
+    create(server, clock, "branches", MERGED, timedelta(minutes=5))
+    create(server, clock, "branchlocks", LOCK, timedelta(minutes=1))
+    create(server, clock, "automergepolicies", POLICY, timedelta(minutes=1))
+    out = await Kubectl(server, tmp_path, namespace=NS)("get", "oms")
+    headers = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines() if line.startswith("NAME")]
+    assert sorted(h[:3] for h in headers) == [["NAME", "BRANCH", "PHASE"], ["NAME", "BRANCH", "TYPE"],
+                                              ["NAME", "ENABLED", "PRIORITY"]]  # fmt: skip
+    assert "branch.oms.dev/feature-user-schema" in out and "ACTIVE" in out

@@ -6,9 +6,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from branch_operator.embedded.apiserver.jsonpath import JsonPathError
 from branch_operator.embedded.apiserver.schema import CompiledSchema, SchemaError
 from branch_operator.embedded.apiserver.selectors import FieldLabels, builtin_field_labels, custom_field_labels
 from branch_operator.embedded.apiserver.store import ObjectStore
+from branch_operator.embedded.apiserver.tables import CrdPrinter, Printer, printer_for
 
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 SUBRESOURCE_VERBS = ["get", "patch", "update"]
@@ -31,6 +33,11 @@ class ResourceType:
     schema: CompiledSchema | None = None
     crd_name: str | None = None
     field_labels: FieldLabels | None = None  # what ``fieldSelector=`` may name; None: any path
+    crd_printer: Printer | None = None  # the CRD version's additionalPrinterColumns
+
+    @property
+    def printer(self) -> Printer:
+        return printer_for(self.group, self.plural, self.crd_printer)
 
     @property
     def api_version(self) -> str:
@@ -191,6 +198,12 @@ class Registry:
                     else:
                         problems.append((f"spec.versions[{i}].schema.openAPIV3Schema", f"Invalid value: {e}"))
                     continue
+            columns = version.get("additionalPrinterColumns") or []
+            try:
+                printer = CrdPrinter(list(columns))
+            except (JsonPathError, TypeError, ValueError, AttributeError) as e:
+                problems.append((f"spec.versions[{i}].additionalPrinterColumns", f"Invalid value: {e}"))
+                continue
             subresources = version.get("subresources") or {}
             types.append(
                 ResourceType(
@@ -209,6 +222,7 @@ class Registry:
                     schema=schema,
                     crd_name=name,
                     field_labels=custom_field_labels(version.get("selectableFields")),
+                    crd_printer=printer,
                 )
             )
         return (types, []) if not problems else ([], problems)

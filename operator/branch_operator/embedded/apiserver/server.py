@@ -9,20 +9,19 @@ The modules beside this one each have one job: ``apiserver_ops`` (write semantic
 (objects, history, watch fan-out), ``apiserver_registry`` (resources and discovery), ``apiserver_schema``
 (CRD schemas), ``cel`` (their ``x-kubernetes-validations`` rules), ``admission`` and ``webhooks`` (validating
 admission webhooks: which writes they see, and the HTTPS calls), ``leases`` (what a Lease write must look
-like), ``apiserver_patch``, ``apiserver_selectors`` and ``apiserver_errors``.
+like), ``apiserver_patch``, ``apiserver_selectors`` and ``apiserver_errors``; ``tables`` (with
+``jsonpath``) serves kubectl's Table output.
 
 Every create, update, patch and delete the HTTP API receives passes through ``_admitted``, the one admission
 point; the in-process helpers (``create_object`` ...) bypass webhooks.
 
 Not emulated: authentication/authorisation (webhooks see ``system:admin``), mutating admission webhooks,
 webhooks reached through ``clientConfig.service`` (there are no Services; such a call fails, and
-``failurePolicy`` decides), conversion between versions, field
-ownership of server-side apply (it acts as a merge patch), strategic-merge list semantics (lists are
-replaced), DELETE of collections, ``/openapi`` documents (kubectl needs ``--validate=false``), Table output
-for kubectl (it prints client-side), protobuf bodies of other types than Namespace, Secret and ConfigMap
-(``kubectl create deployment`` gets 415; ``kubectl apply/create -f`` send JSON and work), the CEL libraries
-Kubernetes adds beyond strings and sets (lists, regex, quantity, IP, URL), and CEL type checking when a CRD
-is created.
+``failurePolicy`` decides), conversion between versions, field ownership of server-side apply (it acts as
+a merge patch), strategic-merge list semantics (lists are replaced), DELETE of collections, protobuf bodies
+of other types than Namespace, Secret and ConfigMap (``kubectl create deployment`` gets 415; ``kubectl
+apply/create -f`` send JSON and work), the CEL libraries Kubernetes adds beyond strings and sets (lists,
+regex, quantity, IP, URL), and CEL type checking when a CRD is created.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ import pathlib
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +51,7 @@ from branch_operator.embedded.apiserver.protobuf import decode as decode_protobu
 from branch_operator.embedded.apiserver.registry import ResourceType
 from branch_operator.embedded.apiserver.selectors import combine, parse_field_selector, parse_label_selector
 from branch_operator.embedded.apiserver.store import Stored, Watcher, dumps
+from branch_operator.embedded.apiserver.tables import TableWatch, include_object, list_table, negotiate, object_table
 
 __all__ = ["EmbeddedApiServer", "RequestRecord"]
 
@@ -402,18 +402,25 @@ class EmbeddedApiServer:
         cluster = self.cluster
 
         if method == "GET":
+            # Only kubectl's human-readable output asks for Tables: plain JSON pays one substring test.
+            accept = request.headers.get("Accept")
+            as_table = negotiate(accept) if accept and "as=Table" in accept else None
             if name is not None:
-                return self._ok(cluster.raw(rt, cluster.get(rt, namespace, name)))
+                raw = cluster.raw(rt, cluster.get(rt, namespace, name))
+                if as_table is not None:
+                    raw = object_table(rt.printer, raw, version=as_table, include=query.get("includeObject"))
+                return self._ok(raw)
             if query.get("watch") in _TRUE:
-                return await self._watch(request, rt, namespace, query)
+                return await self._watch(request, rt, namespace, query, as_table)
             predicate = combine(
                 parse_label_selector(query.get("labelSelector")),
                 parse_field_selector(query.get("fieldSelector"), rt.field_labels),
             )
             limit = _int_param(query, "limit")
-            return self._ok(
-                cluster.list_raw(rt, namespace, predicate, limit=limit, continue_token=query.get("continue"))
-            )
+            raw = cluster.list_raw(rt, namespace, predicate, limit=limit, continue_token=query.get("continue"))
+            if as_table is not None:
+                raw = list_table(rt.printer, raw, version=as_table, include=query.get("includeObject"))
+            return self._ok(raw)
         if method == "POST":
             if name is not None or (rt.namespaced and namespace is None):
                 raise ApiError(405, f"POST is not supported on {path}")
@@ -476,8 +483,16 @@ class EmbeddedApiServer:
     # ----------------------------------------------------------------------------------------- watches
 
     async def _watch(
-        self, request: web.BaseRequest, rt: ResourceType, namespace: str | None, query: MultiMapping[str]
+        self,
+        request: web.BaseRequest,
+        rt: ResourceType,
+        namespace: str | None,
+        query: MultiMapping[str],
+        as_table: str | None = None,
     ) -> web.StreamResponse:
+        tables = None
+        if as_table is not None:
+            tables = TableWatch(rt.printer, version=as_table, include=include_object(query.get("includeObject")))
         predicate = combine(
             parse_label_selector(query.get("labelSelector")),
             parse_field_selector(query.get("fieldSelector"), rt.field_labels),
@@ -495,20 +510,21 @@ class EmbeddedApiServer:
         self._record(request, 200, None)
         response = web.StreamResponse(headers={"Content-Type": _JSON, "Cache-Control": "no-cache"})
         response.enable_chunked_encoding()
+        write = response.write if tables is None else _encoding_writer(response, tables.encode)
         try:
             await response.prepare(request)
             if lines:
-                await response.write(b"".join(lines))
+                await write(b"".join(lines))
             if watcher is None:
                 return response  # The 410 Gone error event was the whole answer.
             deadline = asyncio.get_running_loop().time() + timeout if timeout else None
             try:
                 async with asyncio.timeout_at(deadline):
-                    await self._pump(response, watcher, rt if bookmarks else None)
+                    await self._pump(write, watcher, rt if bookmarks else None)
             except TimeoutError:
                 # Like the real server: a last bookmark so the client resumes from the newest version.
                 if bookmarks:
-                    await response.write(self.cluster.bookmark_line(rt))
+                    await write(self.cluster.bookmark_line(rt))
             with contextlib.suppress(ConnectionError):
                 await response.write_eof()
         except ConnectionError:
@@ -518,7 +534,9 @@ class EmbeddedApiServer:
                 self.cluster.close_watch(rt, watcher)
         return response
 
-    async def _pump(self, response: web.StreamResponse, watcher: Watcher, bookmarks_for: ResourceType | None) -> None:
+    async def _pump(
+        self, write: Callable[[bytes], Awaitable[None]], watcher: Watcher, bookmarks_for: ResourceType | None
+    ) -> None:
         queue = watcher.queue
         interval = self.bookmark_interval if bookmarks_for is not None else 0.0
         while True:
@@ -530,14 +548,14 @@ class EmbeddedApiServer:
                         line = await queue.get()
                 except TimeoutError:
                     assert bookmarks_for is not None
-                    await response.write(self.cluster.bookmark_line(bookmarks_for))
+                    await write(self.cluster.bookmark_line(bookmarks_for))
                     continue
             else:
                 line = await queue.get()
             if line is None:
                 return
             if queue.empty():
-                await response.write(line)
+                await write(line)
             else:
                 # Catch up in one write: a burst of events costs one syscall, not one per event.
                 batch = [line]
@@ -548,11 +566,20 @@ class EmbeddedApiServer:
                         ended = True
                         break
                     batch.append(item)
-                await response.write(b"".join(batch))
+                await write(b"".join(batch))
                 if ended:
                     return
             if watcher.closed and queue.empty():
                 return  # Cut off for lagging: the client resumes from the last version it got.
+
+
+def _encoding_writer(
+    response: web.StreamResponse, encode: Callable[[bytes], bytes]
+) -> Callable[[bytes], Awaitable[None]]:
+    async def write(data: bytes) -> None:
+        await response.write(encode(data))
+
+    return write
 
 
 def server_sockets(site: web.TCPSite) -> list[Any]:

@@ -204,7 +204,7 @@ async def test_allowed_writes_send_the_review_and_return_its_warnings(
     # kubectl prints the warnings.
     manifest = tmp_path / "b.yaml"
     manifest.write_text(json.dumps(branch("kb")))
-    code, out, err = await _kubectl(server, tmp_path, "apply", "--validate=false", "-f", str(manifest))
+    code, out, err = await _kubectl(server, tmp_path, "apply", "-f", str(manifest))
     assert code == 0 and "created" in out
     assert 'Warning: spec.autoMerge is "deprecated"\n' in err
 
@@ -227,7 +227,7 @@ async def test_a_denial_reaches_kubectl_in_the_servers_words(
     assert status == 400 and "reason" not in body
     manifest = tmp_path / "b.yaml"
     manifest.write_text(json.dumps(branch("kb")))
-    code, _, err = await _kubectl(server, tmp_path, "apply", "--validate=false", "-f", str(manifest))
+    code, _, err = await _kubectl(server, tmp_path, "apply", "-f", str(manifest))
     assert code == 1
     assert err == (
         f'Error from server: error when creating "{manifest}": '

@@ -197,7 +197,7 @@ async def test_kubectl_apply_of_an_object_a_rule_refuses(
     )
     assert KUBECTL is not None
     proc = await asyncio.create_subprocess_exec(
-        KUBECTL, "--kubeconfig", str(kubeconfig), "apply", "--validate=false", "-f", str(manifest),
+        KUBECTL, "--kubeconfig", str(kubeconfig), "apply", "-f", str(manifest),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={"HOME": str(tmp_path)},
     )  # fmt: skip
     _, err = await asyncio.wait_for(proc.communicate(), 30)

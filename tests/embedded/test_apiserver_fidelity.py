@@ -118,7 +118,7 @@ async def test_apply_patch_needs_a_field_manager(branches: Api, kubectl: Kubectl
     assert status == 422 and body["message"].endswith("force: Forbidden: may not be specified for non-apply patch")
     manifest = tmp_path / "a.json"
     manifest.write_text(json.dumps(branch("a")))
-    rc, out, err = await kubectl("apply", "--server-side", "--validate=false", "-f", str(manifest))
+    rc, out, err = await kubectl("apply", "--server-side", "-f", str(manifest))
     assert (rc, out.strip()) == (0, "branch.oms.dev/a serverside-applied"), err
 
 
@@ -203,7 +203,7 @@ async def test_immutable_field_message_as_kubectl_and_the_official_client_show_i
 async def test_schema_errors_as_kubectl_shows_them(branches: Api, kubectl: Kubectl, tmp_path: pathlib.Path) -> None:
     manifest = tmp_path / "bad.json"
     manifest.write_text(json.dumps(branch("a", "Bad Name", priority=11)))
-    rc, _, err = await kubectl("create", "--validate=false", "-f", str(manifest))
+    rc, _, err = await kubectl("create", "-f", str(manifest))
     assert rc == 1
     assert err == (
         'The Branch "a" is invalid: \n'
@@ -219,15 +219,15 @@ async def test_not_found_already_exists_conflict_as_kubectl_shows_them(
     assert (rc, err) == (1, 'Error from server (NotFound): branches.oms.dev "nope" not found')
     manifest = tmp_path / "a.json"
     manifest.write_text(json.dumps(branch("a")))
-    assert (await kubectl("create", "--validate=false", "-f", str(manifest)))[0] == 0
-    rc, _, err = await kubectl("create", "--validate=false", "-f", str(manifest))
+    assert (await kubectl("create", "-f", str(manifest)))[0] == 0
+    rc, _, err = await kubectl("create", "-f", str(manifest))
     assert (rc, err) == (
         1,
         f'Error from server (AlreadyExists): error when creating "{manifest}": branches.oms.dev "a" already exists',
     )
     stale = {**branch("a"), "metadata": {"name": "a", "resourceVersion": "1"}}
     manifest.write_text(json.dumps(stale))
-    rc, _, err = await kubectl("replace", "--validate=false", "-f", str(manifest))
+    rc, _, err = await kubectl("replace", "-f", str(manifest))
     assert (rc, err) == (
         1,
         f'Error from server (Conflict): error when replacing "{manifest}": Operation cannot be fulfilled on '

@@ -45,8 +45,8 @@ async def test_kubectl_get_apply_patch_delete(server: EmbeddedApiServer, api: Ap
     resources = await kubectl("api-resources", "--api-group=oms.dev")
     assert "branches" in resources and "br" in resources
     # OpenAPI documents are not served, so client-side validation is off.
-    assert "created" in await kubectl("apply", "--validate=false", "-f", str(manifest))
-    assert "unchanged" in await kubectl("apply", "--validate=false", "-f", str(manifest))
+    assert "created" in await kubectl("apply", "-f", str(manifest))
+    assert "unchanged" in await kubectl("apply", "-f", str(manifest))
     await kubectl("patch", "br", "kb", "--type=merge", "-p", '{"spec":{"autoMerge":false}}')
     await kubectl("patch", "br", "kb", "--subresource=status", "--type=merge", "-p", '{"status":{"phase":"READY"}}')
     obj = json.loads(await kubectl("get", "branch", "kb", "-o", "json"))

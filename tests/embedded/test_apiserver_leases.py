@@ -166,19 +166,19 @@ async def test_kubectl_get_apply_and_stale_replace(server: EmbeddedApiServer, tm
 
     manifest = tmp_path / "lease.yaml"
     manifest.write_text(LEASE_YAML)
-    assert "created" in await kubectl("apply", "--validate=false", "-f", str(manifest))
-    assert "unchanged" in await kubectl("apply", "--validate=false", "-f", str(manifest))
+    assert "created" in await kubectl("apply", "-f", str(manifest))
+    assert "unchanged" in await kubectl("apply", "-f", str(manifest))
     assert "kl" in await kubectl("get", "leases")
     assert "leases" in await kubectl("api-resources", f"--api-group={GROUP}")
     first = json.loads(await kubectl("get", "lease", "kl", "-o", "json"))
     assert first["spec"]["holderIdentity"] == "replica-a"
     manifest.write_text(LEASE_YAML.replace("replica-a", "replica-b"))
-    assert "configured" in await kubectl("apply", "--validate=false", "-f", str(manifest))
+    assert "configured" in await kubectl("apply", "-f", str(manifest))
     assert json.loads(await kubectl("get", "lease", "kl", "-o", "json"))["spec"]["holderIdentity"] == "replica-b"
     # A replace carrying the resourceVersion read before the apply: the server refuses it.
     stale = tmp_path / "stale.json"
     stale.write_text(json.dumps({**first, "spec": {**first["spec"], "holderIdentity": "replica-c"}}))
-    error = await kubectl("replace", "--validate=false", "-f", str(stale), ok=False)
+    error = await kubectl("replace", "-f", str(stale), ok=False)
     assert "Conflict" in error and "the object has been modified" in error, error
     lease_now = server.get_object(GROUP, "v1", "leases", "default", "kl")
     assert lease_now is not None and lease_now["spec"]["holderIdentity"] == "replica-b"

@@ -31,6 +31,7 @@ class ResourceType:
     generation: bool = False  # whether objects carry metadata.generation
     custom: bool = False  # served from a CRD: schema applies, PUT needs a resourceVersion
     schema: CompiledSchema | None = None
+    schema_doc: dict[str, Any] | None = None  # the CRD version's openAPIV3Schema, for /openapi
     crd_name: str | None = None
     field_labels: FieldLabels | None = None  # what ``fieldSelector=`` may name; None: any path
     crd_printer: Printer | None = None  # the CRD version's additionalPrinterColumns
@@ -113,6 +114,7 @@ class Registry:
         self.by_gv: dict[tuple[str, str], dict[str, ResourceType]] = {}
         self.stores: dict[tuple[str, str], ObjectStore] = {}
         self.crds: dict[str, list[ResourceType]] = {}
+        self.revision = 0  # counts changes of the served types (what /openapi documents describe)
         for group, version, plural, singular, kind, namespaced, short, cats, status, gen in _BUILTINS:
             self.add(
                 ResourceType(
@@ -220,6 +222,7 @@ class Registry:
                     generation=True,
                     custom=True,
                     schema=schema,
+                    schema_doc=schema_doc if isinstance(schema_doc, dict) else None,
                     crd_name=name,
                     field_labels=custom_field_labels(version.get("selectableFields")),
                     crd_printer=printer,
@@ -237,6 +240,7 @@ class Registry:
             self.add(rt)
         self.crds[name] = types
         self._drop_empty_group_versions()
+        self.revision += 1
 
     def unregister_crd(self, name: str) -> None:
         types = self.crds.pop(name, [])
@@ -245,6 +249,7 @@ class Registry:
         if types:
             self._drop_store(types[0].group, types[0].plural)
         self._drop_empty_group_versions()
+        self.revision += 1
 
     def _drop_store(self, group: str, plural: str) -> None:
         store = self.stores.pop((group, plural), None)

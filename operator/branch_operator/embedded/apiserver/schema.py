@@ -569,3 +569,39 @@ class CompiledSchema:
                 )
                 errs.extend(cel.evaluate(self.rules, result, old, untouched))
         return result, errs
+
+
+def unknown_fields(schema: CompiledSchema, obj: Any) -> list[str]:
+    """The paths (``spec.tags[0].x``) of ``obj``'s fields the schema does not declare: what pruning would
+    drop, and what ``fieldValidation=Strict`` refuses. Walked only when a client asks for field validation,
+    so the write path pays nothing otherwise."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        root = schema.root
+        for key, value in obj.items():
+            if key in ROOT_EXEMPT:
+                continue
+            _unknown(root, key, value, key, found)
+    return found
+
+
+def _unknown(parent: _Node, key: str, value: Any, path: str, found: list[str]) -> None:
+    child = (parent.properties or {}).get(key, parent.additional)
+    if child is None:
+        if not parent.keep_unknown:
+            found.append(path)
+        return
+    _unknown_in(child, value, path, found)
+
+
+def _unknown_in(node: _Node, value: Any, path: str, found: list[str]) -> None:
+    if node.keep_unknown:
+        return
+    if isinstance(value, dict) and (node.properties is not None or node.additional is not None):
+        for key, item in value.items():
+            _unknown(node, key, item, f"{path}.{key}", found)
+    elif isinstance(value, dict) and node.items is None:
+        found.extend(f"{path}.{key}" for key in value)  # an object with no declared fields keeps none
+    elif isinstance(value, list) and node.items is not None:
+        for i, item in enumerate(value):
+            _unknown_in(node.items, item, f"{path}[{i}]", found)

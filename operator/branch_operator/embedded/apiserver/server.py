@@ -34,7 +34,7 @@ import pathlib
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +44,13 @@ from multidict import MultiMapping
 
 from branch_operator.embedded.apiserver import webhooks
 from branch_operator.embedded.apiserver.errors import ApiError, bad_request
-from branch_operator.embedded.apiserver.ops import APPLY_PATCH, MERGE_PATCH, PATCH_TYPES, Cluster
+from branch_operator.embedded.apiserver.openapi import OpenApiDocuments
+from branch_operator.embedded.apiserver.ops import APPLY_PATCH, JSON_PATCH, MERGE_PATCH, PATCH_TYPES, Cluster
 from branch_operator.embedded.apiserver.patch import check_patch_request
 from branch_operator.embedded.apiserver.protobuf import PROTOBUF
 from branch_operator.embedded.apiserver.protobuf import decode as decode_protobuf
 from branch_operator.embedded.apiserver.registry import ResourceType
+from branch_operator.embedded.apiserver.schema import unknown_fields
 from branch_operator.embedded.apiserver.selectors import combine, parse_field_selector, parse_label_selector
 from branch_operator.embedded.apiserver.store import Stored, Watcher, dumps
 from branch_operator.embedded.apiserver.tables import TableWatch, include_object, list_table, negotiate, object_table
@@ -131,6 +133,7 @@ class EmbeddedApiServer:
         self.cluster = Cluster(
             history_size=history_size, event_retention=event_retention, watch_queue_size=watch_queue_size
         )
+        self.openapi = OpenApiDocuments(self.cluster.registry)
         self.requests: deque[RequestRecord] = deque(maxlen=request_log_size)
         self.url = ""
         self.bookmark_interval = bookmark_interval
@@ -373,6 +376,8 @@ class EmbeddedApiServer:
             group, version, rest = parts[2], parts[3], parts[4:]
         elif path == "/version":
             return self._doc(VERSION_INFO)
+        elif root == "openapi":
+            return self._openapi(path, request.headers)
         elif path in ("/healthz", "/livez", "/readyz"):
             return web.Response(text="ok")
         else:
@@ -425,7 +430,10 @@ class EmbeddedApiServer:
             if name is not None or (rt.namespaced and namespace is None):
                 raise ApiError(405, f"POST is not supported on {path}")
             body = _parse(raw_body, request.content_type)
-            return await self._admitted(query, lambda: cluster.create(rt, namespace, body, dry_run=dry_run), 201)
+            warned = _field_validation(rt, query, body)
+            return await self._admitted(
+                query, lambda: cluster.create(rt, namespace, body, dry_run=dry_run), 201, warnings=warned
+            )
         if name is None:
             raise ApiError(405, f"{method} is not supported on collections")
         if method == "PATCH":
@@ -434,17 +442,20 @@ class EmbeddedApiServer:
             # Before the body is read, as the real handler does: a wrong media type is 415 whatever the body.
             check_patch_request(rt.custom, content_type, field_manager, force)
             patch = _parse(raw_body, content_type)
+            warned = _field_validation(rt, query, patch) if content_type != JSON_PATCH else []
             sub = subresource
             return await self._admitted(
                 query, lambda: cluster.patch(
                     rt, namespace, name, content_type, patch,
                     subresource=sub, dry_run=dry_run, field_manager=field_manager, force=force,
-                ),
+                ), warnings=warned,
             )  # fmt: skip
         if method == "PUT":
             body = _parse(raw_body, request.content_type)
+            warned = _field_validation(rt, query, body)
             return await self._admitted(
-                query, lambda: cluster.replace(rt, namespace, name, body, subresource=subresource, dry_run=dry_run)
+                query, lambda: cluster.replace(rt, namespace, name, body, subresource=subresource, dry_run=dry_run),
+                warnings=warned,
             )
         if method == "DELETE":
             if subresource is not None:
@@ -458,22 +469,42 @@ class EmbeddedApiServer:
         raise ApiError(405, f"the method {method} is not supported")
 
     async def _admitted(
-        self, query: MultiMapping[str], write: Callable[[], Stored], status: int = 200, options: Any = None
+        self, query: MultiMapping[str], write: Callable[[], Stored], status: int = 200, options: Any = None,
+        warnings: list[str] | None = None,
     ) -> web.Response:
         """The one admission point of the write path: the write, behind the validating webhooks it matches."""
         request_options = dict(options) if isinstance(options, dict) else {}
         request_options.pop("kind", None), request_options.pop("apiVersion", None)
         if "fieldManager" in query:
             request_options["fieldManager"] = query["fieldManager"]
-        stored, warnings = await webhooks.admit(self.cluster.gate, write, request_options)
+        stored, admission_warnings = await webhooks.admit(self.cluster.gate, write, request_options)
         response = self._ok(stored.raw, status)
-        for header, value in webhooks.warning_headers(warnings):
+        for header, value in webhooks.warning_headers([*(warnings or ()), *admission_warnings]):
             response.headers.add(header, value)
         return response
 
     @staticmethod
     def _ok(raw: bytes, status: int = 200) -> web.Response:
         return web.Response(body=raw, status=status, content_type=_JSON)
+
+    def _openapi(self, path: str, headers: Mapping[str, str]) -> web.Response:
+        docs = self.openapi
+        if path == "/openapi/v3":
+            return self._ok(docs.v3_index())
+        if path.startswith("/openapi/v3/"):
+            body = docs.v3(path.removeprefix("/openapi/v3/"))
+            if body is None:
+                raise ApiError(404, "the server could not find the requested resource")
+            return self._ok(body)
+        if path == "/openapi/v2":
+            # kube-apiserver also speaks gnostic protobuf here; this server only JSON, so a client that takes
+            # nothing else (kubectl, validating a kind the server does not serve) is told so.
+            accept = headers.get("Accept") or "*/*"
+            if not any(t in accept for t in ("application/json", "*/*", "application/*")):
+                raise ApiError(406, f"the server was unable to respond with a content type that the client "
+                                    f"supports (requested {accept}, served application/json)")
+            return self._ok(docs.v2())
+        raise ApiError(404, "the server could not find the requested resource")
 
     def _doc(self, doc: dict[str, Any] | None) -> web.Response:
         if doc is None:
@@ -622,3 +653,30 @@ def _parse(raw: bytes | None, content_type: str) -> Any:
         return json.loads(raw)
     except (ValueError, yaml.YAMLError) as e:
         raise bad_request(f"the body of the request could not be decoded: {e}") from e
+
+
+_FIELD_VALIDATION = ("Ignore", "Warn", "Strict")
+
+
+def _field_validation(rt: ResourceType, query: MultiMapping[str], body: Any) -> list[str]:
+    """kube-apiserver's ``fieldValidation`` for a custom resource's write: Strict refuses unknown fields
+    (400, its "strict decoding error"), Warn answers them as warnings; the Warning lines to send.
+
+    Only when the client names a directive (kubectl does, ``Strict`` by default): kube-apiserver's own
+    default, Warn, would cost every write a walk of the object for warnings no client here reads.
+    """
+    directive = query.get("fieldValidation")
+    if directive is None or directive == "Ignore" or rt.schema is None:
+        if directive is not None and directive not in _FIELD_VALIDATION:
+            raise bad_request(f'fieldValidation parameter unsupported: "{directive}"')
+        return []
+    if directive not in _FIELD_VALIDATION:
+        raise bad_request(f'fieldValidation parameter unsupported: "{directive}"')
+    unknown = unknown_fields(rt.schema, body)
+    if not unknown:
+        return []
+    if directive == "Strict":
+        listed = ", ".join(f'unknown field "{path}"' for path in unknown)
+        raise bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+                          f"strict decoding error: {listed}")
+    return [f'unknown field "{path}"' for path in unknown]

@@ -144,7 +144,9 @@ async def test_every_replica_judges_policies(
             assert answer["status"]["code"] == 422
 
 
-async def test_refusal_is_the_reason_the_operator_gives(replicas: tuple[EmbeddedEnv, list[Replica], KubeClient]) -> None:
+async def test_refusal_is_the_reason_the_operator_gives(
+    replicas: tuple[EmbeddedEnv, list[Replica], KubeClient],
+) -> None:
     """With the webhook not in the API server's path (as before it is installed), the same policies are
     stored, and the operator's Accepted condition says what the webhook said."""
     _, serving, kube = replicas

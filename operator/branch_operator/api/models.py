@@ -340,13 +340,6 @@ class LabelSelectorRequirement(_Model):
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: list[Annotated[str, Field(max_length=63)]] = []
 
-    # As the API server checks a LabelSelector; the operator's admission webhook checks what no CEL rule
-    # can (requirements contradicting each other).
-    cel_rules: ClassVar[list[dict[str, str]]] = [
-        {"rule": "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
-         "message": "values: operators In and NotIn need at least one value, Exists and DoesNotExist take none"},
-    ]
-
 
 class LabelSelector(_Model):
     match_labels: dict[str, str] = {}
@@ -373,12 +366,6 @@ class MergeWindow(_Model):
         str, Field(max_length=32, pattern=DURATION_PATTERN, description="e.g. 9h, 1h30m (max 31 days)")
     ]
     time_zone: Annotated[str, Field(min_length=1, max_length=64, description="IANA time zone, e.g. Asia/Seoul")] = "UTC"
-
-    # The zone database and cron field ranges are beyond CEL: the admission webhook checks those.
-    cel_rules: ClassVar[list[dict[str, str]]] = [
-        {"rule": "duration(self.duration) > duration('0s') && duration(self.duration) <= duration('744h')",
-         "message": "duration must be positive and at most 31 days (744h)"},
-    ]
 
 
 class MergeFreeze(_Model):

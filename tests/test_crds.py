@@ -270,10 +270,11 @@ def test_branch_spec_carries_cel_transition_rule() -> None:
         {"rule": "self.targetBranch != self.branchName",
          "message": "spec.targetBranch must differ from spec.branchName"},
     ]
-    others = [
+    ruled = sorted(
         p for kind in SCHEMA_BY_KIND for p, n in walk(schema_of(kind)) if "x-kubernetes-validations" in n
-    ]
-    assert others == [".spec"]
+    )
+    # The Branch spec's, and a policy's selector requirements and merge windows (also checked by the webhook).
+    assert ruled == [".spec", ".spec.branchSelector.matchExpressions[]", ".spec.mergeWindows[]"]
 
 
 @pytest.mark.parametrize("kind", ["Branch", "AutoMergePolicy"])

@@ -890,7 +890,7 @@ def test_policy_statuses_count_matches_and_wins() -> None:
     views = policy_statuses(
         [policy_obj("general"), policy_obj("features", priority=5, branchNamePatterns=["feature/*"]),
          policy_obj("later-dup", priority=5, branchNamePatterns=["feature/*"]),
-         policy_obj("bad-cron", mergeWindows=[{"kind": "allow", "schedule": "every day", "duration": "1h"}]),
+         policy_obj("bad-cron", mergeWindows=[{"kind": "allow", "schedule": "0 25 * * *", "duration": "1h"}]),
          policy_obj("bad-schema", priority="high")],
         BRANCHES,
     )
@@ -900,7 +900,7 @@ def test_policy_statuses_count_matches_and_wins() -> None:
     assert (dup.accepted, dup.reason, dup.matched, dup.governed) == (False, "ConflictingPolicy", 2, 0)
     assert "policy features" in dup.message
     assert (views["bad-cron"].accepted, views["bad-cron"].reason) == (False, "InvalidSpec")
-    assert "expected 5 fields" in views["bad-cron"].message
+    assert "hour: '25' is outside 0-23" in views["bad-cron"].message
     assert (views["bad-schema"].accepted, views["bad-schema"].reason) == (False, "InvalidSpec")
     assert "priority" in views["bad-schema"].message
 

@@ -130,6 +130,29 @@ class Settings(BaseSettings):
     merge_webhook_auth_header_file: Path | None = None  # file holding the Authorization header value
     merge_retry_interval_seconds: float = 300.0  # a Failed merge is tried again after this long
 
+    # --- Validating admission webhook (docs/installation.md, "Admission webhook"): refuses at apply time the
+    # AutoMergePolicies and Branches the operator would mark Accepted=False / never merge. Every replica
+    # serves it (validation needs no leadership).
+    webhook_enabled: bool = False
+    webhook_port: int = 9443  # HTTPS; 0 = any free port (the embedded environment)
+    # Comma-separated DNS names / IPs the self-signed certificate is for; the first is the host of the URL a
+    # managed configuration points at. Empty: 127.0.0.1 (the embedded environment).
+    webhook_hostnames: str = ""
+    # A serving certificate from a mounted Secret (cert-manager's tls.crt / tls.key / ca.crt); re-read when
+    # the files change. Unset: the operator makes a self-signed one.
+    webhook_tls_cert_file: Path | None = None
+    webhook_tls_key_file: Path | None = None
+    webhook_tls_ca_file: Path | None = None
+    # Self-signed only: the Secret (in the pod's namespace) that keeps the certificate, so every replica
+    # serves the same one; unset = a new one per process (one replica, or the embedded environment).
+    webhook_certificate_store: str | None = None
+    # Self-signed only: a ValidatingWebhookConfiguration (the chart's) whose caBundle the operator sets to
+    # its certificate at start-up.
+    webhook_ca_bundle_configuration: str | None = None
+    # A ValidatingWebhookConfiguration kopf creates and keeps pointing at this process's URL (the embedded
+    # environment: demo, dev, tests); the chart ships its own configuration instead.
+    webhook_managed_configuration: str | None = None
+
     # --- Health / metrics
     health_port: int = 8080
     # Prometheus /metrics: on the health port; a separate listener when set (0 = any free port). With the
@@ -185,6 +208,17 @@ class Settings(BaseSettings):
     def lease_identity(self) -> str:
         """Who this replica is in the Lease: unique per process, stable for its lifetime."""
         return self.leader_election_identity or f"{socket.gethostname()}_{secrets.token_hex(4)}"
+
+    @property
+    def webhook_host_names(self) -> list[str]:
+        return [p.strip() for p in self.webhook_hostnames.split(",") if p.strip()] or ["127.0.0.1"]
+
+    @model_validator(mode="after")
+    def _webhook_tls_files(self) -> Settings:
+        given = [f is not None for f in (self.webhook_tls_cert_file, self.webhook_tls_key_file)]
+        if any(given) and not all(given):
+            raise ValueError("the webhook certificate needs OMS_WEBHOOK_TLS_CERT_FILE and OMS_WEBHOOK_TLS_KEY_FILE")
+        return self
 
     @property
     def namespaces(self) -> list[str]:

@@ -39,3 +39,14 @@ RULES: tuple[Rule, ...] = (
 LEADER_ELECTION_RULES: tuple[Rule, ...] = (
     Rule("coordination.k8s.io", "leases", ("get", "create", "update")),
 )
+
+# Only with the admission webhook (OMS_WEBHOOK_ENABLED) and a certificate the operator makes itself (no
+# cert-manager): the first replica keeps it in a Secret of its namespace for the others (a Role there; get is
+# limited to that Secret by name, create cannot be), and each sets it as the caBundle of the chart's
+# ValidatingWebhookConfiguration (cluster-scoped, limited to that one by name).
+WEBHOOK_CERTIFICATE_RULES: tuple[Rule, ...] = (
+    Rule("", "secrets", ("get", "create")),
+)
+WEBHOOK_CONFIGURATION_RULES: tuple[Rule, ...] = (
+    Rule("admissionregistration.k8s.io", "validatingwebhookconfigurations", ("get", "patch")),
+)

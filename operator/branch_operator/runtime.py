@@ -136,6 +136,8 @@ class Runtime:
                                    on_lag=self.metrics.observe_lag if self.metrics else None,
                                    on_gc=self.metrics.observe_gc if self.metrics else None)
         self.http_url: str | None = None  # where /metrics, /healthz and /readyz are served
+        # The admission webhook's server (its client_config says where and with which CA), when enabled.
+        self.webhook: Any = None
         self.elector = LeaderElector(
             LeaseClient.of(kube), settings.lease_namespace, settings.leader_election_lease_name,
             settings.lease_identity,

@@ -55,7 +55,8 @@ CHART_META = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
 VALUES = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
 # The oldest Kubernetes the chart declares, and the newest kubernetes-validate ships schemas for.
 K8S_VERSIONS = ("1.25", kubernetes_validate.latest_version())
-CLUSTER_SCOPED_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
+CLUSTER_SCOPED_KINDS = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace",
+                        "ValidatingWebhookConfiguration"}
 LEASE_NAME = VALUES["leaderElection"]["leaseName"]
 LEASE_ROLE = f"{RELEASE}-leader-election"  # fullname for release "oms-branch-operator", plus the suffix
 
@@ -111,6 +112,10 @@ SCENARIOS: dict[str, Obj] = {
         "networkPolicy": {"enabled": True},
     },
     "metrics-off": {"metrics": {"enabled": False}},
+    "webhook": {"webhook": {"enabled": True}, "replicaCount": 2},
+    "webhook-cert-manager": {"webhook": {"enabled": True, "failurePolicy": "Ignore", "certManager": {
+        "enabled": True, "issuerRef": {"kind": "ClusterIssuer", "name": "internal-ca"}}}},
+    "webhook-cert-manager-self-signed": {"webhook": {"enabled": True, "certManager": {"enabled": True}}},
     "networkpolicy": {
         "networkPolicy": {
             "enabled": True,
@@ -281,6 +286,23 @@ SERVICE_MONITOR_SCHEMA: Obj = {
 }
 
 
+# cert-manager's Issuer and Certificate: the fields the chart uses (no cert-manager CRDs offline).
+_CM_META = {"type": "object", "required": ["name", "namespace"]}
+CERT_MANAGER_SCHEMAS: dict[str, Obj] = {
+    "Issuer": {"type": "object", "required": ["spec"], "properties": {
+        "metadata": _CM_META, "spec": {"type": "object", "properties": {"selfSigned": {"type": "object"}},
+                                       "required": ["selfSigned"], "additionalProperties": False}}},
+    "Certificate": {"type": "object", "required": ["spec"], "properties": {
+        "metadata": _CM_META, "spec": {"type": "object", "additionalProperties": False,
+                                       "required": ["secretName", "dnsNames", "issuerRef"], "properties": {
+            "secretName": {"type": "string", "minLength": 1},
+            "dnsNames": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "issuerRef": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+                "name": {"type": "string"}, "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                "group": {"type": "string"}}}}}}},
+}
+
+
 def _validate_objects(
     objs: list[Obj], crd_schemas: dict[tuple[str, str], tuple[str, jsonschema.protocols.Validator]]
 ) -> None:
@@ -297,6 +319,9 @@ def _validate_objects(
         elif obj["kind"] == "PrometheusRule":
             # The rules themselves are checked by promtool (test_prometheusrule.py).
             jsonschema.validate(obj, PROMETHEUS_RULE_SCHEMA)
+        elif obj["apiVersion"] == "cert-manager.io/v1":
+            jsonschema.validate(obj, CERT_MANAGER_SCHEMAS[obj["kind"]])
+            assert "namespace" in obj["metadata"], f"{where}: metadata.namespace"
         else:
             for version in K8S_VERSIONS:
                 try:
@@ -458,7 +483,10 @@ def _rendered_grants(role: Obj) -> set[Grant]:
     grants: set[Grant] = set()
     for rule in role.get("rules", []):
         where = f"{role['kind']}/{role['metadata']['name']}"
-        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), f"{where}: unexpected {rule}"
+        assert not rule.get("nonResourceURLs"), f"{where}: unexpected {rule}"
+        # Names narrow only the webhook certificate's Secret and configuration (rbac.WEBHOOK_*_RULES).
+        assert not rule.get("resourceNames") or set(rule["resources"]) <= {
+            "secrets", "validatingwebhookconfigurations"}, f"{where}: unexpected {rule}"
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 for verb in rule["verbs"]:
@@ -487,6 +515,10 @@ def _expected_grants(values: Obj) -> dict[str, set[Grant]]:
         scoped = _cluster_scoped_resources()
         namespaced = {g for g in _grants(rbac.RULES) if (g[0], g[1].split("/")[0]) not in scoped}
         expected = {ns: set(namespaced) for ns in values["watchNamespaces"]}
+    webhook = values.get("webhook", {})
+    if webhook.get("enabled") and not webhook.get("certManager", {}).get("enabled"):
+        expected.setdefault(NAMESPACE, set()).update(_grants(rbac.WEBHOOK_CERTIFICATE_RULES))
+        expected.setdefault("", set()).update(_grants(rbac.WEBHOOK_CONFIGURATION_RULES))
     if _election(values):
         # Only in the Lease's namespace: a cluster-wide grant would let the operator rewrite any Lease.
         expected.setdefault(_lease_namespace(values), set()).update(_grants(rbac.LEADER_ELECTION_RULES))
@@ -644,11 +676,21 @@ def test_objects_are_wired_together(renderer: Renderer, scenario: str) -> None:
 
     # /metrics is on the health port ("http") unless metrics.port gives it a container port of its own.
     metrics_port = "metrics" if _scenario_values(scenario).get("metrics", {}).get("port") else "http"
-    assert {p["name"] for p in container["ports"]} == {"http", metrics_port}
-    services = [o for o in objs if o["kind"] == "Service"]
+    webhook = bool(_scenario_values(scenario).get("webhook", {}).get("enabled"))
+    assert {p["name"] for p in container["ports"]} == {"http", metrics_port} | ({"webhook"} if webhook else set())
+    services = [o for o in objs if o["kind"] == "Service" and not o["metadata"]["name"].endswith("-webhook")]
     for svc in services:
         assert svc["spec"]["selector"].items() <= pod_labels.items()
         assert all(p["targetPort"] == metrics_port for p in svc["spec"]["ports"])
+    for svc in (o for o in objs if o["kind"] == "Service" and o not in services):
+        assert svc["spec"]["selector"].items() <= pod_labels.items() and webhook
+        assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["webhook"]
+    for vwc in (o for o in objs if o["kind"] == "ValidatingWebhookConfiguration"):
+        refs = [w["clientConfig"]["service"] for w in vwc["webhooks"]]
+        assert {(r["name"], r["namespace"]) for r in refs} == {(f"{RELEASE}-webhook", NAMESPACE)}
+        # kopf serves each handler at /<handler id>.
+        assert sorted(r["path"] for r in refs) == ["/validate-automergepolicies", "/validate-branches"]
+        assert all(w["sideEffects"] == "None" for w in vwc["webhooks"])
     for sm in (o for o in objs if o["kind"] == "ServiceMonitor"):
         [svc] = services
         assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
@@ -825,6 +867,15 @@ SETTINGS_IN_CHART: dict[str, tuple[str, Obj]] = {
     "merge_retry_interval_seconds": ("merge.retryIntervalSeconds", {"merge": {"retryIntervalSeconds": 30}}),
     "stall_warning_ms": ("stallWarningMs", {"stallWarningMs": 250}),
     "log_format": ("logFormat", {"logFormat": "json"}),
+    "webhook_enabled": ("webhook.enabled", {"webhook": {"enabled": True}}),
+    "webhook_port": ("webhook.port", {"webhook": {"enabled": True, "port": 10250}}),
+    "webhook_hostnames": ("webhook.enabled", {"webhook": {"enabled": True}}),
+    "webhook_certificate_store": ("webhook.certManager.secretName",
+                                  {"webhook": {"enabled": True, "certManager": {"secretName": "oms-webhook-tls"}}}),
+    "webhook_ca_bundle_configuration": ("webhook.enabled", {"webhook": {"enabled": True}}),
+    **{f"webhook_tls_{part}_file": ("webhook.certManager.enabled", {"webhook": {
+        "enabled": True, "certManager": {"enabled": True, "secretName": "oms-webhook-tls"}}})
+       for part in ("cert", "key", "ca")},
     "health_port": ("healthPort", {"healthPort": 8081}),
     "metrics_enabled": ("metrics.enabled", {"metrics": {"enabled": False}}),
     "metrics_port": ("metrics.port", {"metrics": {"port": 9090}}),
@@ -845,6 +896,8 @@ SETTINGS_IN_CHART: dict[str, tuple[str, Obj]] = {
 # Settings the chart deliberately does not expose, with the reason. Keep reasons concrete (e.g. "internal
 # tuning, tests only").
 SETTINGS_NOT_IN_CHART: dict[str, str] = {
+    "webhook_managed_configuration": "kopf's managed mode, for the embedded environment: the chart ships its "
+    "own ValidatingWebhookConfiguration (failurePolicy, timeout, namespaceSelector) instead",
     "leader_election_identity": "always the pod's name (downward API): all pods of a Deployment share one "
     "template, so a fixed identity would let every replica, and the old and new pod of a rollout, believe "
     "it holds the Lease",

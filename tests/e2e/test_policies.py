@@ -269,7 +269,7 @@ async def test_min_records_indexed(oms: Oms) -> None:
 async def test_invalid_and_conflicting_policies_are_ignored_as_a_whole(oms: Oms) -> None:
     await oms.create_policy("fallback", priority=1)
     await oms.create_policy("broken", priority=100, enabled=False,
-                            mergeWindows=[{"kind": "allow", "schedule": "at nine", "duration": "1h"}])
+                            mergeWindows=[{"kind": "allow", "schedule": "0 25 * * *", "duration": "1h"}])
     await oms.create_policy("fallback-copy", priority=1)  # the same filters and priority; later by name
 
     async def rejected(name: str) -> dict[str, Any] | None:

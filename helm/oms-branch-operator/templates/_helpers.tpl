@@ -118,6 +118,27 @@ operator never needs a Lease anywhere else.
   verbs: ["get", "create", "update"]
 {{- end }}
 
+{{/*
+branch_operator.rbac.WEBHOOK_CERTIFICATE_RULES and WEBHOOK_CONFIGURATION_RULES: only with the admission
+webhook and an operator-made certificate, each limited to the one object by name.
+*/}}
+{{- define "oms-branch-operator.webhookCertificateRules" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+  resourceNames: [{{ include "oms-branch-operator.webhookSecretName" . | quote }}]
+# create cannot be limited by name (the object does not exist yet when it is authorized).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+{{- end }}
+{{- define "oms-branch-operator.webhookConfigurationRules" -}}
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["validatingwebhookconfigurations"]
+  verbs: ["get", "patch"]
+  resourceNames: [{{ include "oms-branch-operator.fullname" . | quote }}]
+{{- end }}
+
 {{/* Cross-field checks that values.schema.json cannot express, failing early with a clear message. */}}
 {{- define "oms-branch-operator.validate" -}}
 {{- if eq .Values.rbac.scope "namespaced" }}
@@ -191,4 +212,9 @@ the Service (the chart sets no jobLabel), so by default the Service's name.
 {{/* PromQL label matchers selecting this release's targets, for every alert expression. */}}
 {{- define "oms-branch-operator.alertSelector" -}}
 job="{{ include "oms-branch-operator.alertJob" . }}",namespace="{{ .Release.Namespace }}"
+{{- end }}
+
+{{/* The Secret with the admission webhook's certificate: cert-manager's, or the one the operator keeps. */}}
+{{- define "oms-branch-operator.webhookSecretName" -}}
+{{- .Values.webhook.certManager.secretName | default (printf "%s-webhook-tls" (include "oms-branch-operator.fullname" .)) -}}
 {{- end }}

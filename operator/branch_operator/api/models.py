@@ -417,6 +417,12 @@ class LabelSelectorRequirement(_Model):
     values: list[Annotated[str, Field(max_length=63)]] = []
     """The label values for In and NotIn; empty for Exists and DoesNotExist."""
 
+    # As Kubernetes' own label selectors: In/NotIn without values, or Exists with some, can mean nothing.
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {"rule": "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+         "message": "values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist"},
+    ]
+
 
 class LabelSelector(_Model):
     match_labels: dict[str, str] = {}
@@ -427,6 +433,8 @@ class LabelSelector(_Model):
 
 # Go-style, each number short enough to say at most 31 days (2678400s): an absurd one is refused up front.
 DURATION_PATTERN = r"^([0-9]{1,7}(\.[0-9]{1,9})?(h|m|s))+$"
+# Five whitespace-separated fields or a macro: the count only (cron field ranges are the webhook's to check).
+CRON_PATTERN = r"^\s*((?i:@(yearly|annually|monthly|weekly|daily|midnight|hourly))|[^\s@]+(\s+[^\s@]+){4})\s*$"
 # Longer than any sensible timeout, and far from where adding it to a time overflows.
 MAX_TIMEOUT_HOURS = 10 * 8760
 
@@ -437,12 +445,18 @@ class MergeWindow(_Model):
     kind: Literal["allow", "deny"]
     """allow: merges only inside such windows; deny: never inside one (deny wins)."""
     schedule: Annotated[
-        str, Field(min_length=1, max_length=128, description="Cron (5 fields) for the window starts, e.g. 0 9 * * 1-5")
+        str, Field(min_length=1, max_length=128, pattern=CRON_PATTERN,
+                   description="Cron (5 fields) for the window starts, e.g. 0 9 * * 1-5")
     ]
     duration: Annotated[
         str, Field(max_length=32, pattern=DURATION_PATTERN, description="e.g. 9h, 1h30m (max 31 days)")
     ]
     time_zone: Annotated[str, Field(min_length=1, max_length=64, description="IANA time zone, e.g. Asia/Seoul")] = "UTC"
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {"rule": "duration(self.duration) > duration('0s') && duration(self.duration) <= duration('744h')",
+         "message": "duration must be more than 0s and at most 744h (31 days)"},
+    ]
 
 
 class MergeFreeze(_Model):

@@ -91,7 +91,7 @@ async def run_demo(out: Print = print, timeout: float = 20.0) -> bool:
     env = EmbeddedEnv()
     await env.start()
     out(f"Embedded Kubernetes API at {env.api_url}, NATS JetStream at {env.nats_url}")
-    settings = env.settings()
+    settings = env.settings(**env.webhook_settings())
     operator = OperatorHandle(settings, env.kubeconfig)
     kube: KubeClient | None = None
     ok = True

@@ -53,7 +53,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     async def main() -> None:
         env = EmbeddedEnv(api_port=args.api_port, nats_port=args.nats_port)
         await env.start()
-        operator = None if args.no_operator else OperatorHandle(env.settings(), env.kubeconfig)
+        operator = None if args.no_operator else OperatorHandle(env.settings(**env.webhook_settings()), env.kubeconfig)
         stop = asyncio.Event()
         try:
             if operator is not None:

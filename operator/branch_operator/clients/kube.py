@@ -9,6 +9,7 @@ API server. Errors are mapped to a small hierarchy so callers decide retry vs. g
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import hashlib
 import json
@@ -26,7 +27,16 @@ from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from branch_operator import __version__
-from branch_operator.api.models import GROUP, LABEL_BRANCH, VERSION, AutoMergePolicy, Branch, BranchLock
+from branch_operator.api.models import (
+    GROUP,
+    LABEL_BRANCH,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    VERSION,
+    AutoMergePolicy,
+    Branch,
+    BranchLock,
+)
 from branch_operator.kit.backoff import Backoff, call_with_backoff, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -233,6 +243,7 @@ class KubeClient:
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # replaceable, to count the waits
         self.custom = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
+        self.admission = k8s.AdmissionregistrationV1Api(api)
         self.component = component
         self.instance = instance or os.environ.get("HOSTNAME", "local")
 
@@ -421,6 +432,30 @@ class KubeClient:
             if once_per is not None and isinstance(exc, Conflict):
                 return  # posted before
             log.warning("could not post Event %s on %s/%s: %s", reason, namespace, meta.get("name"), exc)
+
+    # ------------------------------------------------------------------- the admission webhook's TLS
+
+    async def get_secret_data(self, namespace: str, name: str) -> dict[str, bytes]:
+        """A Secret's data, decoded; NotFound when there is none."""
+        secret = await self._call(lambda: self.core.read_namespaced_secret(name, namespace))
+        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
+    async def create_tls_secret(self, namespace: str, name: str, data: Mapping[str, bytes]) -> None:
+        """A ``kubernetes.io/tls`` Secret; Conflict when one of that name exists."""
+        body = {
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
+            "data": {k: base64.b64encode(v).decode("ascii") for k, v in data.items()},
+        }
+        await self._call(lambda: self.core.create_namespaced_secret(namespace, cast(Any, body)))
+
+    async def get_webhook_configuration(self, name: str) -> Obj:
+        obj = await self._call(lambda: self.admission.read_validating_webhook_configuration(name))
+        return cast(Obj, self.api.sanitize_for_serialization(obj))
+
+    async def patch_webhook_configuration(self, name: str, body: Mapping[str, Any]) -> None:
+        """JSON merge patch (``webhooks`` is replaced whole: send every webhook, with a resourceVersion)."""
+        await self._call(lambda: self.admission.patch_validating_webhook_configuration(name, dict(body), **_MERGE))
 
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> Obj:
         """Create a core/v1 Event; the created Event; raises KubeError (Conflict for a name that exists)."""

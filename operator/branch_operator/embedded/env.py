@@ -68,6 +68,16 @@ class EmbeddedEnv:
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    # The ValidatingWebhookConfiguration the in-process operator registers itself in (kopf's managed mode:
+    # a url clientConfig with its self-signed CA), so that an invalid object is refused at apply time here
+    # as in a cluster with the chart.
+    WEBHOOK_CONFIGURATION = "oms-branch-operator.oms.dev"
+
+    def webhook_settings(self) -> dict[str, Any]:
+        """Overrides that turn on the operator's admission webhook, registered with the API server."""
+        return {"webhook_enabled": True, "webhook_port": 0,
+                "webhook_managed_configuration": self.WEBHOOK_CONFIGURATION}
+
     def settings(self, **overrides: Any) -> Settings:
         # No fixed health port: several embedded environments may run on one machine.
         values: dict[str, Any] = {"nats_url": self.nats_url, "reconcile_interval_seconds": 30.0, "health_port": 0}

@@ -10,6 +10,8 @@ below is part of the design (and sorting must not touch it):
    admin requests, incidents, and the deletion handler (which adds kopf's finalizer).
 3. ``policies``: the policy index, policy status, merge triggers on spec changes.
 4. ``locks``: merge triggers for locks on a branch and on a target branch, then the lock lifecycle.
+5. ``admission``: the validating webhook's handlers (kopf runs them per admission request, apart from
+   the watch handlers above, so their place does not matter).
 
 Handlers only translate a watch event into a call on the Runtime's controllers; they decide nothing.
 """
@@ -19,5 +21,6 @@ from branch_operator.handlers import lifecycle
 from branch_operator.handlers import branches
 from branch_operator.handlers import policies
 from branch_operator.handlers import locks
+from branch_operator.handlers import admission
 
-__all__ = ["branches", "lifecycle", "locks", "policies"]
+__all__ = ["admission", "branches", "lifecycle", "locks", "policies"]

@@ -12,6 +12,7 @@ from branch_operator.api.models import FINALIZER, GROUP
 from branch_operator.clients.kube import KubeClient
 from branch_operator.clients.nats_bus import NatsBus
 from branch_operator.config import Settings
+from branch_operator.handlers.admission import configure_admission
 from branch_operator.handlers.context import runtime_of
 from branch_operator.ops import gc_tuning
 from branch_operator.ops.health import HealthServer
@@ -74,6 +75,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     for ns in watched:
         listed += await kube.list_branches(ns)
     runtime.prime(listed)
+    runtime.webhook = await configure_admission(settings, config, kube)
     memo.runtime = runtime
     runtime.start()
     if memo.get("tune_gc"):  # branch-operator run only (gc_tuning.py says why)

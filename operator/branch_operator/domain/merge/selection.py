@@ -30,7 +30,8 @@ Glob syntax, path-aware because OMS branch names are ``/``-separated (``feature/
   (:func:`glob_problem`), since it would match nothing its author meant.
 
 A policy is *accepted* (:func:`review_policies`) unless its spec is invalid beyond what the CRD schema
-can say (a cron expression, time zone or duration that does not parse) or it *conflicts*: it has the
+can say (a cron expression, time zone or duration that does not parse, a glob that is refused, a
+``branchSelector`` that can match no labels at all: :func:`selector_problems`) or it *conflicts*: it has the
 same priority and exactly the same selector, patterns and target branches as another accepted policy
 with an earlier name, so it could never govern anything and its author's intent is ambiguous.
 A rejected policy is ignored as a whole, never half-applied.
@@ -40,13 +41,15 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from pydantic import ValidationError
+
 from branch_operator.api.models import AutoMergePolicySpec, LabelSelector, LabelSelectorRequirement
 from branch_operator.domain.conditions import truncate
-from branch_operator.domain.windows import Window, compile_window
+from branch_operator.domain.windows import Window, compile_window, parse_cron, parse_duration, parse_zone
 
 __all__ = [
     "PolicyRef",
@@ -58,11 +61,14 @@ __all__ = [
     "policy_problems",
     "policy_windows",
     "review_policies",
+    "schema_problems",
     "select_policy",
     "selector_matches",
+    "selector_problems",
 ]
 
 _MAX_MESSAGE = 4096
+INVALID_SPEC = "InvalidSpec"  # the Accepted condition's reason for a spec that cannot be applied
 
 
 class PolicyRef(NamedTuple):
@@ -243,14 +249,68 @@ def policy_windows(spec: AutoMergePolicySpec) -> list[Window]:
     return windows
 
 
+def schema_problems(exc: ValidationError) -> str:
+    """A spec the models refuse (what the CRD schema would refuse), as a condition message says it."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()[:5])
+
+
+def selector_problems(selector: LabelSelector | None) -> list[str]:
+    """Why ``selector`` matches no set of labels at all, by construction; empty when some labels match.
+
+    A policy with such a selector governs nothing, which is never what its author meant. The operator
+    values (``In``/``NotIn`` need values, ``Exists``/``DoesNotExist`` take none) are checked as the API
+    server checks a LabelSelector; the rest are contradictions between requirements on one key.
+    """
+    if selector is None:
+        return []
+    problems: list[str] = []
+    # Per key: the values it may take (None = any value), and whether it must be present / absent.
+    allowed: dict[str, set[str] | None] = {}
+    denied: dict[str, set[str]] = {}
+    present: set[str] = set()
+    absent: set[str] = set()
+    for key, value in selector.match_labels.items():
+        allowed[key] = {value}
+        present.add(key)
+    for i, req in enumerate(selector.match_expressions):
+        where = f"matchExpressions[{i}]"
+        if req.operator in ("In", "NotIn") and not req.values:
+            problems.append(f"{where}: operator {req.operator} needs at least one value")
+            continue
+        if req.operator in ("Exists", "DoesNotExist") and req.values:
+            problems.append(f"{where}: operator {req.operator} takes no values")
+            continue
+        if req.operator == "In":
+            before = allowed.get(req.key)
+            allowed[req.key] = set(req.values) if before is None else before & set(req.values)
+            present.add(req.key)
+        elif req.operator == "NotIn":
+            denied.setdefault(req.key, set()).update(req.values)
+        elif req.operator == "Exists":
+            present.add(req.key)
+        else:
+            absent.add(req.key)
+    for key in sorted(present & absent):
+        problems.append(f"label {key!r} is required and also required to be absent: no branch can match")
+    for key, values in sorted(allowed.items()):
+        if values is not None and not values - denied.get(key, set()):
+            problems.append(f"label {key!r} has no value every requirement allows: no branch can match")
+    return problems
+
+
 def policy_problems(spec: AutoMergePolicySpec) -> list[str]:
     """What is wrong with a schema-valid spec; empty when it can be applied."""
     problems = []
     for i, w in enumerate(spec.merge_windows):
-        try:
-            compile_window(w.kind, w.schedule, w.duration, w.time_zone)
-        except ValueError as exc:
-            problems.append(f"mergeWindows[{i}]: {exc}")
+        # Each field on its own, so one apply shows every mistake of a window, not the first.
+        checks: tuple[tuple[Callable[[str], object], str], ...] = (
+            (parse_cron, w.schedule), (parse_duration, w.duration), (parse_zone, w.time_zone))
+        for parse, text in checks:
+            try:
+                parse(text)
+            except ValueError as exc:
+                problems.append(f"mergeWindows[{i}]: {exc}")
     if spec.freeze is not None and spec.freeze.until is not None and spec.freeze.until.tzinfo is None:
         problems.append("freeze.until: needs a time zone (e.g. 2025-07-01T00:00:00Z)")
     globs = (("branchNamePatterns", spec.branch_name_patterns), ("targetBranches", spec.target_branches))
@@ -259,6 +319,7 @@ def policy_problems(spec: AutoMergePolicySpec) -> list[str]:
             problem = glob_problem(pattern)
             if problem is not None:
                 problems.append(f"{field}[{i}]: {problem}")
+    problems += [f"branchSelector: {problem}" for problem in selector_problems(spec.branch_selector)]
     return problems
 
 
@@ -292,7 +353,7 @@ def review_policies(policies: Sequence[PolicyRef]) -> PolicyReview:
         except Exception as exc:  # a check that breaks on one spec must cost that policy only
             problems = [f"could not be checked ({type(exc).__name__}: {exc})"]
         if problems:
-            rejected[policy.name] = ("InvalidSpec", truncate("; ".join(problems), _MAX_MESSAGE))
+            rejected[policy.name] = (INVALID_SPEC, truncate("; ".join(problems), _MAX_MESSAGE))
             continue
         criteria = _criteria(policy.spec)
         first = owner.setdefault(criteria, policy.name)

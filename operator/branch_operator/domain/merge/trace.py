@@ -36,7 +36,14 @@ from branch_operator.api.models import AutoMergePolicySpec, ConditionType, Merge
 from branch_operator.domain.conditions import ConditionStatus, find_condition, set_condition, truncate
 from branch_operator.domain.lifecycle import merged_status
 from branch_operator.domain.merge.decision import MergeEvaluation
-from branch_operator.domain.merge.selection import PolicyRef, policy_matches, review_policies, select_policy
+from branch_operator.domain.merge.selection import (
+    INVALID_SPEC,
+    PolicyRef,
+    policy_matches,
+    review_policies,
+    schema_problems,
+    select_policy,
+)
 from branch_operator.domain.readiness import branch_readiness, policy_readiness
 from branch_operator.domain.timefmt import rfc3339
 
@@ -238,8 +245,7 @@ def policy_statuses(
         try:
             spec = AutoMergePolicySpec.model_validate(obj.get("spec") or {})
         except ValidationError as exc:
-            invalid[meta["name"]] = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()[:5])
+            invalid[meta["name"]] = schema_problems(exc)
             continue
         parsed.append(PolicyRef(meta["name"], meta.get("generation"), spec))
     review = review_policies(parsed)
@@ -264,7 +270,7 @@ def policy_statuses(
             out[policy.name] = PolicyStatusView(
                 True, "Valid", "The policy is valid and in force.", matched, governed.get(policy.name, 0))
     for name, problem in invalid.items():
-        out[name] = PolicyStatusView(False, "InvalidSpec", truncate(f"Ignored: {problem}", _MAX_MESSAGE), 0, 0)
+        out[name] = PolicyStatusView(False, INVALID_SPEC, truncate(f"Ignored: {problem}", _MAX_MESSAGE), 0, 0)
     return out
 
 

@@ -58,7 +58,16 @@ RUN_LAST = (
     "kubectl delete crd branches.oms.dev branchlocks.oms.dev automergepolicies.oms.dev",
 )
 # Files the install steps read from the user's directory (a NATS credentials file, a CA...).
-USER_FILES = {"operator.creds": "-----BEGIN NATS USER JWT-----\n", "operator.nk": "SUAEXAMPLE\n", "ca.pem": "ca\n"}
+USER_FILES = {"operator.creds": "-----BEGIN NATS USER JWT-----\n", "operator.nk": "SUAEXAMPLE\n", "ca.pem": "ca\n",
+              # The README's example of a policy the webhook refuses, as its comment describes it.
+              "night-window.yaml": "apiVersion: oms.dev/v1alpha1\nkind: AutoMergePolicy\nmetadata:\n  name: night\n"
+                                   "spec:\n  mergeWindows:\n  - kind: allow\n    schedule: '99 * * * *'\n"
+                                   "    duration: 8h\n    timeZone: Mars/Olympus\n"}
+# Commands the docs show failing, and what their output must say (the docs quote it).
+FAILS_WITH = {
+    'kubectl apply -f night-window.yaml     # schedule: "99 * * * *", timeZone: Mars/Olympus':
+        "mergeWindows[0]: minute: '99' is outside 0-59; mergeWindows[0]: unknown time zone 'Mars/Olympus'",
+}
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,8 @@ async def docs_env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Do
     await env.start()
     # The namespace the docs install into; the Lease of the leader election lives there.
     env.api.create_object("", "v1", "namespaces", {"metadata": {"name": "oms-system"}})
-    settings = env.settings(leader_election=True, leader_election_namespace="oms-system")
+    # As `dev` runs it: the operator's admission webhook registered with the API server.
+    settings = env.settings(**env.webhook_settings(), leader_election=True, leader_election_namespace="oms-system")
     operator = OperatorHandle(settings, env.kubeconfig)
     await operator.start()
     home = tmp_path_factory.mktemp("kubectl-home")
@@ -244,5 +254,8 @@ async def test_documented_kubectl_command_runs(docs_env: DocsEnv, doc: DocComman
     rc, out = await _run(_as_written(doc.command), docs_env.variables, docs_env.workdir)
     if doc.command in PENDING:
         assert rc != 0, f"passes now: take it out of PENDING ({PENDING[doc.command]})"
+        return
+    if doc.command in FAILS_WITH:
+        assert rc != 0 and FAILS_WITH[doc.command] in " ".join(out.split()), f"{doc}\n{out}"
         return
     assert rc == 0, f"{doc}\n{out}"

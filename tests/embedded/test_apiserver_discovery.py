@@ -54,7 +54,7 @@ async def test_version(api: Api) -> None:
 
 
 async def test_unknown_paths_are_not_found_statuses(api: Api) -> None:
-    for path in ("/apis/nope.dev", "/apis/nope.dev/v1", "/api/v1/widgets", "/openapi/v2", "/foo"):
+    for path in ("/apis/nope.dev", "/apis/nope.dev/v1", "/api/v1/widgets", "/openapi/v3/apis/nope.dev/v1", "/foo"):
         status, body = await api.get(path)
         assert status == 404, path
         assert body["kind"] == "Status" and body["reason"] == "NotFound" and body["code"] == 404

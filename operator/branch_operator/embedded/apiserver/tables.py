@@ -16,6 +16,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+# kube-apiserver and kubectl print ages by the same rule (apimachinery HumanDuration): one implementation.
+from branch_operator.domain.timefmt import human_duration
 from branch_operator.embedded.apiserver.errors import ApiError
 from branch_operator.embedded.apiserver.jsonpath import JsonPath, JsonPathError, go_text
 from branch_operator.embedded.apiserver.store import dumps
@@ -61,35 +63,6 @@ def negotiate(accept: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------- times
-
-
-def human_duration(seconds_total: float) -> str:
-    """k8s.io/apimachinery/pkg/util/duration.HumanDuration."""
-    seconds = int(seconds_total)
-    if seconds < -1:
-        return "<invalid>"
-    if seconds < 0:
-        return "0s"
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 10:
-        return f"{minutes}m" if seconds % 60 == 0 else f"{minutes}m{seconds % 60}s"
-    if minutes < 180:
-        return f"{minutes}m"
-    hours = seconds // 3600
-    if hours < 8:
-        return f"{hours}h" if minutes % 60 == 0 else f"{hours}h{minutes % 60}m"
-    if hours < 48:
-        return f"{hours}h"
-    if hours < 24 * 8:
-        return f"{hours // 24}d" if hours % 24 == 0 else f"{hours // 24}d{hours % 24}h"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24}d"
-    if hours < 24 * 365 * 8:
-        days = (hours // 24) % 365
-        return f"{hours // 24 // 365}y" if days == 0 else f"{hours // 24 // 365}y{days}d"
-    return f"{hours // 24 // 365}y"
 
 
 def _parse_time(value: str) -> datetime | None:

@@ -287,16 +287,7 @@ class KubeClient:
     async def list_objects(
         self, plural: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[Obj]:
-        kwargs: dict[str, Any] = {}
-        if label_selector:
-            kwargs["label_selector"] = label_selector
-        if namespace:
-            result = await self._call(lambda: self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, **kwargs))
-        else:
-            result = await self._call(lambda: self.custom.list_cluster_custom_object(
-                GROUP, VERSION, plural, **kwargs))
-        return cast(list[Obj], result.get("items", []))
+        return (await self.list_with_version(plural, namespace, label_selector))[0]
 
     async def list_with_version(
         self, plural: str, namespace: str | None = None, label_selector: str | None = None

@@ -50,7 +50,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 
-from tests.chart import conftest as chart  # noqa: E402
 from tests.e2e.ha import (  # noqa: E402
     RELEASE_NAMESPACE,
     PodTemplate,
@@ -74,13 +73,7 @@ BUDGET_S = {"sigkill": 15.0, "sigterm": 2.0}
 
 
 def render_pod() -> PodTemplate:
-    helm, kubectl = chart._extract_tools(chart.REPO_ROOT / ".pytest_cache" / "k8s-tools")
-    home = Path(tempfile.mkdtemp(prefix="helm-home-"))
-    tools = chart.Tools(helm=helm, kubectl=kubectl, env={
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data"),
-        "KUBECONFIG": str(home / "no-kubeconfig")})
-    return PodTemplate.from_manifests(chart.Renderer(tools, home).render({"replicaCount": 2}))
+    return PodTemplate.rendered({"replicaCount": 2}, Path(tempfile.mkdtemp(prefix="oms-chart-")))
 
 
 def log_time(replica: Replica, needle: str, after: float) -> float | None:

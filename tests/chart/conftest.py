@@ -44,9 +44,12 @@ class Tools:
 
 @pytest.fixture(scope="session")
 def tools(tmp_path_factory: pytest.TempPathFactory) -> Tools:
+    return isolated_tools(tmp_path_factory.mktemp("helm-home"))
+
+
+def isolated_tools(home: Path) -> Tools:
+    """The real helm and kubectl, kept away from the developer's config, repositories and clusters."""
     helm, kubectl = k8s_tools.binaries()
-    home = tmp_path_factory.mktemp("helm-home")
-    # Keep helm and kubectl away from the developer's config, repositories and clusters.
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),

@@ -33,6 +33,8 @@ from branch_operator.config import Settings
 from branch_operator.contracts.funnel_encode import encode_structured
 from branch_operator.embedded.env import EmbeddedEnv
 
+from ..chart import conftest as chart
+
 Obj = dict[str, Any]
 
 RELEASE_NAMESPACE = "oms-system"  # what the chart is rendered for: the pods' namespace, and the Lease's
@@ -50,6 +52,15 @@ class PodTemplate:
     env: list[Obj]
     replicas: int
     strategy: Obj
+
+    @classmethod
+    def rendered(cls, values: Obj, workdir: Path) -> PodTemplate:
+        """The operator container as ``helm template --namespace oms-system`` renders it with ``values``
+        (the real helm, isolated in ``workdir``)."""
+        for sub in ("helm-home", "values"):
+            (workdir / sub).mkdir(parents=True, exist_ok=True)
+        tools = chart.isolated_tools(workdir / "helm-home")
+        return cls.from_manifests(chart.Renderer(tools, workdir / "values").render(values))
 
     @classmethod
     def from_manifests(cls, docs: Iterable[Obj]) -> PodTemplate:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -35,7 +34,6 @@ from branch_operator.config import Settings
 from branch_operator.domain.locks import lock_body
 from branch_operator.embedded.env import EmbeddedEnv
 
-from .. import k8s_tools
 from ..chart import conftest as chart
 from ..waiting import wait_for
 from .ha import (
@@ -63,15 +61,8 @@ Obj = dict[str, Any]
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory: pytest.TempPathFactory) -> PodTemplate:
     """The operator container as ``helm template --namespace oms-system`` renders it with replicaCount 2."""
-    helm, kubectl = k8s_tools.binaries()
-    home = tmp_path_factory.mktemp("helm-home")
-    tools = chart.Tools(helm=helm, kubectl=kubectl, env={
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data"),
-        "KUBECONFIG": str(home / "no-kubeconfig")})
-    renderer = chart.Renderer(tools, tmp_path_factory.mktemp("helm-values"))
     assert chart.NAMESPACE == RELEASE_NAMESPACE
-    template = PodTemplate.from_manifests(renderer.render({"replicaCount": 2}))
+    template = PodTemplate.rendered({"replicaCount": 2}, tmp_path_factory.mktemp("chart"))
     assert template.replicas == 2 and template.value("OMS_LEADER_ELECTION") == "true"
     assert template.strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     return template

@@ -7,7 +7,6 @@ common fields, and the audit lines name their record, namespace and branch.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,8 +16,6 @@ import pytest_asyncio
 from branch_operator.clients.kube import KubeClient
 from branch_operator.embedded.env import EmbeddedEnv
 
-from .. import k8s_tools
-from ..chart import conftest as chart
 from ..waiting import wait_for
 from .ha import RELEASE_NAMESPACE, PodTemplate, Publisher, Replica, create_branch, create_namespace, create_policy
 
@@ -29,14 +26,7 @@ NAMESPACE = "json-logs"
 
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory: pytest.TempPathFactory) -> PodTemplate:
-    helm, kubectl = k8s_tools.binaries()
-    home = tmp_path_factory.mktemp("helm-home")
-    tools = chart.Tools(helm=helm, kubectl=kubectl, env={
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data"),
-        "KUBECONFIG": str(home / "no-kubeconfig")})
-    renderer = chart.Renderer(tools, tmp_path_factory.mktemp("helm-values"))
-    template = PodTemplate.from_manifests(renderer.render({"logFormat": "json"}))
+    template = PodTemplate.rendered({"logFormat": "json"}, tmp_path_factory.mktemp("chart"))
     assert template.value("OMS_LOG_FORMAT") == "json"
     return template
 

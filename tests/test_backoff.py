@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +14,10 @@ import pytest_asyncio
 from aiohttp import web
 
 from branch_operator.api.models import Branch
-from branch_operator.clients.kube import KubeClient, Transient
+from branch_operator.clients.kube import Transient
 from branch_operator.clients.merge_backends import MergeRequest, Outcome, WebhookBackend
 from branch_operator.clients.notify import WebhookSink
 from branch_operator.domain.incidents import Incident
-from branch_operator.embedded.apiserver.server import EmbeddedApiServer
-from branch_operator.embedded.env import install_crds
 from branch_operator.kit.backoff import Backoff, RetryLater, call_with_backoff, parse_retry_after
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -153,19 +150,6 @@ async def test_the_notification_webhook_s_retry_after_is_waited_out(busy_server:
 
 
 # ------------------------------------------------------------------------------------- Kubernetes API
-
-
-@pytest_asyncio.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[tuple[KubeClient, EmbeddedApiServer]]:
-    server = EmbeddedApiServer()
-    url = await server.start()
-    await install_crds(url)
-    client = await KubeClient.connect(str(server.write_kubeconfig(tmp_path / "kubeconfig")))
-    try:
-        yield client, server
-    finally:
-        await client.close()
-        await server.stop()
 
 
 async def test_the_api_server_shedding_load_is_asked_again_after_its_retry_after(kube: Any) -> None:

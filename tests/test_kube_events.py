@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest_asyncio
-
 from branch_operator.clients.kube import EventAggregator, KubeClient, event_body, event_name, object_ref
-from branch_operator.embedded.apiserver.server import EmbeddedApiServer
 
 BRANCH: dict[str, Any] = {
     "apiVersion": "oms.dev/v1alpha1", "kind": "Branch",
@@ -51,18 +46,6 @@ def test_an_event_can_name_the_object_behind_it() -> None:
 
 
 # ------------------------------------------------------------------------------ aggregation, for real
-
-
-@pytest_asyncio.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[tuple[KubeClient, EmbeddedApiServer]]:
-    server = EmbeddedApiServer()
-    await server.start()
-    client = await KubeClient.connect(str(server.write_kubeconfig(tmp_path / "kubeconfig")))
-    try:
-        yield client, server
-    finally:
-        await client.close()
-        await server.stop()
 
 
 async def events(client: KubeClient) -> list[dict[str, Any]]:

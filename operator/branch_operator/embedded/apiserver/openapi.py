@@ -119,29 +119,8 @@ def _v3_document(types: list[ResourceType]) -> Doc:
         paths.update(_paths(rt, name))
     for meta_name, meta_schema in META_DEFINITIONS.items():
         schemas.setdefault(meta_name, copy.deepcopy(meta_schema))
-    for builtin_name, builtin_schema in BUILTIN_DEFINITIONS.items():
-        if builtin_name in _referenced(schemas):
-            schemas.setdefault(builtin_name, copy.deepcopy(builtin_schema))
     return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths,
             "components": {"schemas": schemas}}
-
-
-def _referenced(schemas: dict[str, Any]) -> set[str]:
-    found: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith(_V3_REF):
-                found.add(ref[len(_V3_REF):])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(schemas)
-    return found
 
 
 def _gvk(rt: ResourceType) -> list[dict[str, str]]:
